@@ -1,0 +1,146 @@
+"""Saliency masks: which tensors (MCU) or which weights (SalUn) an unlearning update may move.
+
+Both masks are computed once, from gradients summed over a whole data set, on the host: they
+are small decisions over a handful of scores, not a hot loop. The gradient accumulation that
+feeds them is one jitted ``lax.scan`` over the batches.
+
+Ordering rule for ties (both masks): scores are ranked in descending order with a stable sort
+over the tree's leaves in ``jax.tree.leaves`` order (element order within a leaf), so of two
+equal scores the one met first wins.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+PyTree = Any
+
+
+def accumulate_gradients(loss_fn: Callable[[PyTree, PyTree], jax.Array], params: PyTree,
+                         batches: PyTree) -> PyTree:
+  """Sum over batches of ``grad(loss_fn)(params, batch)``, as one jitted scan.
+
+  Args:
+    loss_fn: ``loss_fn(params, batch) -> scalar``; typically the mean cross-entropy of the
+      batch's valid members.
+    params: the parameter pytree to differentiate.
+    batches: a pytree whose leaves have a leading axis of length num_batches; the scan hands
+      ``loss_fn`` one slice of it at a time.
+
+  Returns:
+    A pytree like ``params``, in float32 or wider, of the summed gradients.
+  """
+  return _accumulate(loss_fn, params, batches)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _accumulate(loss_fn, params, batches):
+  grad_fn = jax.grad(loss_fn)
+
+  def body(total, batch):
+    return jax.tree.map(jnp.add, total, grad_fn(params, batch)), None
+
+  zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.promote_types(p.dtype, jnp.float32)),
+                       params)
+  total, _ = jax.lax.scan(body, zeros, batches)
+  return total
+
+
+def layer_saliency(grads: PyTree) -> PyTree:
+  """Per-tensor score ``||g||_2 / numel(g)``: a pytree of float32 scalars like ``grads``."""
+  return jax.tree.map(lambda g: jnp.linalg.norm(jnp.ravel(g).astype(jnp.float32)) / g.size,
+                      grads)
+
+
+def _check_fraction(name: str, value: float, low_closed: bool, high_closed: bool) -> None:
+  low_ok = value >= 0.0 if low_closed else value > 0.0
+  high_ok = value <= 1.0 if high_closed else value < 1.0
+  if not (isinstance(value, (int, float, np.floating, np.integer)) and low_ok and high_ok):
+    interval = ("[" if low_closed else "(") + "0, 1" + ("]" if high_closed else ")")
+    raise ValueError(f"{name} must lie in {interval}, got {value!r}")
+
+
+def _descending_order(scores: np.ndarray) -> np.ndarray:
+  return np.argsort(-scores, kind="stable")
+
+
+def mcu_mask(retain_grads: PyTree, forget_grads: PyTree, k: float = 0.5,
+             kr: float = 0.0) -> PyTree:
+  """MCU's layer-wise mask: one Python bool per tensor, True = the tensor trains.
+
+  With N the total parameter count and tensors scored by ``layer_saliency``:
+  1. walk tensors by retain score, descending; while the excluded count is below
+     ``floor(kr * N)``, exclude the tensor and add its size (so the tensor that crosses the
+     bound is excluded too; kr = 0 excludes nothing);
+  2. walk the tensors not excluded by forget score, descending; while the selected count is
+     below ``floor(k * N)``, select the tensor and add its size.
+  The counting and the floors are the reference's (generate_weight_mask.py). One difference:
+  the reference gives excluded tensors score 0 rather than removing them, so it can still
+  select them when the others hold fewer than k * N parameters; here excluded means frozen.
+
+  Args:
+    retain_grads, forget_grads: summed gradients on D_r and D_f, same structure as params.
+    k: share of parameters to select, in (0, 1].
+    kr: share of parameters to exclude first by retain saliency, in [0, 1).
+
+  Returns:
+    A pytree like the gradients with a Python bool at every leaf.
+  """
+  _check_fraction("k", k, low_closed=False, high_closed=True)
+  _check_fraction("kr", kr, low_closed=True, high_closed=False)
+  from mcu_jax.curves import check_same_tree
+  check_same_tree(retain_grads, forget_grads, ("retain_grads", "forget_grads"))
+
+  leaves, treedef = jax.tree.flatten(retain_grads)
+  sizes = np.array([np.size(g) for g in leaves], dtype=np.int64)
+  total = sizes.sum()
+  retain_scores = np.array(jax.device_get(jax.tree.leaves(layer_saliency(retain_grads))))
+  forget_scores = np.array(jax.device_get(jax.tree.leaves(layer_saliency(forget_grads))))
+
+  excluded = np.zeros(len(leaves), dtype=bool)
+  count = 0
+  for i in _descending_order(retain_scores):
+    if count >= int(kr * total):
+      break
+    excluded[i] = True
+    count += sizes[i]
+
+  selected = np.zeros(len(leaves), dtype=bool)
+  count = 0
+  for i in _descending_order(forget_scores):
+    if count >= int(k * total):
+      break
+    if excluded[i]:
+      continue
+    selected[i] = True
+    count += sizes[i]
+  return jax.tree.unflatten(treedef, [bool(s) for s in selected])
+
+
+def salun_mask(forget_grads: PyTree, ratio: float = 0.5) -> PyTree:
+  """SalUn's element-wise mask: True on the ``floor(ratio * N)`` weights with the largest |g|.
+
+  The ranking is global over all leaves. Returns a pytree of boolean arrays like the grads.
+  """
+  _check_fraction("ratio", ratio, low_closed=False, high_closed=True)
+  leaves, treedef = jax.tree.flatten(forget_grads)
+  flat = np.concatenate([np.abs(np.asarray(jax.device_get(g), np.float32)).ravel()
+                         for g in leaves])
+  chosen = np.zeros(flat.size, dtype=bool)
+  chosen[_descending_order(flat)[:int(flat.size * ratio)]] = True
+  masks, offset = [], 0
+  for g in leaves:
+    masks.append(jnp.asarray(chosen[offset:offset + np.size(g)].reshape(np.shape(g))))
+    offset += np.size(g)
+  return jax.tree.unflatten(treedef, masks)
+
+
+def mask_fraction(mask: PyTree, like: PyTree) -> float:
+  """Share of the parameters of ``like`` that ``mask`` lets train (bool or array leaves)."""
+  trained = sum(float(np.sum(np.broadcast_to(np.asarray(m), np.shape(p))))
+                for m, p in zip(jax.tree.leaves(mask), jax.tree.leaves(like)))
+  return trained / sum(np.size(p) for p in jax.tree.leaves(like))

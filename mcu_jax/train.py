@@ -1,0 +1,105 @@
+"""The shared trainer: a jitted epoch over an on-device array data set, for any per-batch loss.
+
+Training the original model, retraining on D_r and every base unlearning method are the same
+loop with a different loss and a different view of the data; only ``loss_fn`` changes.
+
+``loss_fn(params, model_state, batch, rng) -> (loss, (new_model_state, metrics))`` where
+``batch`` holds ``images`` (B, H, W, C) float, ``labels`` (B,), ``valid`` (B,) bool and any
+extra per-example arrays of the data dict (``is_forget``, ...), and ``metrics`` is a dict of
+scalars.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+
+from mcu_jax import objectives
+from mcu_jax.mcu import Preprocess, epoch_batches, normalize_uint8
+
+PyTree = Any
+LossFn = Callable[[PyTree, PyTree, dict, jax.Array], tuple[jax.Array, tuple[PyTree, dict]]]
+
+
+@flax.struct.dataclass
+class TrainState:
+  params: PyTree
+  model_state: PyTree
+  opt_state: optax.OptState
+  rng: jax.Array
+  step: jax.Array
+
+
+def init_train_state(params: PyTree, model_state: PyTree, optimizer: optax.GradientTransformation,
+                     rng: jax.Array) -> TrainState:
+  """The state before the first step. Arrays are copied: epochs donate the state's buffers,
+  and the caller's ``params`` must survive them."""
+  params, model_state = jax.tree.map(jnp.copy, (params, model_state))
+  return TrainState(params, model_state, optimizer.init(params), rng, jnp.zeros((), jnp.int32))
+
+
+def sgd(learning_rate: float, total_steps: int, momentum: float = 0.9,
+        weight_decay: float = 5e-4, cosine: bool = True) -> optax.GradientTransformation:
+  """SGD with momentum, coupled L2 weight decay (as torch.optim.SGD) and a cosine schedule."""
+  schedule = (optax.cosine_decay_schedule(learning_rate, max(total_steps, 1)) if cosine
+              else learning_rate)
+  return optax.chain(optax.add_decayed_weights(weight_decay) if weight_decay else optax.identity(),
+                     optax.sgd(schedule, momentum=momentum or None))
+
+
+def supervised_loss(apply) -> LossFn:
+  """Mean cross-entropy of the valid examples, with their accuracy (percent) as a metric."""
+  def loss_fn(params, model_state, batch, rng):
+    del rng
+    logits, new_state = apply(params, model_state, batch["images"], True)
+    ce = objectives.cross_entropy(logits, batch["labels"])
+    loss = objectives.masked_mean(ce, batch["valid"])
+    acc = 100.0 * objectives.masked_mean(objectives.correct(logits, batch["labels"]), batch["valid"])
+    return loss, (new_state, {"loss": loss, "acc": acc})
+  return loss_fn
+
+
+def make_epoch(loss_fn: LossFn, optimizer: optax.GradientTransformation, batch_size: int,
+               preprocess: Preprocess = normalize_uint8, batch_sharding=None,
+               params_mask: PyTree | None = None):
+  """A jitted ``epoch(state, data) -> (state, metrics)``: shuffle, batch, step, in one scan.
+
+  ``data`` is a dict of on-device arrays with a common leading axis: ``images`` uint8 NHWC,
+  ``labels`` and any per-example extras. ``metrics`` leaves have shape (steps,).
+  ``params_mask`` (bool arrays like params) restricts updates to the True weights (SalUn).
+  """
+  def train_step(state: TrainState, batch: dict, key: jax.Array):
+    (loss, (model_state, metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params, state.model_state, batch, key)
+    if params_mask is not None:
+      grads = jax.tree.map(lambda g, m: jnp.where(m, g, 0.0), grads, params_mask)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    if params_mask is not None:
+      updates = jax.tree.map(lambda u, m: jnp.where(m, u, 0.0), updates, params_mask)
+    params = optax.apply_updates(state.params, updates)
+    return state.replace(params=params, model_state=model_state, opt_state=opt_state,
+                         step=state.step + 1), metrics
+
+  @functools.partial(jax.jit, donate_argnums=(0,))
+  def epoch(state: TrainState, data: dict):
+    rng, shuffle_key, step_key = jax.random.split(state.rng, 3)
+    indices, valid = epoch_batches(shuffle_key, data["labels"].shape[0], batch_size)
+    keys = jax.random.split(step_key, indices.shape[0])
+
+    def body(state, xs):
+      idx, ok, key = xs
+      aug_key, loss_key = jax.random.split(key)
+      batch = {name: value[idx] for name, value in data.items()}
+      batch["images"] = preprocess(aug_key, batch["images"])
+      batch["valid"] = ok
+      if batch_sharding is not None:
+        batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
+      return train_step(state, batch, loss_key)
+
+    return jax.lax.scan(body, state.replace(rng=rng), (indices, valid, keys))
+
+  return epoch
