@@ -11,7 +11,11 @@ scalars.
 from __future__ import annotations
 
 import functools
+import time
 from typing import Any, Callable
+
+import numpy as np
+import tqdm.auto as tqdm
 
 import flax.struct
 import jax
@@ -19,6 +23,7 @@ import jax.numpy as jnp
 import optax
 
 from mcu_jax import objectives
+from mcu_jax.checkpoint import Checkpointer
 from mcu_jax.mcu import Preprocess, epoch_batches, normalize_uint8
 
 PyTree = Any
@@ -103,3 +108,39 @@ def make_epoch(loss_fn: LossFn, optimizer: optax.GradientTransformation, batch_s
     return jax.lax.scan(body, state.replace(rng=rng), (indices, valid, keys))
 
   return epoch
+
+
+def fit(state, epoch_fn: Callable, data: dict, num_epochs: int, *,
+        evaluate: Callable[[Any], dict] | None = None, checkpointer: Checkpointer | None = None,
+        resume: bool = True, desc: str = "train", progress: bool = True):
+  """Runs ``epoch_fn(state, data) -> (state, step_metrics)`` for ``num_epochs`` epochs.
+
+  After each epoch: step metrics are averaged on the host, ``evaluate(state)`` (optional)
+  adds e.g. train/test accuracy, a progress bar shows them, and the state is checkpointed
+  (when ``checkpointer`` is given), so an interrupted run loses at most one epoch. With
+  ``resume``, training continues from the latest checkpoint; a finished run returns at once.
+
+  Returns (state, history): one dict per epoch with ``epoch``, ``seconds`` (wall time of the
+  epoch's training, evaluation excluded), ``train_<metric>`` means and the evaluate() values.
+  """
+  history: list[dict] = []
+  first = 0
+  if checkpointer is not None and resume and checkpointer.latest_step() is not None:
+    state, meta = checkpointer.restore(state)
+    first, history = int(meta["epoch"]), list(meta["history"])
+  bar = tqdm.tqdm(range(first, num_epochs), initial=first, total=num_epochs, desc=desc,
+                  disable=not progress, leave=False, dynamic_ncols=True)
+  for epoch in bar:
+    start = time.perf_counter()
+    state, metrics = epoch_fn(state, data)
+    metrics = jax.device_get(metrics)  # waits for the epoch: the timing is honest
+    record = {"epoch": epoch + 1, "seconds": time.perf_counter() - start}
+    record.update({f"train_{k}": float(np.mean(v)) for k, v in metrics.items()})
+    if evaluate is not None:
+      record.update(evaluate(state))
+    history.append(record)
+    bar.set_postfix({k: round(v, 3) for k, v in record.items()
+                     if k != "epoch" and isinstance(v, float)}, refresh=False)
+    if checkpointer is not None:
+      checkpointer.save(epoch + 1, state, {"epoch": epoch + 1, "history": history})
+  return state, history

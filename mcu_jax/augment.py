@@ -1,0 +1,97 @@
+"""Data augmentation and normalisation as pure, jittable functions over a batch.
+
+All functions take NHWC batches. ``random_crop`` and ``random_flip`` keep the dtype (uint8 in,
+uint8 out), so augmentation runs on the compact on-device data before the float conversion.
+``make_preprocess`` builds a ``Preprocess`` (``fn(key, images_uint8) -> float32``, see
+``mcu_jax.mcu``): with a key it augments, with ``key=None`` (evaluation) it only normalises.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def random_crop(key: jax.Array, images: jax.Array, padding: int) -> jax.Array:
+  """Zero-pads every image by ``padding`` pixels on each side and crops it back to its size
+  at an offset drawn per example (the usual CIFAR "pad 4, random crop")."""
+  padding = int(padding)
+  if padding < 0:
+    raise ValueError(f"padding must be >= 0, got {padding}")
+  if images.ndim != 4:
+    raise ValueError(f"random_crop needs NHWC images, got shape {images.shape}")
+  if padding == 0:
+    return images
+  n, h, w, c = images.shape
+  padded = jnp.pad(images, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+  offsets = jax.random.randint(key, (n, 2), 0, 2 * padding + 1)
+
+  def crop(image, offset):
+    return jax.lax.dynamic_slice(image, (offset[0], offset[1], 0), (h, w, c))
+  return jax.vmap(crop)(padded, offsets)
+
+
+def random_flip(key: jax.Array, images: jax.Array) -> jax.Array:
+  """Mirrors each image left-right with probability 1/2, drawn per example."""
+  if images.ndim != 4:
+    raise ValueError(f"random_flip needs NHWC images, got shape {images.shape}")
+  flip = jax.random.bernoulli(key, 0.5, (images.shape[0],))
+  return jnp.where(flip[:, None, None, None], images[:, :, ::-1, :], images)
+
+
+def _per_channel(values, channels: int, what: str):
+  """``values`` as a 1-D float32 array of 1 or ``channels`` entries (NumPy when concrete)."""
+  if isinstance(values, jax.core.Tracer):
+    values = jnp.atleast_1d(values).astype(jnp.float32)
+  else:
+    values = np.atleast_1d(np.asarray(values, np.float32))
+    if what == "std" and np.any(values <= 0):
+      raise ValueError(f"std must be positive, got {values.tolist()}")
+  if values.ndim != 1 or values.size not in (1, channels):
+    raise ValueError(f"{what} has {values.size} values for images with {channels} channels")
+  return values
+
+
+def normalize(images: jax.Array, mean, std) -> jax.Array:
+  """uint8 images -> float32 ``(x / 255 - mean) / std``, per channel (or one value for all)."""
+  channels = images.shape[-1]
+  mean = _per_channel(mean, channels, "mean")
+  std = _per_channel(std, channels, "std")
+  return (images.astype(jnp.float32) / 255.0 - mean) / std
+
+
+@dataclasses.dataclass(frozen=True)
+class Preprocessor:
+  """A hashable ``Preprocess``: equal settings compare and hash equal, so jitted functions
+  that take it as a static argument (``evaluate.accuracy_and_loss``) reuse their compilation."""
+  mean: tuple[float, ...]
+  std: tuple[float, ...]
+  augment: bool = True
+  padding: int = 4
+  flip: bool = True
+
+  def __call__(self, key: jax.Array | None, images: jax.Array) -> jax.Array:
+    if key is not None and self.augment:
+      crop_key, flip_key = jax.random.split(key)
+      if self.padding:
+        images = random_crop(crop_key, images, self.padding)
+      if self.flip:
+        images = random_flip(flip_key, images)
+    return normalize(images, self.mean, self.std)
+
+
+def make_preprocess(mean: Sequence[float] | float, std: Sequence[float] | float,
+                    augment: bool = True, padding: int = 4, flip: bool = True) -> Preprocessor:
+  """``fn(key, images_uint8) -> float32``: random crop (``padding``) and horizontal flip
+  (``flip``; leave it off for digits and other data with a handedness) when ``augment`` and a
+  key is given, then ``normalize``. ``key=None`` means evaluation: normalisation only."""
+  if int(padding) < 0:
+    raise ValueError(f"padding must be >= 0, got {padding}")
+  as_tuple = lambda v: tuple(float(x) for x in np.atleast_1d(np.asarray(v, np.float64)))
+  mean, std = as_tuple(mean), as_tuple(std)
+  if any(s <= 0 for s in std):
+    raise ValueError(f"std must be positive, got {std}")
+  return Preprocessor(mean, std, bool(augment), int(padding), bool(flip))

@@ -1,0 +1,95 @@
+"""Checkpoints with orbax: resumable training states and saved models.
+
+Writes are atomic (orbax writes to a temporary directory and renames it when complete), so a
+run killed mid-save leaves the previous checkpoint intact. Failures to read name the path.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import orbax.checkpoint as ocp
+
+PyTree = Any
+
+
+class CheckpointError(RuntimeError):
+  """A checkpoint is missing, incomplete or does not match the expected structure."""
+
+
+def _is_key(x) -> bool:
+  return hasattr(x, "dtype") and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
+
+
+def _to_storable(tree: PyTree) -> PyTree:
+  return jax.tree.map(lambda x: jax.random.key_data(x) if _is_key(x) else x, tree)
+
+
+def _from_storable(tree: PyTree, like: PyTree) -> PyTree:
+  return jax.tree.map(lambda x, ref: jax.random.wrap_key_data(x, impl=jax.random.key_impl(ref))
+                      if _is_key(ref) else x, tree, like)
+
+
+def _abstract(like: PyTree) -> PyTree:
+  return jax.tree.map(ocp.utils.to_shape_dtype_struct, _to_storable(like))
+
+
+class Checkpointer:
+  """Keeps the last ``max_to_keep`` checkpoints of a training state in ``directory``.
+
+  Each checkpoint holds the state pytree and a JSON ``meta`` dict (epoch, history, ...).
+  """
+
+  def __init__(self, directory: str | os.PathLike, max_to_keep: int = 2):
+    self.directory = Path(directory).absolute()
+    self._manager = ocp.CheckpointManager(
+        self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep,
+                                                             create=True))
+
+  def latest_step(self) -> int | None:
+    return self._manager.latest_step()
+
+  def save(self, step: int, state: PyTree, meta: dict) -> None:
+    """Saves and waits until the checkpoint is complete on disk."""
+    self._manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(_to_storable(state)), meta=ocp.args.JsonSave(meta)))
+    self._manager.wait_until_finished()
+
+  def restore(self, like: PyTree, step: int | None = None) -> tuple[PyTree, dict]:
+    """(state, meta) of ``step`` (default: the latest), with the structure of ``like``."""
+    step = self.latest_step() if step is None else step
+    if step is None:
+      raise CheckpointError(f"no checkpoint in {self.directory}")
+    path = self.directory / str(step)
+    try:
+      restored = self._manager.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(_abstract(like)), meta=ocp.args.JsonRestore()))
+    except Exception as e:  # orbax raises many types; all mean the same to the caller
+      raise CheckpointError(f"cannot restore checkpoint {path}: {type(e).__name__}: {e}") from e
+    return _from_storable(restored["state"], like), restored["meta"]
+
+  def close(self) -> None:
+    self._manager.close()
+
+
+def save_tree(path: str | os.PathLike, tree: PyTree, force: bool = False) -> None:
+  """Saves one pytree (e.g. a model's params and batch_stats) to directory ``path``."""
+  path = Path(path).absolute()
+  with ocp.StandardCheckpointer() as checkpointer:
+    checkpointer.save(path, _to_storable(tree), force=force)
+
+
+def load_tree(path: str | os.PathLike, like: PyTree | None = None) -> PyTree:
+  """Loads a pytree saved by ``save_tree``; with ``like``, checks structure/shapes/dtypes."""
+  path = Path(path).absolute()
+  if not path.exists():
+    raise CheckpointError(f"checkpoint {path} does not exist")
+  try:
+    with ocp.StandardCheckpointer() as checkpointer:
+      tree = checkpointer.restore(path, _abstract(like) if like is not None else None)
+  except Exception as e:
+    raise CheckpointError(f"cannot restore checkpoint {path}: {type(e).__name__}: {e}") from e
+  return _from_storable(tree, like) if like is not None else jax.tree.map(jnp.asarray, tree)

@@ -1,0 +1,129 @@
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mcu_jax import masks
+
+
+def grad_tree(rng, tie=False):
+  shapes = {"c1": (3, 3, 1, 4), "b1": (4,), "c2": (3, 3, 4, 8), "b2": (8,), "d": (8, 10),
+            "db": (10,), "s": (8,)}
+  tree = {k: rng.normal(size=s).astype(np.float32) for k, s in shapes.items()}
+  if tie:  # equal scores: same size and same values
+    tree["s"] = tree["b2"].copy()
+    tree["b1"] = np.zeros(4, np.float32)
+    tree["db"] = np.zeros(10, np.float32)
+  return tree
+
+
+def np_saliency(g):
+  g = np.asarray(g, np.float64).ravel()
+  return np.sqrt(np.sum(g * g)) / g.size
+
+
+def np_mcu_mask(retain, forget, k, kr):
+  """Independent form: prefix sums over a (-score, position) ordering."""
+  names = list(jax.tree.leaves(jax.tree.map(lambda _: 0, retain)))  # placeholder for order
+  del names
+  r = [np_saliency(g) for g in jax.tree.leaves(retain)]
+  f = [np_saliency(g) for g in jax.tree.leaves(forget)]
+  sizes = np.array([np.size(g) for g in jax.tree.leaves(retain)])
+  total = sizes.sum()
+  order_r = sorted(range(len(r)), key=lambda i: (-r[i], i))
+  before = np.concatenate([[0], np.cumsum(sizes[order_r])[:-1]])
+  excluded = {i for i, b in zip(order_r, before) if b < int(kr * total)}
+  rest = [i for i in sorted(range(len(f)), key=lambda i: (-f[i], i)) if i not in excluded]
+  before = np.concatenate([[0], np.cumsum(sizes[rest])[:-1]])
+  selected = {i for i, b in zip(rest, before) if b < int(k * total)}
+  flags = [i in selected for i in range(len(r))]
+  return jax.tree.unflatten(jax.tree.structure(retain), flags)
+
+
+def np_salun_mask(forget, ratio):
+  leaves = jax.tree.leaves(forget)
+  flat = np.concatenate([np.abs(np.asarray(g, np.float64)).ravel() for g in leaves])
+  n_keep = int(flat.size * ratio)
+  order = np.lexsort((np.arange(flat.size), -flat))  # by |g| desc, then position
+  keep = np.zeros(flat.size, bool)
+  keep[order[:n_keep]] = True
+  out, offset = [], 0
+  for g in leaves:
+    out.append(keep[offset:offset + g.size].reshape(g.shape))
+    offset += g.size
+  return jax.tree.unflatten(jax.tree.structure(forget), out)
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("tie", [False, True])
+def test_mcu_mask_matches_numpy(seed, tie):
+  rng = np.random.default_rng(seed)
+  retain, forget = grad_tree(rng, tie), grad_tree(rng, tie)
+  for k in (0.01, 0.1, 0.25, 0.5, 0.77, 1.0):
+    for kr in (0.0, 0.05, 0.1, 0.3, 0.6, 0.95):
+      got = masks.mcu_mask(retain, forget, k=k, kr=kr)
+      assert all(isinstance(x, bool) for x in jax.tree.leaves(got))
+      assert got == np_mcu_mask(retain, forget, k, kr), (k, kr)
+
+
+def test_mcu_mask_kr_zero_excludes_nothing_and_k_one_takes_all():
+  rng = np.random.default_rng(7)
+  retain, forget = grad_tree(rng), grad_tree(rng)
+  assert all(jax.tree.leaves(masks.mcu_mask(retain, forget, k=1.0, kr=0.0)))
+
+
+def test_mcu_mask_overshoots_with_the_crossing_tensor():
+  retain = {"a": np.ones(10, np.float32), "b": np.ones(90, np.float32)}
+  forget = {"a": np.full(10, 5.0, np.float32), "b": np.ones(90, np.float32)}
+  # a scores 5*sqrt(10)/10 > b: a is taken (10 < 50), then b is taken too (10 < 50).
+  assert masks.mcu_mask(retain, forget, k=0.5) == {"a": True, "b": True}
+  assert masks.mcu_mask(retain, forget, k=0.1) == {"a": True, "b": False}
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("ratio", [0.001, 0.1, 0.5, 0.9, 1.0])
+def test_salun_mask_matches_numpy(seed, ratio):
+  rng = np.random.default_rng(seed)
+  forget = grad_tree(rng, tie=True)
+  forget["d"][:, :3] = 0.25  # many exact ties
+  got = masks.salun_mask(forget, ratio)
+  want = np_salun_mask(forget, ratio)
+  chex.assert_trees_all_equal(jax.tree.map(np.asarray, got), want)
+  assert sum(int(np.sum(m)) for m in jax.tree.leaves(got)) == int(
+      sum(np.size(g) for g in jax.tree.leaves(forget)) * ratio)
+
+
+def test_layer_saliency_and_accumulation():
+  rng = np.random.default_rng(1)
+  params = {"w": jnp.asarray(rng.normal(size=(4, 3)), jnp.float32)}
+  xs = jnp.asarray(rng.normal(size=(5, 8, 4)), jnp.float32)  # 5 batches of 8
+
+  def loss_fn(p, x):
+    return jnp.mean((x @ p["w"]) ** 2)
+
+  total = masks.accumulate_gradients(loss_fn, params, xs)
+  want = sum(2 * np.asarray(x).T @ (np.asarray(x) @ np.asarray(params["w"])) / (8 * 3)
+             for x in xs)
+  np.testing.assert_allclose(total["w"], want, rtol=2e-5, atol=1e-6)
+  score = masks.layer_saliency(total)["w"]
+  np.testing.assert_allclose(score, np.linalg.norm(want) / 12, rtol=2e-5)
+
+
+@pytest.mark.parametrize("kwargs,name", [({"k": 0.0}, "k"), ({"k": 1.5}, "k"), ({"k": -1}, "k"),
+                                         ({"kr": 1.0}, "kr"), ({"kr": -0.1}, "kr")])
+def test_mcu_mask_bad_fractions(kwargs, name):
+  g = {"a": np.ones(3, np.float32)}
+  with pytest.raises(ValueError, match=f"^{name} must lie in"):
+    masks.mcu_mask(g, g, **kwargs)
+
+
+@pytest.mark.parametrize("ratio", [0.0, -0.5, 1.01])
+def test_salun_mask_bad_ratio(ratio):
+  with pytest.raises(ValueError, match="ratio must lie in"):
+    masks.salun_mask({"a": np.ones(3, np.float32)}, ratio)
+
+
+def test_mcu_mask_mismatched_trees():
+  with pytest.raises(ValueError, match="retain_grads and forget_grads"):
+    masks.mcu_mask({"a": np.ones(3)}, {"b": np.ones(3)})

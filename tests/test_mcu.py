@@ -1,0 +1,185 @@
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from mcu_jax import beta as beta_lib
+from mcu_jax import data, masks, mcu, models, objectives, train
+from mcu_jax.curves import Curve, point
+
+
+@pytest.fixture(scope="module")
+def setup():
+  module = models.get_model("small_cnn", 10, width=4)
+  apply = models.make_apply(module)
+  start, state = models.init_model(module, jax.random.PRNGKey(0), (1, 8, 8, 1))
+  end, _ = models.init_model(module, jax.random.PRNGKey(1), (1, 8, 8, 1))
+  rng = np.random.default_rng(0)
+  batch = {"images": jnp.asarray(rng.uniform(size=(16, 8, 8, 1)), jnp.float32),
+           "labels": jnp.asarray(rng.integers(0, 10, 16), jnp.int32),
+           "is_forget": jnp.asarray(np.arange(16) % 4 == 0)}
+  return apply, start, end, state, batch
+
+
+def mixed_mask(start):
+  mask = jax.tree.map(lambda _: True, start)
+  mask["BatchNorm_0"]["scale"] = False
+  mask["Conv_0"]["kernel"] = False
+  kernel = start["Dense_0"]["kernel"]
+  mask["Dense_0"]["kernel"] = jnp.asarray(np.arange(kernel.size).reshape(kernel.shape) % 3 == 0)
+  return mask
+
+
+def run_steps(setup, mask, num_steps=20, beta=beta_lib.FixedBeta(0.3), batch=None):
+  apply, start, end, state, default_batch = setup
+  batch = default_batch if batch is None else batch
+  curve = Curve.from_endpoints(start, end)
+  endpoints = mcu.Endpoints(*jax.tree.map(jnp.copy, (start, end)))
+  opt = optax.sgd(0.05, momentum=0.9)
+  st = mcu.init_state(curve, opt, mask, state, jax.random.PRNGKey(2))
+  step = mcu.make_train_step(apply, opt, endpoints, mask, beta)
+  history = []
+  for _ in range(num_steps):
+    st, metrics = step(st, batch)
+    history.append(jax.device_get(metrics))
+  return curve, endpoints, st, history
+
+
+def test_frozen_tensors_and_endpoints_bit_identical(setup):
+  _, start, end, _, _ = setup
+  mask = mixed_mask(start)
+  curve, endpoints, st, history = run_steps(setup, mask)
+  chex.assert_trees_all_equal(endpoints.start, start)
+  chex.assert_trees_all_equal(endpoints.end, end)
+  before, after = curve.controls, st.controls
+  np.testing.assert_array_equal(after["BatchNorm_0"]["scale"], before["BatchNorm_0"]["scale"])
+  np.testing.assert_array_equal(after["Conv_0"]["kernel"], before["Conv_0"]["kernel"])
+  elementwise = np.broadcast_to(np.asarray(mask["Dense_0"]["kernel"]),
+                                before["Dense_0"]["kernel"].shape)
+  frozen_before = np.asarray(before["Dense_0"]["kernel"])[~elementwise]
+  np.testing.assert_array_equal(np.asarray(after["Dense_0"]["kernel"])[~elementwise], frozen_before)
+  for path in (("Conv_1", "kernel"), ("BatchNorm_1", "bias"), ("Dense_0", "bias")):
+    moved = np.abs(np.asarray(after[path[0]][path[1]]) - np.asarray(before[path[0]][path[1]]))
+    assert moved.max() > 1e-4, path
+  assert np.abs(np.asarray(after["Dense_0"]["kernel"])[elementwise]
+                - np.asarray(before["Dense_0"]["kernel"])[elementwise]).max() > 1e-4
+  assert int(st.step) == 20
+  assert set(history[0]) >= {"t", "beta", "forget_loss", "retain_loss", "forget_acc", "retain_acc"}
+  ts = np.array([h["t"] for h in history])
+  assert ts.min() >= 0.0 and ts.max() <= 1.0 and len(set(ts.tolist())) == 20
+
+
+def test_frozen_tensors_hold_no_optimizer_state(setup):
+  _, start, _, _, _ = setup
+  mask = mixed_mask(start)
+  opt = optax.sgd(0.1, momentum=0.9)
+  state = mcu.masked_optimizer(opt, mask).init(
+      Curve.from_endpoints(start, start).controls)
+  sizes = sum(x.size for x in jax.tree.leaves(state))
+  total = sum(x.size for x in jax.tree.leaves(start))
+  frozen = start["BatchNorm_0"]["scale"].size + start["Conv_0"]["kernel"].size
+  assert sizes == total - frozen
+
+
+def test_batch_without_forget_examples_is_finite(setup):
+  apply, start, end, state, batch = setup
+  no_forget = dict(batch, is_forget=jnp.zeros_like(batch["is_forget"]))
+  _, _, st, history = run_steps(setup, jax.tree.map(lambda _: True, start), num_steps=3,
+                                beta=beta_lib.AdaptiveBeta(90.0, 99.0), batch=no_forget)
+  for h in history:
+    assert all(np.isfinite(v) for v in h.values())
+    assert h["forget_loss"] == 0.0 and h["beta"] == 0.0
+  assert all(np.isfinite(x).all() for x in jax.tree.leaves(st.controls))
+
+
+def test_step_gradient_matches_finite_difference_direction(setup):
+  """The step's update is -lr * grad of L_r - beta L_f w.r.t. the controls at the drawn t."""
+  apply, start, end, state, batch = setup
+  mask = jax.tree.map(lambda _: True, start)
+  curve = Curve.from_endpoints(start, end)
+  opt = optax.sgd(1.0)
+  st = mcu.init_state(curve, opt, mask, state, jax.random.PRNGKey(5))
+  step = mcu.make_train_step(apply, opt, mcu.Endpoints(start, end), mask, 0.4, donate=False)
+  new, metrics = step(st, batch)
+  t = metrics["t"]
+
+  def loss(controls):
+    params = point(curve.replace(controls=controls), t)
+    logits, _ = apply(params, state, batch["images"], True)
+    m = objectives.subset_metrics(logits, batch)
+    return m["retain_loss"] - 0.4 * m["forget_loss"]
+
+  grads = jax.grad(loss)(curve.controls)
+  chex.assert_trees_all_close(jax.tree.map(lambda a, b: a - b, curve.controls, new.controls),
+                              grads, atol=1e-5, rtol=1e-4)
+
+
+def test_bad_mask_raises(setup):
+  apply, start, end, _, _ = setup
+  bad = jax.tree.map(lambda _: True, start)
+  bad["Dense_0"]["kernel"] = jnp.ones((2, 2), bool)
+  with pytest.raises(ValueError, match=r"mask leaf at \['Dense_0'\]\['kernel'\]"):
+    mcu.make_train_step(apply, optax.sgd(0.1), mcu.Endpoints(start, end), bad)
+  with pytest.raises(ValueError, match="structures"):
+    mcu.make_train_step(apply, optax.sgd(0.1), mcu.Endpoints(start, end), {"x": True})
+  with pytest.raises(ValueError, match="t_range"):
+    mcu.make_step_fn(apply, optax.sgd(0.1), jax.tree.map(lambda _: True, start), t_range=(0.5, 1.2))
+
+
+@pytest.fixture(scope="module")
+def digits_models():
+  """An original small CNN on digits and a gradient-ascent end point forgetting class 3."""
+  tt = data.load_digits()
+  module = models.get_model("small_cnn", 10, width=8)
+  apply = models.make_apply(module)
+  params, state = models.init_model(module, jax.random.PRNGKey(0), (1, 8, 8, 1))
+  full = {"images": jnp.asarray(tt.train.images), "labels": jnp.asarray(tt.train.labels)}
+  opt = train.sgd(0.1, 10 * 23)
+  ts = train.init_train_state(params, state, opt, jax.random.PRNGKey(1))
+  epoch = train.make_epoch(train.supervised_loss(apply), opt, 64)
+  for _ in range(10):
+    ts, _ = epoch(ts, full)
+  split = data.class_forget_split(tt.train.labels, [3])
+  forget = {"images": jnp.asarray(tt.train.images[split.forget]),
+            "labels": jnp.asarray(tt.train.labels[split.forget])}
+
+  def ascent(params, model_state, batch, rng):
+    loss, aux = train.supervised_loss(apply)(params, model_state, batch, rng)
+    return -loss, aux
+
+  ga_opt = optax.sgd(0.02, momentum=0.9)
+  ga = train.init_train_state(ts.params, ts.model_state, ga_opt, jax.random.PRNGKey(2))
+  ga_epoch = train.make_epoch(ascent, ga_opt, 32)
+  for _ in range(2):
+    ga, _ = ga_epoch(ga, forget)
+  return tt, split, apply, ts, ga
+
+
+def test_curve_on_digits_beats_straight_line(digits_models):
+  tt, split, apply, original, ga = digits_models
+  curve = Curve.from_endpoints(original.params, ga.params)
+  cdata = {k: jnp.asarray(v) for k, v in data.curve_training_set(tt.train, split, 0.5, 0).items()}
+  mask = jax.tree.map(lambda _: True, original.params)
+  opt = optax.sgd(0.01, momentum=0.9)
+  state = mcu.init_state(curve, opt, mask, original.model_state, jax.random.PRNGKey(3))
+  epoch = mcu.make_train_epoch(apply, opt, mask, beta_lib.FixedBeta(0.2), batch_size=64)
+  for _ in range(6):
+    state, metrics = epoch(state, mcu.Endpoints(curve.start, curve.end), cdata)
+  assert np.isfinite(np.asarray(metrics["loss"])).all()
+
+  def subset_losses(params):
+    # Train-mode forward over the whole set: BN uses that set's own statistics.
+    logits, _ = apply(params, original.model_state, cdata["images"].astype(jnp.float32) / 255,
+                      True)
+    m = objectives.subset_metrics(logits, {"labels": cdata["labels"],
+                                           "is_forget": cdata["is_forget"]})
+    return float(m["retain_loss"]), float(m["forget_loss"])
+
+  trained = curve.replace(controls=state.controls)
+  for t in (0.3, 0.5, 0.7):
+    line_r, line_f = subset_losses(point(curve, t))
+    curve_r, curve_f = subset_losses(point(trained, t))
+    assert curve_r < line_r, (t, curve_r, line_r)
+    assert curve_f > line_f, (t, curve_f, line_f)

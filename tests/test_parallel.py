@@ -1,0 +1,48 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mcu_jax import parallel
+
+
+def test_sharded_step_matches_single_device():
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
+             JAX_PLATFORMS="cpu")
+  script = Path(__file__).with_name("_sharded_step.py")
+  out = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True,
+                       timeout=300)
+  assert out.returncode == 0, out.stderr[-3000:]
+  result = json.loads(out.stdout)
+  assert result["controls_devices"] == 4 and result["batch_devices"] == 4
+  assert result["max_diff"] < 1e-5
+  for single, sharded in zip(result["single_metrics"], result["sharded_metrics"]):
+    assert single.keys() == sharded.keys()
+    for key in single:
+      np.testing.assert_allclose(sharded[key], single[key], rtol=1e-5, atol=1e-5, err_msg=key)
+  assert "not divisible by the 4 devices" in result["indivisible_error"]
+
+
+def test_initialize_is_a_no_op_without_configuration(monkeypatch):
+  for name in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID",
+               "MCU_JAX_DISTRIBUTED"):
+    monkeypatch.delenv(name, raising=False)
+  assert parallel.initialize() is False
+
+
+def test_initialize_requires_all_values(monkeypatch):
+  monkeypatch.setenv("JAX_COORDINATOR_ADDRESS", "localhost:1234")
+  monkeypatch.delenv("JAX_NUM_PROCESSES", raising=False)
+  with pytest.raises(ValueError, match="num_processes"):
+    parallel.initialize()
+
+
+def test_single_device_mesh():
+  mesh = parallel.make_mesh()
+  assert mesh.axis_names == ("data",)
+  batch = parallel.shard_batch({"x": np.arange(8.0)}, mesh)
+  np.testing.assert_array_equal(np.asarray(batch["x"]), np.arange(8.0))
