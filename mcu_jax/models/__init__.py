@@ -13,7 +13,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mcu_jax.models.preresnet import PreResNet20, PreResNet56, PreResNet110, PreResNet164
+from mcu_jax.models.resnet import ResNet18
 from mcu_jax.models.small import MLP, SmallCNN
+from mcu_jax.models.vgg import VGG16BN
 
 PyTree = Any
 Apply = Callable[[PyTree, PyTree, jax.Array, bool], tuple[jax.Array, PyTree]]
@@ -21,6 +24,12 @@ Apply = Callable[[PyTree, PyTree, jax.Array, bool], tuple[jax.Array, PyTree]]
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {
     "small_cnn": SmallCNN,
     "mlp": MLP,
+    "resnet18": ResNet18,
+    "preresnet20": PreResNet20,
+    "preresnet56": PreResNet56,
+    "preresnet110": PreResNet110,
+    "preresnet164": PreResNet164,
+    "vgg16_bn": VGG16BN,
 }
 
 
