@@ -1,0 +1,246 @@
+"""Records of a run: JSON, markdown tables and PNG plots, all written atomically.
+
+Every writer creates the parent directory, writes a temporary file next to the target and
+``os.replace``s it, so a reader never sees a half-written file. Plots use matplotlib's Agg
+canvas directly (no pyplot, no global backend switch).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+DEFAULT_METRICS = ("UA", "RA", "TA", "MIA")
+
+
+# ---------------------------------------------------------------------------------------------
+# Atomic files.
+
+
+def _atomic_write(path, write, mode: str = "w") -> str:
+  path = os.fspath(path)
+  directory = os.path.dirname(os.path.abspath(path))
+  os.makedirs(directory, exist_ok=True)
+  suffix = os.path.splitext(path)[1]
+  fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=suffix + ".tmp",
+                             dir=directory)
+  try:
+    with os.fdopen(fd, mode, **({"encoding": "utf-8"} if "b" not in mode else {})) as f:
+      write(f)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.unlink(tmp)
+    raise
+  return path
+
+
+def to_jsonable(value: Any) -> Any:
+  """NumPy/JAX scalars and arrays, tuples, dataclasses -> plain JSON types.
+
+  Non-finite floats become None (strict JSON has no NaN or Infinity).
+  """
+  import dataclasses
+  if dataclasses.is_dataclass(value) and not isinstance(value, type):
+    if hasattr(value, "to_dict"):
+      return to_jsonable(value.to_dict())
+    return to_jsonable(dataclasses.asdict(value))
+  if isinstance(value, Mapping):
+    return {str(k): to_jsonable(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [to_jsonable(v) for v in value]
+  if isinstance(value, (str, bool)) or value is None:
+    return value
+  if isinstance(value, (int, np.integer)):
+    return int(value)
+  if isinstance(value, (float, np.floating)):
+    return float(value) if math.isfinite(float(value)) else None
+  if isinstance(value, np.bool_):
+    return bool(value)
+  if hasattr(value, "__array__"):
+    array = np.asarray(value)
+    return to_jsonable(array.item() if array.ndim == 0 else array.tolist())
+  raise TypeError(f"cannot write a {type(value).__name__} to JSON")
+
+
+def write_json(path, record: Any, indent: int = 2) -> str:
+  """Writes ``record`` (NumPy values allowed) as JSON, atomically; returns the path."""
+  text = json.dumps(to_jsonable(record), indent=indent, sort_keys=False, allow_nan=False) + "\n"
+  return _atomic_write(path, lambda f: f.write(text))
+
+
+def read_json(path) -> Any:
+  with open(path, encoding="utf-8") as f:
+    return json.load(f)
+
+
+def write_text(path, text: str) -> str:
+  return _atomic_write(path, lambda f: f.write(text))
+
+
+def write_markdown(path, text: str) -> str:
+  """Writes markdown ``text`` atomically (a newline is added if missing); returns the path."""
+  return write_text(path, text if text.endswith("\n") else text + "\n")
+
+
+# ---------------------------------------------------------------------------------------------
+# Tables.
+
+
+def _cell(value: Any, floatfmt: str) -> str:
+  if value is None:
+    return ""
+  if isinstance(value, (bool, np.bool_)):
+    return str(bool(value))
+  if isinstance(value, (float, np.floating)):
+    return "" if math.isnan(float(value)) else format(float(value), floatfmt)
+  return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[Any] | None = None,
+                   floatfmt: str = ".2f") -> str:
+  """A GitHub markdown table of ``rows``.
+
+  ``columns`` lists the keys to show, in order; an entry may be a ``(key, header)`` pair.
+  Default: every key in order of first appearance. Floats use ``floatfmt``; missing values
+  are blank. Numeric columns are right-aligned.
+  """
+  if columns is None:
+    columns = []
+    for row in rows:
+      columns.extend(k for k in row if k not in columns)
+  if not columns:
+    raise ValueError("a table needs at least one column")
+  keys = [c[0] if isinstance(c, (tuple, list)) else c for c in columns]
+  headers = [str(c[1]) if isinstance(c, (tuple, list)) else str(c) for c in columns]
+  body = [[_cell(row.get(k), floatfmt) for k in keys] for row in rows]
+
+  def numeric(k):
+    values = [row.get(k) for row in rows if row.get(k) is not None]
+    return bool(values) and all(isinstance(v, (int, float, np.number)) and
+                                not isinstance(v, (bool, np.bool_)) for v in values)
+
+  align = ["---:" if numeric(k) else ":---" for k in keys]
+  lines = ["| " + " | ".join(headers) + " |", "|" + "|".join(align) + "|"]
+  lines += ["| " + " | ".join(cells) + " |" for cells in body]
+  return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# Plots.
+
+
+def _figure(size=(7.0, 4.5)):
+  from matplotlib.backends.backend_agg import FigureCanvasAgg
+  from matplotlib.figure import Figure
+  fig = Figure(figsize=size, dpi=120)
+  FigureCanvasAgg(fig)
+  return fig
+
+
+def _save_png(fig, path) -> str:
+  fig.tight_layout()
+  return _atomic_write(path, lambda f: fig.savefig(f, format="png", bbox_inches="tight"), mode="wb")
+
+
+_SET_STYLE = {
+    "retain": ("tab:blue", "o", "retain (D_r)"),
+    "forget": ("tab:red", "s", "forget (D_f)"),
+    "test": ("tab:green", "^", "test"),
+    "test_forget": ("tab:purple", "v", "test, forgotten class"),
+    "test_retain": ("tab:olive", "D", "test, other classes"),
+}
+
+
+def _targets_dict(targets) -> dict[str, float]:
+  if targets is None:
+    return {}
+  if isinstance(targets, Mapping):
+    return {str(k): float(v) for k, v in targets.items() if v is not None}
+  retain, forget = targets
+  return {"retain": float(retain), "forget": float(forget)}
+
+
+def plot_sweep(result, targets=None, region: Iterable[tuple[float, float]] | None = None,
+               chosen_t: float | None = None, path="sweep.png", title: str | None = None,
+               sets: Sequence[str] | None = None) -> str:
+  """Accuracy vs t along the curve, one line per evaluated set.
+
+  Args:
+    result: a ``SweepResult`` (or anything with ``ts`` and an ``accuracy`` dict).
+    targets: ``(retain_target, forget_target)`` or ``{set name: target}``: dotted horizontal
+      lines in the colour of their set.
+    region: the effective region, a list of (t_lo, t_hi): shaded.
+    chosen_t: the chosen t: a dashed vertical line.
+    path: the PNG to write.
+    sets: which sets to draw (default: all in ``result.accuracy``).
+  """
+  ts = np.asarray(result.ts, dtype=np.float64)
+  accuracy = result.accuracy
+  names = list(sets) if sets is not None else list(accuracy)
+  fig = _figure()
+  ax = fig.add_subplot(1, 1, 1)
+  palette = iter(["tab:orange", "tab:brown", "tab:pink", "tab:gray", "tab:cyan"])
+  colors = {}
+  for name in names:
+    color, marker, label = _SET_STYLE.get(name, (None, "o", name))
+    color = color or next(palette, None)
+    line, = ax.plot(ts, np.asarray(accuracy[name]), marker=marker, markersize=4, color=color,
+                    label=f"{label} accuracy")
+    colors[name] = line.get_color()
+  for name, value in _targets_dict(targets).items():
+    color = colors.get(name, "black")
+    ax.axhline(value, linestyle=":", linewidth=1.5, color=color,
+               label=f"{_SET_STYLE.get(name, (None, None, name))[2]} target ({value:.1f}%)")
+  first = True
+  for lo, hi in (region or []):
+    ax.axvspan(lo, hi, color="gold", alpha=0.25, linewidth=0,
+               label="effective region" if first else None)
+    first = False
+  if chosen_t is not None:
+    ax.axvline(chosen_t, linestyle="--", color="black", linewidth=1.2,
+               label=f"chosen t = {chosen_t:.3f}")
+  ax.set_xlim(min(0.0, ts.min()), max(1.0, ts.max()))
+  ax.set_xlabel("t  (0 = original model, 1 = pre-unlearned model)")
+  ax.set_ylabel("accuracy (%)")
+  ax.set_title(title or "Accuracy along the unlearning curve")
+  ax.grid(True, alpha=0.3)
+  ax.legend(loc="best", fontsize=8)
+  return _save_png(fig, path)
+
+
+def plot_methods(rows: Sequence[Mapping[str, Any]], path="methods.png",
+                 metrics: Sequence[str] = DEFAULT_METRICS, name_key: str = "method",
+                 title: str | None = None) -> str:
+  """Grouped bar chart: one group per metric (UA, RA, TA, MIA), one bar per method (row)."""
+  if not rows:
+    raise ValueError("plot_methods needs at least one row")
+  metrics = list(metrics)
+  fig = _figure((max(6.0, 1.2 + 0.5 * len(rows) * len(metrics) * 0.6), 4.5))
+  ax = fig.add_subplot(1, 1, 1)
+  x = np.arange(len(metrics), dtype=np.float64)
+  width = 0.8 / len(rows)
+  for i, row in enumerate(rows):
+    values = [float(row[m]) if row.get(m) is not None else np.nan for m in metrics]
+    bars = ax.bar(x - 0.4 + width * (i + 0.5), values, width,
+                  label=str(row.get(name_key, f"method {i}")))
+    if len(rows) * len(metrics) <= 40:
+      ax.bar_label(bars, fmt="%.1f", fontsize=6, padding=1)
+  ax.set_xticks(x)
+  ax.set_xticklabels(metrics)
+  ax.set_ylabel("percent")
+  ax.set_ylim(0, 105)
+  ax.set_title(title or "Unlearning metrics by method")
+  ax.grid(True, axis="y", alpha=0.3)
+  ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=min(len(rows), 5), fontsize=8)
+  return _save_png(fig, path)
+
+
+__all__ = ["to_jsonable", "write_json", "read_json", "write_text", "write_markdown",
+           "markdown_table", "plot_sweep", "plot_methods"]
