@@ -214,12 +214,13 @@ def normalize_uint8(key: jax.Array, images: jax.Array) -> jax.Array:
 def epoch_batches(key: jax.Array, num_examples: int, batch_size: int) -> tuple[jax.Array, jax.Array]:
   """A shuffled epoch as (indices, valid), both of shape (steps, batch_size).
 
-  The last batch is padded with index 0 and valid=False: every example is seen once.
+  The last batch is filled up by wrapping around the shuffled order, marked valid=False: every
+  example counts once in the losses, and BatchNorm's training-mode statistics see ordinary
+  examples rather than copies of one.
   """
   steps = -(-num_examples // batch_size)
   order = jax.random.permutation(key, num_examples)
-  pad = steps * batch_size - num_examples
-  indices = jnp.concatenate([order, jnp.zeros((pad,), order.dtype)]).reshape(steps, batch_size)
+  indices = jnp.resize(order, (steps * batch_size,)).reshape(steps, batch_size)
   valid = (jnp.arange(steps * batch_size) < num_examples).reshape(steps, batch_size)
   return indices, valid
 

@@ -1,0 +1,308 @@
+"""Run configuration: nested dataclasses, read from YAML or TOML, overridden from the command line.
+
+Validation is strict: an unknown key, a value of the wrong type or an impossible value raises
+``ConfigError`` with one message naming the key, before anything is written. The defaults are
+the reference's MCU hyperparameters (SGD lr 0.01, momentum 0.9, no weight decay, 10 epochs,
+batch 128, retain_ratio 0.5, 3 bends, Bezier, k = 0.5, kr = 0, 20 sweep points) and a digits-
+sized original model.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+  """A configuration file or override is invalid; the message names the key."""
+
+
+@dataclasses.dataclass
+class ForgetConfig:
+  kind: str = "random"            # "random" or "class"
+  ratio: float = 0.1              # share of the training set, random forgetting
+  classes: list[int] = dataclasses.field(default_factory=lambda: [0])  # class forgetting
+
+  def validate(self, where):
+    _choice(where, "kind", self.kind, ("random", "class"))
+    if self.kind == "random":
+      _open_unit(where, "ratio", self.ratio)
+    elif not self.classes:
+      raise ConfigError(f"{where}.classes: class forgetting needs at least one class id")
+
+
+@dataclasses.dataclass
+class TrainConfig:
+  """Training of the original and retrained models (SGD + momentum + cosine)."""
+  epochs: int = 30
+  lr: float = 0.1
+  batch_size: int = 64
+  momentum: float = 0.9
+  weight_decay: float = 5e-4
+
+  def validate(self, where):
+    _positive(where, "epochs", self.epochs)
+    _positive(where, "lr", self.lr)
+    _positive(where, "batch_size", self.batch_size)
+    _range(where, "momentum", self.momentum, 0.0, 1.0, high_open=True)
+    _range(where, "weight_decay", self.weight_decay, 0.0, None)
+
+
+@dataclasses.dataclass
+class UnlearnConfig:
+  """The base method producing theta_p; ``options`` override its documented defaults."""
+  method: str = "rl"
+  options: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+  def validate(self, where):
+    from mcu_jax import unlearn
+    _choice(where, "method", self.method, tuple(unlearn.METHODS))
+
+
+@dataclasses.dataclass
+class MaskConfig:
+  enabled: bool = True
+  k: float = 0.5
+  kr: float = 0.0
+
+  def validate(self, where):
+    _range(where, "k", self.k, 0.0, 1.0, low_open=True)
+    _range(where, "kr", self.kr, 0.0, 1.0, high_open=True)
+
+
+@dataclasses.dataclass
+class CurveConfig:
+  """Curve training; defaults from the reference's README command."""
+  epochs: int = 10
+  lr: float = 0.01
+  momentum: float = 0.9
+  batch_size: int = 128
+  retain_ratio: float = 0.5
+  num_bends: int = 3
+  kind: str = "bezier"
+  beta: str | float = "adaptive"   # "adaptive" or a fixed number
+  beta_low: float = 0.01
+  beta_high: float = 0.5
+  train: bool = True               # False: the straight line (ablation baseline)
+
+  def validate(self, where):
+    _positive(where, "epochs", self.epochs)
+    _positive(where, "lr", self.lr)
+    _positive(where, "batch_size", self.batch_size)
+    _range(where, "momentum", self.momentum, 0.0, 1.0, high_open=True)
+    _range(where, "retain_ratio", self.retain_ratio, 0.0, 1.0, low_open=True)
+    if self.num_bends < 3:
+      raise ConfigError(f"{where}.num_bends: a trainable curve needs >= 3 bends, got "
+                        f"{self.num_bends}")
+    _choice(where, "kind", self.kind, ("bezier", "polychain"))
+    if isinstance(self.beta, str):
+      _choice(where, "beta", self.beta, ("adaptive",))
+    else:
+      _range(where, "beta", self.beta, 0.0, None)
+
+
+@dataclasses.dataclass
+class SweepConfig:
+  points: int = 20
+  chunk_size: int = 4              # t values evaluated at once (vmapped)
+  t_search: list[float] = dataclasses.field(default_factory=lambda: [0.75, 1.0])
+
+  def validate(self, where):
+    if self.points < 4:
+      raise ConfigError(f"{where}.points: cubic interpolation needs >= 4 points, got "
+                        f"{self.points}")
+    _positive(where, "chunk_size", self.chunk_size)
+    if len(self.t_search) != 2 or not 0.0 <= self.t_search[0] < self.t_search[1] <= 1.0:
+      raise ConfigError(f"{where}.t_search: needs [lo, hi] with 0 <= lo < hi <= 1, got "
+                        f"{self.t_search}")
+
+
+@dataclasses.dataclass
+class RunConfig:
+  dataset: str = "digits"
+  model: str = "small_cnn"
+  model_options: dict[str, Any] = dataclasses.field(default_factory=dict)
+  seed: int = 0
+  augment: bool = False            # random crop (padding 4) + flip; off for digits
+  eval_batch_size: int = 512
+  forget: ForgetConfig = dataclasses.field(default_factory=ForgetConfig)
+  train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+  retrain: TrainConfig | None = None   # None: the same settings as train
+  unlearn: UnlearnConfig = dataclasses.field(default_factory=UnlearnConfig)
+  mask: MaskConfig = dataclasses.field(default_factory=MaskConfig)
+  curve: CurveConfig = dataclasses.field(default_factory=CurveConfig)
+  sweep: SweepConfig = dataclasses.field(default_factory=SweepConfig)
+
+  def validate(self, where="config"):
+    from mcu_jax import models
+    _choice(where, "model", self.model, tuple(models.model_names()))
+    if not self.dataset:
+      raise ConfigError(f"{where}.dataset: empty data set name")
+    _positive(where, "eval_batch_size", self.eval_batch_size)
+    for field in dataclasses.fields(self):
+      value = getattr(self, field.name)
+      if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        value.validate(f"{where}.{field.name}")
+
+  def to_dict(self) -> dict:
+    return dataclasses.asdict(self)
+
+
+# ---------------------------------------------------------------------------------------------
+# Checks
+
+
+def _choice(where, key, value, choices):
+  if value not in choices:
+    raise ConfigError(f"{where}.{key}: {value!r} is not one of {', '.join(map(str, choices))}")
+
+
+def _positive(where, key, value):
+  if not value > 0:
+    raise ConfigError(f"{where}.{key}: must be > 0, got {value!r}")
+
+
+def _open_unit(where, key, value):
+  _range(where, key, value, 0.0, 1.0, low_open=True, high_open=True)
+
+
+def _range(where, key, value, low, high, low_open=False, high_open=False):
+  ok = (value > low if low_open else value >= low)
+  if high is not None:
+    ok = ok and (value < high if high_open else value <= high)
+  if not ok:
+    interval = (("(" if low_open else "[") + f"{low}, " +
+                ("inf)" if high is None else f"{high}" + (")" if high_open else "]")))
+    raise ConfigError(f"{where}.{key}: must lie in {interval}, got {value!r}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Building from dicts, files and overrides
+
+
+def _coerce(where: str, annotation, value):
+  """``value`` checked against the field's annotation (no silent conversions but int->float)."""
+  origin = typing.get_origin(annotation)
+  if origin in (typing.Union, types.UnionType):
+    errors = []
+    for option in typing.get_args(annotation):
+      try:
+        return _coerce(where, option, value)
+      except ConfigError as e:
+        errors.append(str(e))
+    raise ConfigError(f"{where}: {value!r} is none of {annotation}")
+  if dataclasses.is_dataclass(annotation):
+    if not isinstance(value, dict):
+      raise ConfigError(f"{where}: expected a table/mapping, got {type(value).__name__}")
+    return _from_dict(annotation, value, where)
+  if origin is list:
+    if not isinstance(value, list):
+      raise ConfigError(f"{where}: expected a list, got {type(value).__name__}")
+    (item,) = typing.get_args(annotation)
+    return [_coerce(f"{where}[{i}]", item, v) for i, v in enumerate(value)]
+  if origin is dict or annotation is dict:
+    if not isinstance(value, dict):
+      raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__}")
+    return dict(value)
+  if annotation is float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+      raise ConfigError(f"{where}: expected a number, got {type(value).__name__} {value!r}")
+    return float(value)
+  if annotation is int:
+    if isinstance(value, bool) or not isinstance(value, int):
+      raise ConfigError(f"{where}: expected an integer, got {type(value).__name__} {value!r}")
+    return value
+  if annotation in (bool, str):
+    if not isinstance(value, annotation):
+      raise ConfigError(f"{where}: expected {annotation.__name__}, got "
+                        f"{type(value).__name__} {value!r}")
+    return value
+  if annotation is Any:
+    return value
+  if annotation is type(None):
+    if value is not None:
+      raise ConfigError(f"{where}: expected null, got {value!r}")
+    return None
+  raise TypeError(f"unsupported annotation {annotation}")
+
+
+def _from_dict(cls, values: dict, where: str):
+  hints = typing.get_type_hints(cls)
+  names = {f.name for f in dataclasses.fields(cls)}
+  unknown = sorted(set(values) - names)
+  if unknown:
+    raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; known: "
+                      f"{', '.join(sorted(names))}")
+  return cls(**{k: _coerce(f"{where}.{k}", hints[k], v) for k, v in values.items()})
+
+
+def _merge(base: dict, update: dict) -> dict:
+  out = dict(base)
+  for key, value in update.items():
+    if isinstance(value, dict) and isinstance(out.get(key), dict):
+      out[key] = _merge(out[key], value)
+    else:
+      out[key] = value
+  return out
+
+
+def read_file(path: str | os.PathLike) -> dict:
+  """A config file as a dict: ``.yaml``/``.yml``, ``.toml`` or ``.json``."""
+  path = Path(path)
+  if not path.is_file():
+    raise ConfigError(f"config file {path} does not exist")
+  text = path.read_text()
+  try:
+    if path.suffix in (".yaml", ".yml"):
+      import yaml
+      values = yaml.safe_load(text) or {}
+    elif path.suffix == ".toml":
+      import tomllib
+      values = tomllib.loads(text)
+    elif path.suffix == ".json":
+      values = json.loads(text)
+    else:
+      raise ConfigError(f"config file {path}: unknown format {path.suffix!r} "
+                        "(use .yaml, .toml or .json)")
+  except ConfigError:
+    raise
+  except Exception as e:
+    raise ConfigError(f"config file {path} cannot be parsed: {e}") from e
+  if not isinstance(values, dict):
+    raise ConfigError(f"config file {path}: the top level must be a mapping")
+  return values
+
+
+def parse_override(text: str) -> dict:
+  """``"curve.epochs=3"`` -> ``{"curve": {"epochs": 3}}``; values are parsed as YAML."""
+  import yaml
+  if "=" not in text:
+    raise ConfigError(f"override {text!r} must look like key.sub=value")
+  key, raw = text.split("=", 1)
+  try:
+    value = yaml.safe_load(raw) if raw.strip() else ""
+  except yaml.YAMLError as e:
+    raise ConfigError(f"override {text!r}: cannot parse value: {e}") from e
+  out: dict = value
+  for part in reversed(key.strip().split(".")):
+    if not part:
+      raise ConfigError(f"override {text!r}: empty key component")
+    out = {part: out}
+  return out
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: list[str] = (),
+                base: dict | None = None) -> RunConfig:
+  """Defaults <- ``base`` <- file <- overrides, then validated as a whole."""
+  values = dict(base or {})
+  if path is not None:
+    values = _merge(values, read_file(path))
+  for text in overrides:
+    values = _merge(values, parse_override(text))
+  config = _from_dict(RunConfig, values, "config")
+  config.validate()
+  return config

@@ -1,0 +1,466 @@
+"""The MCU job as stages over a run directory.
+
+Every stage reads its inputs from the run directory and writes its outputs there: models as
+orbax trees, records as JSON. A stage is done when its JSON record exists (written last and
+atomically); running it again is a no-op unless ``force``. Training stages checkpoint every
+epoch under ``<stage>/ckpt`` and continue from there with ``resume``.
+
+    run_dir/config.json        the resolved configuration
+    run_dir/split.npz          D_f / D_r indices into the training set
+    run_dir/original/          theta_o            + original.json
+    run_dir/retrain/           the gold standard  + retrain.json
+    run_dir/unlearn/           theta_p            + unlearn.json
+    run_dir/mask.json          the tensor mask and its saliencies
+    run_dir/curve/             the trained curve  + curve.json
+    run_dir/sweep.json         the spectrum along t and the chosen t
+    run_dir/report.{md,json}, sweep.png, methods.png
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from mcu_jax import augment, checkpoint, data, evaluate, masks, mcu, mia, models, report, train
+from mcu_jax import unlearn
+from mcu_jax.beta import AdaptiveBeta, FixedBeta
+from mcu_jax.config import RunConfig, TrainConfig
+from mcu_jax.curves import Curve, point
+
+STAGES = ("train", "retrain", "unlearn", "mask", "curve", "sweep", "report")
+
+
+class StageError(RuntimeError):
+  """A stage cannot run: a missing input, or a partial checkpoint without --resume."""
+
+
+@dataclasses.dataclass
+class Context:
+  """What every stage needs: config, data, model and the run directory."""
+  config: RunConfig
+  run_dir: Path
+  dataset: data.TrainTest
+  split: data.ForgetSplit
+  module: Any
+  apply: Any
+  preprocess_train: Any
+  preprocess_eval: Any
+  progress: bool = True
+  resume: bool = False
+  force: bool = False
+
+  def log(self, message: str) -> None:
+    if self.progress:
+      print(message, flush=True)
+
+  # ---- model trees ----
+
+  def like(self) -> dict:
+    """An abstract {params, model_state} tree for restoring models."""
+    image_shape = (1,) + self.dataset.train.images.shape[1:]
+    return jax.eval_shape(lambda: dict(zip(("params", "model_state"), models.init_model(
+        self.module, jax.random.PRNGKey(0), image_shape))))
+
+  def load_model(self, stage: str) -> tuple[Any, Any]:
+    record = self.run_dir / f"{stage}.json"
+    if not record.exists():
+      raise StageError(f"stage {stage!r} has not run in {self.run_dir}: run "
+                       f"`mcu-jax {stage_command(stage)} --run-dir {self.run_dir}` first")
+    like = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), self.like())
+    tree = checkpoint.load_tree(self.run_dir / stage / "model", like)
+    return tree["params"], tree["model_state"]
+
+  def save_model(self, stage: str, params, model_state) -> None:
+    checkpoint.save_tree(self.run_dir / stage / "model",
+                         {"params": params, "model_state": model_state}, force=True)
+
+  def record(self, stage: str) -> dict:
+    path = self.run_dir / f"{stage}.json"
+    if not path.exists():
+      raise StageError(f"stage {stage!r} has not run in {self.run_dir}: run "
+                       f"`mcu-jax {stage_command(stage)} --run-dir {self.run_dir}` first")
+    return report.read_json(path)
+
+  def done(self, stage: str) -> bool:
+    return (self.run_dir / f"{stage}.json").exists() and not self.force
+
+  def checkpointer(self, stage: str) -> checkpoint.Checkpointer:
+    directory = self.run_dir / stage / "ckpt"
+    if directory.exists() and any(directory.iterdir()):
+      if self.force:
+        shutil.rmtree(directory)
+      elif not self.resume:
+        raise StageError(f"stage {stage!r} has a partial checkpoint in {directory}: pass "
+                         "--resume to continue it or --force to start over")
+    return checkpoint.Checkpointer(directory)
+
+  # ---- data ----
+
+  def arrays(self, indices=None, dataset=None) -> tuple[np.ndarray, np.ndarray]:
+    dataset = dataset or self.dataset.train
+    if indices is None:
+      return dataset.images, dataset.labels
+    return dataset.images[indices], dataset.labels[indices]
+
+  def eval_sets(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    sets = {"retain": self.arrays(self.split.retain), "forget": self.arrays(self.split.forget)}
+    test = self.dataset.test
+    if self.split.kind == "class":
+      forgotten = np.isin(test.labels, self.split.classes)
+      sets["test"] = (test.images[~forgotten], test.labels[~forgotten])
+      sets["test_forget"] = (test.images[forgotten], test.labels[forgotten])
+    else:
+      sets["test"] = (test.images, test.labels)
+    return sets
+
+
+def stage_command(stage: str) -> str:
+  return {"original": "train", "unlearn": "unlearn --method ..."}.get(stage, stage)
+
+
+def make_context(config: RunConfig, run_dir, *, progress=True, resume=False, force=False
+                 ) -> Context:
+  """Loads the data, makes or reads the split and writes the resolved config."""
+  run_dir = Path(run_dir)
+  dataset = data.load_dataset(config.dataset)
+  split_path = run_dir / "split.npz"
+  if split_path.exists():
+    split = data.load_split(split_path, num_examples=len(dataset.train),
+                            labels=dataset.train.labels)
+  else:
+    split = data.make_split(dataset.train, config.forget.kind, ratio=config.forget.ratio,
+                            classes=config.forget.classes, seed=config.seed)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    data.save_split(split_path, split)
+  config_path = run_dir / "config.json"
+  if config_path.exists() and not force:
+    saved = report.read_json(config_path)
+    if saved != json.loads(json.dumps(config.to_dict())):
+      changed = sorted(k for k in set(saved) | set(config.to_dict())
+                       if saved.get(k) != json.loads(json.dumps(config.to_dict())).get(k))
+      raise StageError(f"{run_dir} was made with another configuration (differs in: "
+                       f"{', '.join(changed)}); use a new --run-dir or --force")
+  report.write_json(config_path, config.to_dict())
+  module = models.get_model(config.model, dataset.train.num_classes, **config.model_options)
+  mean, std = data.normalization_stats(dataset.train)
+  return Context(
+      config=config, run_dir=run_dir, dataset=dataset, split=split, module=module,
+      apply=models.make_apply(module),
+      preprocess_train=augment.make_preprocess(mean, std, augment=config.augment,
+                                               flip=config.augment),
+      preprocess_eval=augment.make_preprocess(mean, std, augment=False),
+      progress=progress, resume=resume, force=force)
+
+
+# ---------------------------------------------------------------------------------------------
+# Stages
+
+
+def _accuracies(ctx: Context, params, model_state) -> dict:
+  acc = lambda images, labels: evaluate.accuracy_and_loss(
+      ctx.apply, params, model_state, images, labels, ctx.config.eval_batch_size,
+      ctx.preprocess_eval)[0]
+  return {"train_acc": acc(*ctx.arrays()),
+          "test_acc": acc(ctx.dataset.test.images, ctx.dataset.test.labels)}
+
+
+def _supervised(ctx: Context, stage: str, settings: TrainConfig, indices, seed: int) -> dict:
+  images, labels = ctx.arrays(indices)
+  arrays = {"images": jnp.asarray(images), "labels": jnp.asarray(labels)}
+  steps = settings.epochs * -(-len(labels) // settings.batch_size)
+  opt = train.sgd(settings.lr, steps, settings.momentum, settings.weight_decay)
+  image_shape = (1,) + images.shape[1:]
+  params, model_state = models.init_model(ctx.module, jax.random.PRNGKey(seed), image_shape)
+  state = train.init_train_state(params, model_state, opt, jax.random.PRNGKey(seed + 1))
+  epoch = train.make_epoch(train.supervised_loss(ctx.apply), opt, settings.batch_size,
+                           ctx.preprocess_train)
+  state, history = train.fit(
+      state, epoch, arrays, settings.epochs, checkpointer=ctx.checkpointer(stage),
+      resume=True, desc=stage, progress=ctx.progress,
+      evaluate=lambda s: _accuracies(ctx, s.params, s.model_state))
+  ctx.save_model(stage, state.params, state.model_state)
+  record = {"history": history, "rte_seconds": sum(h["seconds"] for h in history),
+            **_accuracies(ctx, state.params, state.model_state)}
+  report.write_json(ctx.run_dir / f"{stage}.json", record)
+  return record
+
+
+def stage_train(ctx: Context) -> dict:
+  """theta_o: the original model on the whole training set."""
+  if ctx.done("original"):
+    return ctx.record("original")
+  ctx.log(f"[train] original {ctx.config.model} on {ctx.config.dataset}")
+  return _supervised(ctx, "original", ctx.config.train, None, ctx.config.seed)
+
+
+def stage_retrain(ctx: Context) -> dict:
+  """The gold standard: the same recipe on D_r only."""
+  if ctx.done("retrain"):
+    return ctx.record("retrain")
+  ctx.log("[retrain] on D_r")
+  return _supervised(ctx, "retrain", ctx.config.retrain or ctx.config.train, ctx.split.retain,
+                     ctx.config.seed + 100)
+
+
+def stage_unlearn(ctx: Context) -> dict:
+  """theta_p from the configured base method, starting at theta_o."""
+  if ctx.done("unlearn"):
+    return ctx.record("unlearn")
+  method = ctx.config.unlearn.method
+  ctx.log(f"[unlearn] base method {method}")
+  params, model_state = ctx.load_model("original")
+  method_config = unlearn.default_config(method)
+  if ctx.config.unlearn.options:
+    method_config = dataclasses.replace(method_config, **ctx.config.unlearn.options)
+  result = unlearn.run(method, apply=ctx.apply, params=params, model_state=model_state,
+                       train=ctx.dataset.train, split=ctx.split,
+                       preprocess=ctx.preprocess_train, config=method_config,
+                       rng=jax.random.PRNGKey(ctx.config.seed + 200), progress=ctx.progress,
+                       init=functools.partial(models.init_model, ctx.module,
+                                              input_shape=(1,) + ctx.dataset.train.images.shape[1:]),
+                       checkpointer=ctx.checkpointer("unlearn"))
+  ctx.save_model("unlearn", result.params, result.model_state)
+  record = {"method": method, "config": dataclasses.asdict(method_config),
+            "rte_seconds": result.rte_seconds, "history": result.history,
+            **_accuracies(ctx, result.params, result.model_state)}
+  report.write_json(ctx.run_dir / "unlearn.json", record)
+  return record
+
+
+def _summed_gradients(ctx: Context, params, model_state, indices) -> Any:
+  """Sum over batches of the batch-mean CE gradient, model in inference mode (reference)."""
+  images, labels = ctx.arrays(indices)
+  batch = min(ctx.config.curve.batch_size, len(labels))
+  x, y, valid = evaluate.padded_batches(jnp.asarray(images), jnp.asarray(labels), batch)
+  preprocess = ctx.preprocess_eval
+
+  def loss_fn(p, b):
+    logits, _ = ctx.apply(p, model_state, preprocess(None, b["images"]), False)
+    from mcu_jax import objectives
+    return objectives.masked_mean(objectives.cross_entropy(logits, b["labels"]), b["valid"])
+
+  return masks.accumulate_gradients(loss_fn, params, {"images": x, "labels": y, "valid": valid})
+
+
+def stage_mask(ctx: Context) -> dict:
+  """The tensor mask from retain/forget saliency of theta_o."""
+  if ctx.done("mask"):
+    return ctx.record("mask")
+  settings = ctx.config.mask
+  params, model_state = ctx.load_model("original")
+  start = time.perf_counter()
+  if settings.enabled:
+    ctx.log(f"[mask] k={settings.k} kr={settings.kr}")
+    retain = _summed_gradients(ctx, params, model_state, ctx.split.retain)
+    forget = _summed_gradients(ctx, params, model_state, ctx.split.forget)
+    mask = masks.mcu_mask(retain, forget, k=settings.k, kr=settings.kr)
+  else:
+    ctx.log("[mask] disabled: every tensor trains")
+    mask = mcu.full_mask(params)
+  seconds = time.perf_counter() - start
+  flags = {jax.tree_util.keystr(path): flag
+           for path, flag in jax.tree_util.tree_flatten_with_path(mask)[0]}
+  record = {"flags": flags, "fraction": masks.mask_fraction(mask, params),
+            "seconds": seconds, "enabled": settings.enabled}
+  report.write_json(ctx.run_dir / "mask.json", record)
+  return record
+
+
+def load_mask(ctx: Context, params) -> Any:
+  flags = ctx.record("mask")["flags"]
+  paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+  if set(paths) != set(flags):
+    raise StageError(f"{ctx.run_dir / 'mask.json'} does not match the model's tensors")
+  return jax.tree.unflatten(jax.tree.structure(params), [bool(flags[p]) for p in paths])
+
+
+def _beta_policy(ctx: Context):
+  settings = ctx.config.curve
+  if settings.beta != "adaptive":
+    return FixedBeta(float(settings.beta))
+  original = ctx.record("original")
+  retain_target, forget_target = evaluate.alignment_targets(
+      original["train_acc"], original["test_acc"], ctx.split.kind)
+  return AdaptiveBeta(forget_target, retain_target, settings.beta_low, settings.beta_high)
+
+
+def load_curve(ctx: Context) -> tuple[Curve, Any]:
+  """The curve (trained, or the straight line) and theta_o's model state."""
+  start, model_state = ctx.load_model("original")
+  end, _ = ctx.load_model("unlearn")
+  curve = Curve.from_endpoints(start, end, ctx.config.curve.num_bends, ctx.config.curve.kind)
+  record = ctx.record("curve")
+  if record["trained"]:
+    controls = checkpoint.load_tree(ctx.run_dir / "curve" / "controls", curve.controls)
+    curve = curve.replace(controls=controls)
+  return curve, model_state
+
+
+def stage_curve(ctx: Context) -> dict:
+  """Trains the curve's controls with L_r - beta L_f on D_f + retain_ratio of D_r."""
+  if ctx.done("curve"):
+    return ctx.record("curve")
+  settings = ctx.config.curve
+  start, model_state = ctx.load_model("original")
+  end, _ = ctx.load_model("unlearn")
+  curve = Curve.from_endpoints(start, end, settings.num_bends, settings.kind)
+  if not settings.train:
+    ctx.log("[curve] straight line (no training)")
+    record = {"trained": False, "rte_seconds": 0.0, "history": []}
+    report.write_json(ctx.run_dir / "curve.json", record)
+    return record
+  mask = load_mask(ctx, start)
+  policy = _beta_policy(ctx)
+  ctx.log(f"[curve] {settings.epochs} epochs, beta={policy}")
+  arrays = data.curve_training_set(ctx.dataset.train, ctx.split, settings.retain_ratio,
+                                   seed=ctx.config.seed + 300)
+  arrays = {k: jnp.asarray(v) for k, v in arrays.items()}
+  opt = optax.sgd(settings.lr, momentum=settings.momentum or None)
+  state = mcu.init_state(curve, opt, mask, model_state, jax.random.PRNGKey(ctx.config.seed + 400))
+  epoch = mcu.make_train_epoch(ctx.apply, opt, mask, policy, settings.kind, settings.batch_size,
+                               ctx.preprocess_train)
+  endpoints = mcu.Endpoints(curve.start, curve.end)
+  state, history = train.fit(state, lambda s, d: epoch(s, endpoints, d), arrays, settings.epochs,
+                             checkpointer=ctx.checkpointer("curve"), resume=True, desc="curve",
+                             progress=ctx.progress)
+  checkpoint.save_tree(ctx.run_dir / "curve" / "controls", state.controls, force=True)
+  mask_seconds = ctx.record("mask")["seconds"]
+  curve_seconds = sum(h["seconds"] for h in history)
+  record = {"trained": True, "history": history, "curve_seconds": curve_seconds,
+            "rte_seconds": mask_seconds + curve_seconds, "beta_policy": repr(policy)}
+  report.write_json(ctx.run_dir / "curve.json", record)
+  return record
+
+
+def stage_sweep(ctx: Context) -> dict:
+  """phi(t) at evenly spaced t with recalibrated BN; the chosen t and the effective region."""
+  if ctx.done("sweep"):
+    return ctx.record("sweep")
+  settings = ctx.config.sweep
+  curve, model_state = load_curve(ctx)
+  ts = np.linspace(0.0, 1.0, settings.points)
+  ctx.log(f"[sweep] {settings.points} points")
+  start = time.perf_counter()
+  result = evaluate.sweep(curve, ts, ctx.apply, model_state,
+                          recal_images=ctx.dataset.train.images, sets=ctx.eval_sets(),
+                          batch_size=ctx.config.eval_batch_size, preprocess=ctx.preprocess_eval,
+                          chunk_size=settings.chunk_size, keep_states=False,
+                          progress=ctx.progress)
+  seconds = time.perf_counter() - start
+  original = ctx.record("original")
+  retain_target, forget_target = evaluate.alignment_targets(
+      original["train_acc"], original["test_acc"], ctx.split.kind)
+  lo, hi = settings.t_search
+  choice = evaluate.select_t(result, retain_target, forget_target, lo=lo, hi=hi)
+  record = {"sweep": result.to_dict(), "seconds": seconds, "chosen_t": choice.t,
+            "gap": choice.gap, "region": [list(r) for r in choice.region],
+            "targets": {"retain": retain_target, "forget": forget_target}}
+  report.write_json(ctx.run_dir / "sweep.json", record)
+  return record
+
+
+def _point_metrics(ctx: Context, params, model_state) -> dict:
+  sets = ctx.eval_sets()
+  metrics = mia.unlearning_metrics(ctx.apply, params, model_state, forget=sets["forget"],
+                                   retain=sets["retain"], test=sets["test"],
+                                   batch_size=ctx.config.eval_batch_size,
+                                   preprocess=ctx.preprocess_eval, seed=ctx.config.seed)
+  if "test_forget" in sets:
+    metrics["TA_forgotten"] = evaluate.accuracy_and_loss(
+        ctx.apply, params, model_state, *sets["test_forget"], ctx.config.eval_batch_size,
+        ctx.preprocess_eval)[0]
+  return metrics
+
+
+def stage_report(ctx: Context) -> dict:
+  """Metrics of original, retrain, base and MCU at the chosen t; markdown, JSON and plots."""
+  if ctx.done("report"):
+    return ctx.record("report")
+  ctx.log("[report] metrics, tables and plots")
+  sweep_record = ctx.record("sweep")
+  curve, model_state = load_curve(ctx)
+  t = sweep_record["chosen_t"]
+  mcu_params = point(curve, t)
+  mcu_state = evaluate.recalibrate_batch_stats(ctx.apply, mcu_params, model_state,
+                                               ctx.dataset.train.images,
+                                               ctx.config.eval_batch_size, ctx.preprocess_eval)
+  method = ctx.record("unlearn")["method"]
+  rows = []
+  for name, stage in (("Original", "original"), ("Retrain", "retrain"),
+                      (method.upper(), "unlearn")):
+    params, state = ctx.load_model(stage)
+    rows.append({"method": name, **_point_metrics(ctx, params, state),
+                 "RTE": ctx.record(stage)["rte_seconds"]})
+  rows.append({"method": f"{method.upper()}+MCU (t={t:.2f})",
+               **_point_metrics(ctx, mcu_params, mcu_state),
+               "RTE": ctx.record("unlearn")["rte_seconds"] + ctx.record("curve")["rte_seconds"]})
+  retrain_row = rows[1]
+  for row in rows:
+    row["AvgGap"] = mia.avg_gap(row, retrain_row)
+  columns = ["method", "UA", "RA", "TA", "MIA", "loss_auc", "AvgGap", "RTE"]
+  if ctx.split.kind == "class":
+    columns.insert(4, "TA_forgotten")
+  table = report.markdown_table(rows, columns)
+  sweep_png = report.plot_sweep(
+      _SweepView(sweep_record["sweep"]),
+      targets=(sweep_record["targets"]["retain"], sweep_record["targets"]["forget"]),
+      region=sweep_record["region"], chosen_t=t, path=ctx.run_dir / "sweep.png",
+      title=f"{ctx.config.model} on {ctx.config.dataset}: {method} + MCU")
+  methods_png = report.plot_methods(rows, path=ctx.run_dir / "methods.png",
+                                    title="Unlearning metrics (percent)")
+  text = "\n".join([
+      f"# MCU run: {ctx.config.model} on {ctx.config.dataset}",
+      "",
+      f"Forgetting: {ctx.split.kind}, |D_f| = {len(ctx.split.forget)}, "
+      f"|D_r| = {len(ctx.split.retain)}. Base method: {method}. Chosen t = {t:.3f} "
+      f"(gap {sweep_record['gap']:.2f}); effective region: "
+      f"{', '.join(f'[{a:.2f}, {b:.2f}]' for a, b in sweep_record['region']) or 'empty'}.",
+      "",
+      "UA, RA, TA, MIA in percent; loss_auc is the loss-threshold attack's ROC-AUC on D_f vs "
+      "test; AvgGap is against Retrain over UA, RA, TA, MIA; RTE in seconds.",
+      "",
+      table,
+      "",
+      "![accuracy along the curve](sweep.png)",
+      "",
+      "![methods](methods.png)",
+      "",
+  ])
+  report.write_markdown(ctx.run_dir / "report.md", text)
+  record = {"rows": rows, "chosen_t": t, "table": table,
+            "files": {"markdown": str(ctx.run_dir / "report.md"), "sweep_png": sweep_png,
+                      "methods_png": methods_png}}
+  report.write_json(ctx.run_dir / "report.json", record)
+  return record
+
+
+class _SweepView:
+  """A SweepResult-like view of a sweep record read back from JSON."""
+
+  def __init__(self, record: dict):
+    self.ts = np.asarray(record["ts"])
+    self.accuracy = {k: np.asarray(v) for k, v in record["accuracy"].items()}
+    self.loss = {k: np.asarray(v) for k, v in record["loss"].items()}
+
+
+STAGE_FUNCTIONS = {
+    "train": stage_train, "retrain": stage_retrain, "unlearn": stage_unlearn,
+    "mask": stage_mask, "curve": stage_curve, "sweep": stage_sweep, "report": stage_report,
+}
+
+
+def run_all(ctx: Context, stages=STAGES) -> dict:
+  """Runs the stages in order; returns the report record."""
+  out = None
+  for stage in stages:
+    out = STAGE_FUNCTIONS[stage](ctx)
+  return out

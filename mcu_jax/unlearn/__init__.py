@@ -1,0 +1,123 @@
+"""Base unlearning methods: the ways to obtain theta_p, the end point of MCU's curve.
+
+Usage::
+
+    result = unlearn.run("salun", apply=apply, params=params, model_state=state, train=train,
+                         split=split, preprocess=preprocess, rng=jax.random.PRNGKey(0))
+    theta_p = (result.params, result.model_state); result.rte_seconds; result.history
+
+Every method is a per-batch loss over a view of the data, run by the shared trainer
+(``train.make_epoch``: one jitted ``lax.scan`` per epoch; ``train.fit``: progress bar, history,
+checkpoint/resume). ``METHODS`` is the registry, ``default_config(name)`` gives a method's
+hyperparameters (a frozen, validated dataclass; ``config.replace(epochs=1)`` or a dict of
+fields to override), ``run`` executes one. RTE = the trainer's per-epoch seconds plus the
+method's own extra computation, compilation excluded (see ``UnlearnResult``).
+
+Common defaults (every method unless its row says otherwise), from the reference
+(TIML-Group/Mode-Connectivity-Unlearning, ``arg_parser.py``): SGD, lr 0.01, momentum 0.9,
+weight decay 1e-4 (coupled, as ``torch.optim.SGD``), batch 128, cosine annealing over the
+epochs stepped once per epoch (``--milestones None`` -> ``CosineAnnealingLR``).
+
+=============  ====================  ==========================  ===================================
+method         data                  loss                        defaults (source)
+=============  ====================  ==========================  ===================================
+retrain        D_r, fresh init       CE                          200 epochs (reference ``--epochs``
+                                                                 and README retrain command
+                                                                 ``--lr=0.01 --epochs=200``)
+ft             D_r                   CE                          10 epochs (the reference fixes no
+                                                                 per-method epochs; SalUn's and
+                                                                 Unlearn-Sparse's FT command
+                                                                 ``--unlearn_lr 0.01
+                                                                 --unlearn_epochs 10``)
+ga             D_f                   -CE                         lr 1e-4, 5 epochs (SalUn and
+                                                                 Unlearn-Sparse README GA command
+                                                                 ``--unlearn_lr 0.0001
+                                                                 --unlearn_epochs 5``; the
+                                                                 reference has no GA-specific value)
+neggrad_plus   D_f + D_r shuffled,   CE(D_r members)             beta 0.15 (reference ``--beta``,
+               ``is_forget`` flag    - beta * CE(D_f members),   "beta for NegGrad+"); 10 epochs
+                                     per-batch subset means      (as FT)
+rl             D_f (random wrong     CE                          10 epochs (SalUn's RL command
+               label) + D_r                                      ``--unlearn_epochs 10``)
+salun          as rl                 CE, updates masked to the   mask_ratio 0.5 (reference
+                                     top mask_ratio weights by   ``generate_mask.py``
+                                     abs(sum_batches grad CE)    ``threshold_list = [0.5]``);
+                                     on D_f at theta_o           10 epochs
+l1_sparse      D_r                   CE + alpha_e * ||theta||_1  alpha 5e-4, decaying linearly per
+                                                                 epoch to 0, no_l1_epochs 0; weight
+                                                                 decay 5e-4; lr 0.01, 10 epochs
+                                                                 (Jia et al. 2023, "Model Sparsity
+                                                                 Can Simplify Machine Unlearning",
+                                                                 Unlearn-Sparse: ``FT_iter``'s
+                                                                 ``alpha * (1 - epoch /
+                                                                 (unlearn_epochs - no_l1_epochs))``,
+                                                                 ``--weight_decay 5e-4``,
+                                                                 ``--no-l1-epochs 0``, README
+                                                                 ``--unlearn_lr 0.01
+                                                                 --unlearn_epochs 10``; see note 4)
+negtv          D_f (fine-tune)       CE; then theta_o - coef     coef 0.9 (reference ``--coef``,
+                                     * (theta_ft - theta_o)      ``main_tv.py``); fine-tune 10
+                                                                 epochs (as FT); BN stats by the
+                                                                 same formula (reference)
+scrub          max: D_f, min: D_r    max: -KL_T(t || s);         Kurmanji et al. 2023, SCRUB repo
+                                     min: gamma CE + alpha KL_T  ``large_scale_unlearning.ipynb``
+                                                                 (CIFAR-10): 3 epochs
+                                                                 (``sgda_epochs``), msteps 2, lr
+                                                                 5e-4 constant (its decay epochs
+                                                                 [3, 5, 9] never fire in 3 epochs),
+                                                                 momentum 0.9, weight decay 5e-4,
+                                                                 gamma 0.99, alpha 0.001, beta 0
+                                                                 (no extra KD term), T 4, retain
+                                                                 batch 256, forget batch 512 (the
+                                                                 notebook's loaders)
+=============  ====================  ==========================  ===================================
+
+Notes and deviations from the reference:
+
+1. NegGrad+ follows the reference (``CE_r - beta * CE_f`` on mixed batches, beta 0.15), not the
+   SCRUB paper's ``alpha * CE_r - (1 - alpha) * CE_f`` over paired retain/forget loaders; the two
+   differ by a per-batch weighting and an overall scale of the loss (beta = (1 - alpha) / alpha).
+2. Random labels (rl, salun) are drawn uniformly from the other classes, afresh every step from
+   the step's PRNG key (the reference redraws in every ``__getitem__``: same distribution).
+3. SalUn: here weights outside the mask never move, weight decay included (``train.make_epoch``
+   masks gradients and updates), as the SalUn paper intends. The reference multiplies only the
+   gradients by the mask before ``optimizer.step()``, whose coupled weight decay and momentum
+   still move masked-out weights. The gradients for the mask are those of each batch's mean CE
+   over D_f (batches of ``batch_size``, in order), summed, the model in inference mode and
+   without augmentation; the ranking is ``masks.salun_mask`` (global, ties stable).
+4. l1-sparse's alpha: Unlearn-Sparse's code fixes the decay formula but not the value (its
+   ``--alpha`` default, 0.2, is a placeholder shared with other methods, and its README leaves
+   ``${alpha}``); 5e-4 is the value this project adopts for Jia et al. (SalUn-lineage scripts
+   use 1e-4 on CIFAR-10). The penalty enters as its subgradient ``alpha * sign(theta)`` added
+   to the gradient (``methods.l1_penalty``), identical to adding ``alpha * ||theta||_1`` to the
+   loss; the reported ``train_loss`` is the CE alone. All parameters are penalised, BN's
+   included (the reference's ``model.parameters()``).
+5. NegTV applies the formula to every floating leaf of params and of the model state (the
+   reference's task vector spans the whole state_dict, BN buffers included). A running variance
+   can then turn negative; ``NegTVConfig(batch_stats="original" | "recalibrate")`` keeps
+   theta_o's statistics or recomputes them on D_r.
+6. SCRUB: outer epoch e (1-based) runs a max-epoch over D_f if e <= msteps, then a min-epoch
+   over D_r, sharing one optimiser, as the paper's code; each phase is one jitted epoch. The
+   teacher (theta_o, inference mode) rides in the trainer's model state, so it is an argument
+   of the jitted epochs rather than a baked-in constant.
+7. Cosine annealing is stepped per epoch, as the reference's scheduler (``cosine=False`` for a
+   constant rate). A last partial batch is padded and masked out of every loss by the trainer;
+   its training-mode BatchNorm batch statistics do include the padding (copies of the data's
+   first example, ``mcu.epoch_batches``), which matters for small forget sets (GA, NegTV,
+   SCRUB's max-phase).
+"""
+from mcu_jax.unlearn.configs import (FTConfig, GAConfig, L1SparseConfig, MethodConfig,
+                                     NegGradPlusConfig, NegTVConfig, RetrainConfig, RLConfig,
+                                     SalUnConfig, ScrubConfig)
+from mcu_jax.unlearn.methods import (METHODS, Method, UnlearnResult, check_split,
+                                     default_config, distill_kl, get_method, l1_penalty,
+                                     make_optimizer, method_names, negate_task_vector,
+                                     random_wrong_labels, run)
+
+__all__ = [
+    "METHODS", "Method", "UnlearnResult", "run", "default_config", "get_method",
+    "method_names", "check_split", "make_optimizer", "l1_penalty", "distill_kl",
+    "negate_task_vector", "random_wrong_labels", "MethodConfig", "RetrainConfig", "FTConfig",
+    "GAConfig", "NegGradPlusConfig", "RLConfig", "SalUnConfig", "L1SparseConfig",
+    "NegTVConfig", "ScrubConfig",
+]

@@ -1,0 +1,58 @@
+import pytest
+
+from mcu_jax import config as config_lib
+from mcu_jax.config import ConfigError, load_config
+
+
+def test_defaults_are_the_reference_mcu_hyperparameters():
+  c = load_config()
+  assert (c.curve.lr, c.curve.momentum, c.curve.epochs, c.curve.batch_size) == (0.01, 0.9, 10, 128)
+  assert (c.curve.retain_ratio, c.curve.num_bends, c.curve.kind) == (0.5, 3, "bezier")
+  assert (c.mask.k, c.mask.kr, c.sweep.points) == (0.5, 0.0, 20)
+  assert c.curve.beta == "adaptive"
+
+
+def test_file_and_overrides(tmp_path):
+  path = tmp_path / "c.yaml"
+  path.write_text("model: mlp\ncurve:\n  epochs: 3\nforget:\n  kind: class\n  classes: [1, 2]\n")
+  c = load_config(path, ["curve.epochs=5", "curve.beta=0.2", "train.lr=0.05"])
+  assert c.model == "mlp" and c.curve.epochs == 5 and c.curve.beta == 0.2
+  assert c.forget.classes == [1, 2] and c.train.lr == 0.05
+  toml = tmp_path / "c.toml"
+  toml.write_text("seed = 3\n[mask]\nenabled = false\n")
+  assert load_config(toml).mask.enabled is False
+
+
+@pytest.mark.parametrize("override,message", [
+    ("curve.epoch=3", r"config.curve: unknown key\(s\) epoch"),
+    ("nonsense=1", r"config: unknown key\(s\) nonsense"),
+    ("curve.epochs=three", r"config.curve.epochs: expected an integer"),
+    ("curve.epochs=2.5", r"config.curve.epochs: expected an integer"),
+    ("train.lr=[1]", r"config.train.lr: expected a number"),
+    ("mask.k=1.5", r"config.mask.k: must lie in \(0.0, 1.0\]"),
+    ("mask.kr=1.0", r"config.mask.kr: must lie in \[0.0, 1.0\)"),
+    ("forget.ratio=0", r"config.forget.ratio: must lie in \(0.0, 1.0\)"),
+    ("curve.beta=fast", r"config.curve.beta"),
+    ("curve.num_bends=2", r"config.curve.num_bends"),
+    ("sweep.points=3", r"config.sweep.points: cubic interpolation needs >= 4"),
+    ("model=resnet1000", r"config.model: 'resnet1000' is not one of"),
+    ("unlearn.method=magic", r"config.unlearn.method: 'magic' is not one of"),
+    ("curve", r"must look like key.sub=value"),
+])
+def test_bad_values_give_one_clear_message(override, message):
+  with pytest.raises(ConfigError, match=message):
+    load_config(overrides=[override])
+
+
+def test_bad_files(tmp_path):
+  with pytest.raises(ConfigError, match="does not exist"):
+    load_config(tmp_path / "missing.yaml")
+  bad = tmp_path / "bad.yaml"
+  bad.write_text("curve: [unclosed\n")
+  with pytest.raises(ConfigError, match="cannot be parsed"):
+    load_config(bad)
+  ini = tmp_path / "c.ini"
+  ini.write_text("x=1")
+  with pytest.raises(ConfigError, match="unknown format"):
+    load_config(ini)
+  assert not any(p.name not in {"bad.yaml", "c.ini"} for p in tmp_path.iterdir())
