@@ -123,6 +123,17 @@ class Context:
     return sets
 
 
+def _flatten(tree: dict, prefix: str = "") -> dict:
+  """{"a": {"b": 1}} -> {"a.b": 1}."""
+  out = {}
+  for key, value in tree.items():
+    if isinstance(value, dict) and value:
+      out.update(_flatten(value, f"{prefix}{key}."))
+    else:
+      out[f"{prefix}{key}"] = value
+  return out
+
+
 def stage_command(stage: str) -> str:
   return {"original": "train", "unlearn": "unlearn --method ..."}.get(stage, stage)
 
@@ -137,16 +148,19 @@ def make_context(config: RunConfig, run_dir, *, progress=True, resume=False, for
     split = data.load_split(split_path, num_examples=len(dataset.train),
                             labels=dataset.train.labels)
   else:
-    split = data.make_split(dataset.train, config.forget.kind, ratio=config.forget.ratio,
-                            classes=config.forget.classes, seed=config.seed)
+    if config.forget.kind == "class":
+      split = data.make_split(dataset.train, "class", classes=config.forget.classes)
+    else:
+      split = data.make_split(dataset.train, "random", ratio=config.forget.ratio,
+                              seed=config.seed)
     run_dir.mkdir(parents=True, exist_ok=True)
     data.save_split(split_path, split)
   config_path = run_dir / "config.json"
   if config_path.exists() and not force:
-    saved = report.read_json(config_path)
-    if saved != json.loads(json.dumps(config.to_dict())):
-      changed = sorted(k for k in set(saved) | set(config.to_dict())
-                       if saved.get(k) != json.loads(json.dumps(config.to_dict())).get(k))
+    saved = _flatten(report.read_json(config_path))
+    wanted = _flatten(json.loads(json.dumps(config.to_dict())))
+    changed = sorted(k for k in set(saved) | set(wanted) if saved.get(k) != wanted.get(k))
+    if changed:
       raise StageError(f"{run_dir} was made with another configuration (differs in: "
                        f"{', '.join(changed)}); use a new --run-dir or --force")
   report.write_json(config_path, config.to_dict())

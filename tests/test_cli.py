@@ -1,0 +1,136 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import chex
+import pytest
+
+from mcu_jax import checkpoint, cli
+
+FAST = ["--no-progress", "--set", "train.epochs=3", "--set", "curve.epochs=2",
+        "--set", "unlearn.options={epochs: 1}", "--set", "sweep.points=6",
+        "--set", "model_options={width: 8}"]
+
+
+@pytest.fixture(scope="module")
+def demo_dir(tmp_path_factory):
+  run_dir = tmp_path_factory.mktemp("demo") / "run"
+  assert cli.main(["demo", "--run-dir", str(run_dir), *FAST]) == 0
+  return run_dir
+
+
+def test_demo_writes_every_report_file_and_metric(demo_dir, capsys):
+  record = json.loads((demo_dir / "report.json").read_text())
+  names = [row["method"] for row in record["rows"]]
+  assert names[:3] == ["Original", "Retrain", "RL"] and names[3].startswith("RL+MCU")
+  for row in record["rows"]:
+    for key in ("UA", "RA", "TA", "MIA", "loss_auc", "AvgGap", "RTE", "TA_forgotten"):
+      assert isinstance(row[key], float), (row["method"], key)
+  assert record["rows"][1]["AvgGap"] == 0.0
+  assert 0.75 <= record["chosen_t"] <= 1.0
+  text = (demo_dir / "report.md").read_text()
+  assert "| method |" in text and "RL+MCU" in text
+  for png in ("sweep.png", "methods.png"):
+    data = (demo_dir / png).read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+  sweep = json.loads((demo_dir / "sweep.json").read_text())
+  assert len(sweep["sweep"]["ts"]) == 6
+  config = json.loads((demo_dir / "config.json").read_text())
+  assert config["forget"] == {"kind": "class", "ratio": 0.1, "classes": [3]}
+
+
+def test_finished_stages_are_no_ops(demo_dir, capsys):
+  model_file = next((demo_dir / "original" / "model").rglob("*"))
+  before = {p: p.stat().st_mtime_ns for p in demo_dir.rglob("*") if p.is_file()}
+  assert cli.main(["demo", "--run-dir", str(demo_dir), *FAST]) == 0
+  after = {p: p.stat().st_mtime_ns for p in demo_dir.rglob("*") if p.is_file()}
+  changed = [p.name for p in before if before[p] != after.get(p)]
+  assert changed == ["config.json"] or changed == [], changed
+  assert model_file.exists()
+  assert "RL+MCU" in capsys.readouterr().out
+
+
+def test_other_configuration_in_same_run_dir_is_refused(demo_dir, capsys):
+  assert cli.main(["curve", "--run-dir", str(demo_dir), "--set", "curve.lr=0.5"]) == 2
+  assert "another configuration (differs in: curve.lr)" in capsys.readouterr().err
+
+
+def test_stage_commands_reuse_the_run_configuration(demo_dir, capsys):
+  assert cli.main(["sweep", "--run-dir", str(demo_dir), "--no-progress"]) == 0
+  assert "chosen_t" in capsys.readouterr().out
+
+
+def test_stage_needs_its_inputs(tmp_path, capsys):
+  assert cli.main(["curve", "--run-dir", str(tmp_path / "r"), *FAST]) == 2
+  assert "stage 'original' has not run" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("override,message", [
+    ("curve.epoch=3", "unknown key(s) epoch"),
+    ("curve.epochs=many", "expected an integer"),
+    ("mask.k=2", "config.mask.k: must lie in"),
+])
+def test_config_errors_write_nothing(tmp_path, capsys, override, message):
+  run_dir = tmp_path / "never"
+  assert cli.main(["run", "--run-dir", str(run_dir), "--set", override]) == 2
+  err = capsys.readouterr().err
+  assert message in err and err.count("error") == 1
+  assert not run_dir.exists()
+
+
+def _train_command(run_dir, epochs, extra=()):
+  return [sys.executable, str(Path(__file__).with_name("_cli_train.py")), "train",
+          "--run-dir", str(run_dir), "--no-progress", "--set", f"train.epochs={epochs}",
+          "--set", "model_options={width: 8}", *extra]
+
+
+def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  epochs = 6
+  killed = tmp_path / "killed"
+  proc = subprocess.Popen(_train_command(killed, epochs), env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE)
+  ckpt = killed / "original" / "ckpt"
+  deadline = time.time() + 240
+  while time.time() < deadline and proc.poll() is None:
+    steps = [p for p in ckpt.glob("*") if p.name.isdigit()] if ckpt.exists() else []
+    if any(int(p.name) >= 2 for p in steps):
+      break
+    time.sleep(0.05)
+  assert proc.poll() is None, "training finished before it could be killed"
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert not (killed / "original.json").exists()
+
+  refused = subprocess.run(_train_command(killed, epochs), env=env, capture_output=True,
+                           text=True)
+  assert refused.returncode == 2 and "--resume" in refused.stderr
+
+  resumed = subprocess.run(_train_command(killed, epochs, ["--resume"]), env=env,
+                           capture_output=True, text=True)
+  assert resumed.returncode == 0, resumed.stderr[-2000:]
+  history = json.loads((killed / "original.json").read_text())["history"]
+  assert [h["epoch"] for h in history] == list(range(1, epochs + 1))
+
+  straight = tmp_path / "straight"
+  done = subprocess.run(_train_command(straight, epochs), env=env, capture_output=True, text=True)
+  assert done.returncode == 0, done.stderr[-2000:]
+  a = checkpoint.load_tree(killed / "original" / "model")
+  b = checkpoint.load_tree(straight / "original" / "model")
+  chex.assert_trees_all_equal(a, b)
+
+
+def test_corrupt_model_checkpoint_names_the_file(demo_dir, tmp_path, capsys):
+  import shutil
+  copy = tmp_path / "copy"
+  shutil.copytree(demo_dir, copy)
+  for f in (copy / "unlearn" / "model").rglob("*"):
+    if f.is_file() and "METADATA" not in f.name and f.stat().st_size:
+      f.write_bytes(b"broken")
+  (copy / "curve.json").unlink()
+  with pytest.raises(checkpoint.CheckpointError, match=str(copy / "unlearn" / "model")):
+    cli.main(["curve", "--run-dir", str(copy), *FAST])
