@@ -46,3 +46,34 @@ def test_single_device_mesh():
   assert mesh.axis_names == ("data",)
   batch = parallel.shard_batch({"x": np.arange(8.0)}, mesh)
   np.testing.assert_array_equal(np.asarray(batch["x"]), np.arange(8.0))
+
+
+def _last_json(text: str) -> dict:
+  return json.loads(text.strip().splitlines()[-1])
+
+
+def test_two_process_cpu_run_matches_one_process():
+  """jax.distributed on localhost with gloo CPU collectives: the curve equals 1 process."""
+  import socket
+  script = str(Path(__file__).with_name("_multiprocess_curve.py"))
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  env.pop("XLA_FLAGS", None)
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    port = str(s.getsockname()[1])
+  workers = [subprocess.Popen([sys.executable, script, "worker", port, str(i)], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for i in range(2)]
+  outputs = [w.communicate(timeout=300) for w in workers]
+  for w, (out, err) in zip(workers, outputs):
+    assert w.returncode == 0, err[-3000:]
+  single = subprocess.run([sys.executable, script, "single"], env=env, capture_output=True,
+                          text=True, timeout=300)
+  assert single.returncode == 0, single.stderr[-3000:]
+  base = _last_json(single.stdout)
+  assert base["processes"] == 1
+  for out, _ in outputs:
+    result = _last_json(out)
+    assert result["processes"] == 2 and result["devices"] == 2
+    for a, b in zip(result["leaves"], base["leaves"]):
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
