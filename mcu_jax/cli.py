@@ -89,7 +89,7 @@ def main(argv=None) -> int:
     print(f"mcu-jax: error: {e}", file=sys.stderr)
     return 2
 
-  from mcu_jax import parallel, pipeline, report
+  from mcu_jax import checkpoint, parallel, pipeline, report
   parallel.initialize(args.coordinator, args.num_processes, args.process_id)
   run_dir = args.run_dir
   if run_dir is None:
@@ -102,7 +102,8 @@ def main(argv=None) -> int:
       record = pipeline.run_all(ctx)
     else:
       record = pipeline.STAGE_FUNCTIONS[args.command](ctx)
-  except (pipeline.StageError, config_lib.ConfigError, ValueError, FileNotFoundError) as e:
+  except (pipeline.StageError, config_lib.ConfigError, checkpoint.CheckpointError, ValueError,
+          FileNotFoundError) as e:
     print(f"mcu-jax: error: {e}", file=sys.stderr)
     return 2
   if args.command in ("demo", "run", "report"):

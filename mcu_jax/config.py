@@ -61,6 +61,11 @@ class UnlearnConfig:
   def validate(self, where):
     from mcu_jax import unlearn
     _choice(where, "method", self.method, tuple(unlearn.METHODS))
+    config_type = type(unlearn.default_config(self.method))
+    try:
+      config_type(**self.options)
+    except (TypeError, ValueError) as e:
+      raise ConfigError(f"{where}.options: invalid {self.method} hyperparameters: {e}") from e
 
 
 @dataclasses.dataclass
@@ -108,14 +113,17 @@ class CurveConfig:
 @dataclasses.dataclass
 class SweepConfig:
   points: int = 20
-  chunk_size: int = 4              # t values evaluated at once (vmapped)
+  chunk_size: int | None = None    # t values vmapped at once; None: auto (loop on CPU)
   t_search: list[float] = dataclasses.field(default_factory=lambda: [0.75, 1.0])
+  targets: str = "alignment"       # "alignment" (original model) or "retrain"
 
   def validate(self, where):
     if self.points < 4:
       raise ConfigError(f"{where}.points: cubic interpolation needs >= 4 points, got "
                         f"{self.points}")
-    _positive(where, "chunk_size", self.chunk_size)
+    if self.chunk_size is not None:
+      _positive(where, "chunk_size", self.chunk_size)
+    _choice(where, "targets", self.targets, ("alignment", "retrain"))
     if len(self.t_search) != 2 or not 0.0 <= self.t_search[0] < self.t_search[1] <= 1.0:
       raise ConfigError(f"{where}.t_search: needs [lo, hi] with 0 <= lo < hi <= 1, got "
                         f"{self.t_search}")
@@ -140,6 +148,10 @@ class RunConfig:
   def validate(self, where="config"):
     from mcu_jax import models
     _choice(where, "model", self.model, tuple(models.model_names()))
+    try:
+      models.get_model(self.model, 10, **self.model_options)
+    except TypeError as e:
+      raise ConfigError(f"{where}.model_options: invalid options for {self.model}: {e}") from e
     if not self.dataset:
       raise ConfigError(f"{where}.dataset: empty data set name")
     _positive(where, "eval_batch_size", self.eval_batch_size)

@@ -555,3 +555,20 @@ def to_device(arrays: Mapping[str, Any], sharding=None) -> dict:
     return jax.device_put(arrays, sharding)
   return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
           for k, v in arrays.items()}
+
+
+def padded_batches(arrays: Mapping[str, np.ndarray], batch_size: int) -> dict[str, np.ndarray]:
+  """Host arrays reshaped to (steps, batch_size, ...) in order, zero-padded, plus ``valid``
+  (steps, batch_size) bool marking the real examples."""
+  n = int(arrays["labels"].shape[0])
+  if n == 0:
+    raise ValueError("cannot batch an empty set")
+  steps = -(-n // batch_size)
+  pad = steps * batch_size - n
+  out = {}
+  for name, value in arrays.items():
+    value = np.asarray(value)
+    value = np.concatenate([value, np.zeros((pad,) + value.shape[1:], value.dtype)])
+    out[name] = value.reshape((steps, batch_size) + value.shape[1:])
+  out["valid"] = (np.arange(steps * batch_size) < n).reshape(steps, batch_size)
+  return out

@@ -50,6 +50,27 @@ def _accumulate(loss_fn, params, batches):
   return total
 
 
+def summed_ce_gradients_fn(apply, preprocess):
+  """A jitted ``fn(params, model_state, batches) -> grads``: the sum over batches of the
+  gradient of each batch's mean cross-entropy, the model in inference mode, no augmentation
+  (the reference's generate_weight_mask.py and SalUn's generate_mask.py).
+
+  ``batches`` holds ``images`` (steps, B, H, W, C) uint8, ``labels`` (steps, B) and ``valid``
+  (steps, B) bool, e.g. from ``mcu_jax.data.padded_batches``. Build the function once and
+  reuse it: each new function compiles anew.
+  """
+  from mcu_jax import objectives
+
+  @jax.jit
+  def fn(params, model_state, batches):
+    def batch_loss(p, batch):
+      logits, _ = apply(p, model_state, preprocess(None, batch["images"]), False)
+      return objectives.masked_mean(objectives.cross_entropy(logits, batch["labels"]),
+                                    batch["valid"])
+    return accumulate_gradients(batch_loss, params, batches)
+  return fn
+
+
 def layer_saliency(grads: PyTree) -> PyTree:
   """Per-tensor score ``||g||_2 / numel(g)``: a pytree of float32 scalars like ``grads``."""
   return jax.tree.map(lambda g: jnp.linalg.norm(jnp.ravel(g).astype(jnp.float32)) / g.size,
@@ -57,9 +78,11 @@ def layer_saliency(grads: PyTree) -> PyTree:
 
 
 def _check_fraction(name: str, value: float, low_closed: bool, high_closed: bool) -> None:
-  low_ok = value >= 0.0 if low_closed else value > 0.0
-  high_ok = value <= 1.0 if high_closed else value < 1.0
-  if not (isinstance(value, (int, float, np.floating, np.integer)) and low_ok and high_ok):
+  is_number = isinstance(value, (int, float, np.floating, np.integer)) and not isinstance(
+      value, bool)
+  low_ok = is_number and (value >= 0.0 if low_closed else value > 0.0)
+  high_ok = is_number and (value <= 1.0 if high_closed else value < 1.0)
+  if not (low_ok and high_ok):
     interval = ("[" if low_closed else "(") + "0, 1" + ("]" if high_closed else ")")
     raise ValueError(f"{name} must lie in {interval}, got {value!r}")
 
@@ -101,6 +124,8 @@ def mcu_mask(retain_grads: PyTree, forget_grads: PyTree, k: float = 0.5,
   retain_scores = np.array(jax.device_get(jax.tree.leaves(layer_saliency(retain_grads))))
   forget_scores = np.array(jax.device_get(jax.tree.leaves(layer_saliency(forget_grads))))
 
+  if int(k * total) == 0:
+    raise ValueError(f"k = {k} selects no parameter out of {total}: floor(k * N) is 0")
   excluded = np.zeros(len(leaves), dtype=bool)
   count = 0
   for i in _descending_order(retain_scores):
@@ -130,6 +155,9 @@ def salun_mask(forget_grads: PyTree, ratio: float = 0.5) -> PyTree:
   leaves, treedef = jax.tree.flatten(forget_grads)
   flat = np.concatenate([np.abs(np.asarray(jax.device_get(g), np.float32)).ravel()
                          for g in leaves])
+  if int(flat.size * ratio) == 0:
+    raise ValueError(f"ratio = {ratio} selects no weight out of {flat.size}: "
+                     "floor(ratio * N) is 0")
   chosen = np.zeros(flat.size, dtype=bool)
   chosen[_descending_order(flat)[:int(flat.size * ratio)]] = True
   masks, offset = [], 0

@@ -30,13 +30,23 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from mcu_jax import augment, checkpoint, data, evaluate, masks, mcu, mia, models, report, train
-from mcu_jax import unlearn
+from mcu_jax import augment, checkpoint, data, evaluate, masks, mcu, mia, models, parallel
+from mcu_jax import report, train, unlearn
 from mcu_jax.beta import AdaptiveBeta, FixedBeta
 from mcu_jax.config import RunConfig, TrainConfig
 from mcu_jax.curves import Curve, point
 
 STAGES = ("train", "retrain", "unlearn", "mask", "curve", "sweep", "report")
+# Records that depend on each stage's outputs (by record name; "original" is stage "train").
+DOWNSTREAM = {
+    "original": ("mask", "unlearn", "curve", "sweep", "report"),
+    "retrain": ("sweep", "report"),
+    "unlearn": ("curve", "sweep", "report"),
+    "mask": ("curve", "sweep", "report"),
+    "curve": ("sweep", "report"),
+    "sweep": ("report",),
+    "report": (),
+}
 
 
 class StageError(RuntimeError):
@@ -57,6 +67,9 @@ class Context:
   progress: bool = True
   resume: bool = False
   force: bool = False
+  mesh: Any = None
+  _device_cache: dict = dataclasses.field(default_factory=dict)
+  _gradients_fn: Any = None
 
   def log(self, message: str) -> None:
     if self.progress:
@@ -103,7 +116,21 @@ class Context:
                          "--resume to continue it or --force to start over")
     return checkpoint.Checkpointer(directory)
 
+  def begin(self, stage: str) -> None:
+    """Marks ``stage`` and every stage that depends on it as not done, before it runs, so that
+    a crash or a changed input never leaves a stale result that looks finished."""
+    for name in (stage,) + DOWNSTREAM[stage]:
+      (self.run_dir / f"{name}.json").unlink(missing_ok=True)
+      if name != stage and (self.run_dir / name / "ckpt").exists():
+        shutil.rmtree(self.run_dir / name / "ckpt")
+
   # ---- data ----
+
+  def on_device(self, name: str, images: np.ndarray, labels: np.ndarray):
+    """(images, labels) as device arrays, uploaded once per run and replicated on the mesh."""
+    if name not in self._device_cache:
+      self._device_cache[name] = parallel.replicate((images, labels), self.mesh)
+    return self._device_cache[name]
 
   def arrays(self, indices=None, dataset=None) -> tuple[np.ndarray, np.ndarray]:
     dataset = dataset or self.dataset.train
@@ -143,18 +170,7 @@ def make_context(config: RunConfig, run_dir, *, progress=True, resume=False, for
   """Loads the data, makes or reads the split and writes the resolved config."""
   run_dir = Path(run_dir)
   dataset = data.load_dataset(config.dataset)
-  split_path = run_dir / "split.npz"
-  if split_path.exists():
-    split = data.load_split(split_path, num_examples=len(dataset.train),
-                            labels=dataset.train.labels)
-  else:
-    if config.forget.kind == "class":
-      split = data.make_split(dataset.train, "class", classes=config.forget.classes)
-    else:
-      split = data.make_split(dataset.train, "random", ratio=config.forget.ratio,
-                              seed=config.seed)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    data.save_split(split_path, split)
+  module = models.get_model(config.model, dataset.train.num_classes, **config.model_options)
   config_path = run_dir / "config.json"
   if config_path.exists() and not force:
     saved = _flatten(report.read_json(config_path))
@@ -163,8 +179,24 @@ def make_context(config: RunConfig, run_dir, *, progress=True, resume=False, for
     if changed:
       raise StageError(f"{run_dir} was made with another configuration (differs in: "
                        f"{', '.join(changed)}); use a new --run-dir or --force")
+  split_path = run_dir / "split.npz"
+  reuse_split = split_path.exists() and not force
+  if reuse_split:
+    split = data.load_split(split_path, num_examples=len(dataset.train),
+                            labels=dataset.train.labels)
+  elif config.forget.kind == "class":
+    split = data.make_split(dataset.train, "class", classes=config.forget.classes)
+  else:
+    split = data.make_split(dataset.train, "random", ratio=config.forget.ratio, seed=config.seed)
+  mesh = parallel.make_mesh()
+  for name, batch in (("train.batch_size", config.train.batch_size),
+                      ("curve.batch_size", config.curve.batch_size)):
+    if batch % mesh.devices.size:
+      raise StageError(f"{name} = {batch} is not divisible by the {mesh.devices.size} devices")
+  run_dir.mkdir(parents=True, exist_ok=True)
+  if not reuse_split:
+    data.save_split(split_path, split)
   report.write_json(config_path, config.to_dict())
-  module = models.get_model(config.model, dataset.train.num_classes, **config.model_options)
   mean, std = data.normalization_stats(dataset.train)
   return Context(
       config=config, run_dir=run_dir, dataset=dataset, split=split, module=module,
@@ -172,7 +204,7 @@ def make_context(config: RunConfig, run_dir, *, progress=True, resume=False, for
       preprocess_train=augment.make_preprocess(mean, std, augment=config.augment,
                                                flip=config.augment),
       preprocess_eval=augment.make_preprocess(mean, std, augment=False),
-      progress=progress, resume=resume, force=force)
+      progress=progress, resume=resume, force=force, mesh=mesh)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -180,29 +212,34 @@ def make_context(config: RunConfig, run_dir, *, progress=True, resume=False, for
 
 
 def _accuracies(ctx: Context, params, model_state) -> dict:
-  acc = lambda images, labels: evaluate.accuracy_and_loss(
-      ctx.apply, params, model_state, images, labels, ctx.config.eval_batch_size,
-      ctx.preprocess_eval)[0]
-  return {"train_acc": acc(*ctx.arrays()),
-          "test_acc": acc(ctx.dataset.test.images, ctx.dataset.test.labels)}
+  acc = lambda name, images, labels: evaluate.accuracy_and_loss(
+      ctx.apply, params, model_state, *ctx.on_device(name, images, labels),
+      ctx.config.eval_batch_size, ctx.preprocess_eval)[0]
+  return {"train_acc": acc("train", *ctx.arrays()),
+          "test_acc": acc("test", ctx.dataset.test.images, ctx.dataset.test.labels)}
 
 
 def _supervised(ctx: Context, stage: str, settings: TrainConfig, indices, seed: int) -> dict:
+  ctx.begin(stage)
   images, labels = ctx.arrays(indices)
-  arrays = {"images": jnp.asarray(images), "labels": jnp.asarray(labels)}
+  arrays = parallel.replicate({"images": images, "labels": labels}, ctx.mesh)
   steps = settings.epochs * -(-len(labels) // settings.batch_size)
   opt = train.sgd(settings.lr, steps, settings.momentum, settings.weight_decay)
   image_shape = (1,) + images.shape[1:]
   params, model_state = models.init_model(ctx.module, jax.random.PRNGKey(seed), image_shape)
-  state = train.init_train_state(params, model_state, opt, jax.random.PRNGKey(seed + 1))
+  state = parallel.replicate(
+      train.init_train_state(params, model_state, opt, jax.random.PRNGKey(seed + 1)), ctx.mesh)
   epoch = train.make_epoch(train.supervised_loss(ctx.apply), opt, settings.batch_size,
-                           ctx.preprocess_train)
+                           ctx.preprocess_train, parallel.batch_sharding(ctx.mesh))
+  checkpointer = ctx.checkpointer(stage)
+  epoch, compile_seconds = train.compile_ahead(epoch, state, arrays)
   state, history = train.fit(
-      state, epoch, arrays, settings.epochs, checkpointer=ctx.checkpointer(stage),
+      state, epoch, arrays, settings.epochs, checkpointer=checkpointer,
       resume=True, desc=stage, progress=ctx.progress,
       evaluate=lambda s: _accuracies(ctx, s.params, s.model_state))
   ctx.save_model(stage, state.params, state.model_state)
   record = {"history": history, "rte_seconds": sum(h["seconds"] for h in history),
+            "compile_seconds": compile_seconds,
             **_accuracies(ctx, state.params, state.model_state)}
   report.write_json(ctx.run_dir / f"{stage}.json", record)
   return record
@@ -232,51 +269,45 @@ def stage_unlearn(ctx: Context) -> dict:
   method = ctx.config.unlearn.method
   ctx.log(f"[unlearn] base method {method}")
   params, model_state = ctx.load_model("original")
-  method_config = unlearn.default_config(method)
-  if ctx.config.unlearn.options:
-    method_config = dataclasses.replace(method_config, **ctx.config.unlearn.options)
+  ctx.begin("unlearn")
   result = unlearn.run(method, apply=ctx.apply, params=params, model_state=model_state,
                        train=ctx.dataset.train, split=ctx.split,
-                       preprocess=ctx.preprocess_train, config=method_config,
+                       preprocess=ctx.preprocess_train, config=ctx.config.unlearn.options,
                        rng=jax.random.PRNGKey(ctx.config.seed + 200), progress=ctx.progress,
                        init=functools.partial(models.init_model, ctx.module,
                                               input_shape=(1,) + ctx.dataset.train.images.shape[1:]),
                        checkpointer=ctx.checkpointer("unlearn"))
   ctx.save_model("unlearn", result.params, result.model_state)
-  record = {"method": method, "config": dataclasses.asdict(method_config),
-            "rte_seconds": result.rte_seconds, "history": result.history,
-            **_accuracies(ctx, result.params, result.model_state)}
+  record = {"method": method, "config": dataclasses.asdict(result.config),
+            "rte_seconds": result.rte_seconds, "compile_seconds": result.compile_seconds,
+            "history": result.history, **_accuracies(ctx, result.params, result.model_state)}
   report.write_json(ctx.run_dir / "unlearn.json", record)
   return record
 
 
-def _summed_gradients(ctx: Context, params, model_state, indices) -> Any:
-  """Sum over batches of the batch-mean CE gradient, model in inference mode (reference)."""
-  images, labels = ctx.arrays(indices)
-  batch = min(ctx.config.curve.batch_size, len(labels))
-  x, y, valid = evaluate.padded_batches(jnp.asarray(images), jnp.asarray(labels), batch)
-  preprocess = ctx.preprocess_eval
-
-  def loss_fn(p, b):
-    logits, _ = ctx.apply(p, model_state, preprocess(None, b["images"]), False)
-    from mcu_jax import objectives
-    return objectives.masked_mean(objectives.cross_entropy(logits, b["labels"]), b["valid"])
-
-  return masks.accumulate_gradients(loss_fn, params, {"images": x, "labels": y, "valid": valid})
-
-
 def stage_mask(ctx: Context) -> dict:
-  """The tensor mask from retain/forget saliency of theta_o."""
+  """The tensor mask from retain/forget saliency of theta_o; RTE excludes compilation."""
   if ctx.done("mask"):
     return ctx.record("mask")
   settings = ctx.config.mask
   params, model_state = ctx.load_model("original")
+  ctx.begin("mask")
+  compile_seconds = 0.0
   start = time.perf_counter()
   if settings.enabled:
     ctx.log(f"[mask] k={settings.k} kr={settings.kr}")
-    retain = _summed_gradients(ctx, params, model_state, ctx.split.retain)
-    forget = _summed_gradients(ctx, params, model_state, ctx.split.forget)
-    mask = masks.mcu_mask(retain, forget, k=settings.k, kr=settings.kr)
+    gradients_fn = masks.summed_ce_gradients_fn(ctx.apply, ctx.preprocess_eval)
+    batches, compiled = {}, {}
+    for name, indices in (("retain", ctx.split.retain), ("forget", ctx.split.forget)):
+      images, labels = ctx.arrays(indices)
+      batches[name] = jax.device_put(data.padded_batches(
+          {"images": images, "labels": labels}, min(ctx.config.curve.batch_size, len(labels))))
+      compiled[name], seconds = train.compile_ahead(gradients_fn, params, model_state,
+                                                    batches[name])
+      compile_seconds += seconds
+    start = time.perf_counter()
+    grads = {name: fn(params, model_state, batches[name]) for name, fn in compiled.items()}
+    mask = masks.mcu_mask(grads["retain"], grads["forget"], k=settings.k, kr=settings.kr)
   else:
     ctx.log("[mask] disabled: every tensor trains")
     mask = mcu.full_mask(params)
@@ -284,7 +315,8 @@ def stage_mask(ctx: Context) -> dict:
   flags = {jax.tree_util.keystr(path): flag
            for path, flag in jax.tree_util.tree_flatten_with_path(mask)[0]}
   record = {"flags": flags, "fraction": masks.mask_fraction(mask, params),
-            "seconds": seconds, "enabled": settings.enabled}
+            "seconds": seconds, "compile_seconds": compile_seconds,
+            "enabled": settings.enabled}
   report.write_json(ctx.run_dir / "mask.json", record)
   return record
 
@@ -326,6 +358,7 @@ def stage_curve(ctx: Context) -> dict:
   settings = ctx.config.curve
   start, model_state = ctx.load_model("original")
   end, _ = ctx.load_model("unlearn")
+  ctx.begin("curve")
   curve = Curve.from_endpoints(start, end, settings.num_bends, settings.kind)
   if not settings.train:
     ctx.log("[curve] straight line (no training)")
@@ -337,22 +370,50 @@ def stage_curve(ctx: Context) -> dict:
   ctx.log(f"[curve] {settings.epochs} epochs, beta={policy}")
   arrays = data.curve_training_set(ctx.dataset.train, ctx.split, settings.retain_ratio,
                                    seed=ctx.config.seed + 300)
-  arrays = {k: jnp.asarray(v) for k, v in arrays.items()}
+  arrays = parallel.replicate(arrays, ctx.mesh)
   opt = optax.sgd(settings.lr, momentum=settings.momentum or None)
-  state = mcu.init_state(curve, opt, mask, model_state, jax.random.PRNGKey(ctx.config.seed + 400))
+  state = parallel.replicate(
+      mcu.init_state(curve, opt, mask, model_state, jax.random.PRNGKey(ctx.config.seed + 400)),
+      ctx.mesh)
+  endpoints = parallel.replicate(mcu.Endpoints(curve.start, curve.end), ctx.mesh)
   epoch = mcu.make_train_epoch(ctx.apply, opt, mask, policy, settings.kind, settings.batch_size,
-                               ctx.preprocess_train)
-  endpoints = mcu.Endpoints(curve.start, curve.end)
-  state, history = train.fit(state, lambda s, d: epoch(s, endpoints, d), arrays, settings.epochs,
-                             checkpointer=ctx.checkpointer("curve"), resume=True, desc="curve",
-                             progress=ctx.progress)
+                               ctx.preprocess_train,
+                               batch_sharding=parallel.batch_sharding(ctx.mesh))
+  checkpointer = ctx.checkpointer("curve")
+  epoch, compile_seconds = train.compile_ahead(epoch, state, endpoints, arrays)
+  state, history = train.fit(state, lambda s, d: epoch(s, endpoints, d), arrays,
+                             settings.epochs, checkpointer=checkpointer, resume=True,
+                             desc="curve", progress=ctx.progress)
   checkpoint.save_tree(ctx.run_dir / "curve" / "controls", state.controls, force=True)
   mask_seconds = ctx.record("mask")["seconds"]
   curve_seconds = sum(h["seconds"] for h in history)
   record = {"trained": True, "history": history, "curve_seconds": curve_seconds,
-            "rte_seconds": mask_seconds + curve_seconds, "beta_policy": repr(policy)}
+            "compile_seconds": compile_seconds, "rte_seconds": mask_seconds + curve_seconds,
+            "beta_policy": repr(policy)}
   report.write_json(ctx.run_dir / "curve.json", record)
   return record
+
+
+def _recalibrated(ctx: Context, params, model_state):
+  """BN statistics of ``params`` recomputed on the training set (the reference's update_bn)."""
+  return evaluate.recalibrate_batch_stats(ctx.apply, params, model_state,
+                                          ctx.on_device("train", *ctx.arrays())[0],
+                                          ctx.config.curve.batch_size, ctx.preprocess_eval)
+
+
+def _targets(ctx: Context) -> tuple[float, float]:
+  """(retain target, forget target): alignment (original model) or the retrained model's."""
+  if ctx.config.sweep.targets == "alignment":
+    original = ctx.record("original")
+    return evaluate.alignment_targets(original["train_acc"], original["test_acc"],
+                                      ctx.split.kind)
+  params, model_state = ctx.load_model("retrain")
+  model_state = _recalibrated(ctx, params, model_state)
+  sets = ctx.eval_sets()
+  acc = lambda name: evaluate.accuracy_and_loss(
+      ctx.apply, params, model_state, *ctx.on_device(name, *sets[name]),
+      ctx.config.eval_batch_size, ctx.preprocess_eval)[0]
+  return acc("retain"), acc("forget")
 
 
 def stage_sweep(ctx: Context) -> dict:
@@ -361,29 +422,31 @@ def stage_sweep(ctx: Context) -> dict:
     return ctx.record("sweep")
   settings = ctx.config.sweep
   curve, model_state = load_curve(ctx)
+  ctx.begin("sweep")
   ts = np.linspace(0.0, 1.0, settings.points)
   ctx.log(f"[sweep] {settings.points} points")
+  sets = {name: ctx.on_device(name, *arrays) for name, arrays in ctx.eval_sets().items()}
   start = time.perf_counter()
   result = evaluate.sweep(curve, ts, ctx.apply, model_state,
-                          recal_images=ctx.dataset.train.images, sets=ctx.eval_sets(),
-                          batch_size=ctx.config.eval_batch_size, preprocess=ctx.preprocess_eval,
-                          chunk_size=settings.chunk_size, keep_states=False,
-                          progress=ctx.progress)
+                          recal_images=ctx.on_device("train", *ctx.arrays())[0], sets=sets,
+                          batch_size=ctx.config.eval_batch_size,
+                          recal_batch_size=ctx.config.curve.batch_size,
+                          preprocess=ctx.preprocess_eval, chunk_size=settings.chunk_size,
+                          keep_states=False, progress=ctx.progress)
   seconds = time.perf_counter() - start
-  original = ctx.record("original")
-  retain_target, forget_target = evaluate.alignment_targets(
-      original["train_acc"], original["test_acc"], ctx.split.kind)
+  retain_target, forget_target = _targets(ctx)
   lo, hi = settings.t_search
   choice = evaluate.select_t(result, retain_target, forget_target, lo=lo, hi=hi)
   record = {"sweep": result.to_dict(), "seconds": seconds, "chosen_t": choice.t,
             "gap": choice.gap, "region": [list(r) for r in choice.region],
-            "targets": {"retain": retain_target, "forget": forget_target}}
+            "targets": {"kind": settings.targets, "retain": retain_target,
+                        "forget": forget_target}}
   report.write_json(ctx.run_dir / "sweep.json", record)
   return record
 
 
 def _point_metrics(ctx: Context, params, model_state) -> dict:
-  sets = ctx.eval_sets()
+  sets = {name: ctx.on_device(name, *arrays) for name, arrays in ctx.eval_sets().items()}
   metrics = mia.unlearning_metrics(ctx.apply, params, model_state, forget=sets["forget"],
                                    retain=sets["retain"], test=sets["test"],
                                    batch_size=ctx.config.eval_batch_size,
@@ -396,27 +459,31 @@ def _point_metrics(ctx: Context, params, model_state) -> dict:
 
 
 def stage_report(ctx: Context) -> dict:
-  """Metrics of original, retrain, base and MCU at the chosen t; markdown, JSON and plots."""
+  """Metrics of original, retrain, base and MCU at the chosen t; markdown, JSON and plots.
+
+  Every row's BN statistics are recomputed on the training set the same way, so that no row
+  differs from another by its BN statistics alone. RTE: base methods as measured by
+  ``unlearn.run``; MCU adds the mask, the curve epochs and the sweep that picks t.
+  """
   if ctx.done("report"):
     return ctx.record("report")
   ctx.log("[report] metrics, tables and plots")
   sweep_record = ctx.record("sweep")
   curve, model_state = load_curve(ctx)
+  ctx.begin("report")
   t = sweep_record["chosen_t"]
-  mcu_params = point(curve, t)
-  mcu_state = evaluate.recalibrate_batch_stats(ctx.apply, mcu_params, model_state,
-                                               ctx.dataset.train.images,
-                                               ctx.config.eval_batch_size, ctx.preprocess_eval)
   method = ctx.record("unlearn")["method"]
   rows = []
   for name, stage in (("Original", "original"), ("Retrain", "retrain"),
                       (method.upper(), "unlearn")):
     params, state = ctx.load_model(stage)
-    rows.append({"method": name, **_point_metrics(ctx, params, state),
+    rows.append({"method": name, **_point_metrics(ctx, params, _recalibrated(ctx, params, state)),
                  "RTE": ctx.record(stage)["rte_seconds"]})
+  mcu_params = point(curve, t)
   rows.append({"method": f"{method.upper()}+MCU (t={t:.2f})",
-               **_point_metrics(ctx, mcu_params, mcu_state),
-               "RTE": ctx.record("unlearn")["rte_seconds"] + ctx.record("curve")["rte_seconds"]})
+               **_point_metrics(ctx, mcu_params, _recalibrated(ctx, mcu_params, model_state)),
+               "RTE": (ctx.record("unlearn")["rte_seconds"] + ctx.record("curve")["rte_seconds"]
+                       + sweep_record["seconds"])})
   retrain_row = rows[1]
   for row in rows:
     row["AvgGap"] = mia.avg_gap(row, retrain_row)
@@ -424,9 +491,9 @@ def stage_report(ctx: Context) -> dict:
   if ctx.split.kind == "class":
     columns.insert(4, "TA_forgotten")
   table = report.markdown_table(rows, columns)
+  targets = sweep_record["targets"]
   sweep_png = report.plot_sweep(
-      _SweepView(sweep_record["sweep"]),
-      targets=(sweep_record["targets"]["retain"], sweep_record["targets"]["forget"]),
+      _SweepView(sweep_record["sweep"]), targets=(targets["retain"], targets["forget"]),
       region=sweep_record["region"], chosen_t=t, path=ctx.run_dir / "sweep.png",
       title=f"{ctx.config.model} on {ctx.config.dataset}: {method} + MCU")
   methods_png = report.plot_methods(rows, path=ctx.run_dir / "methods.png",
@@ -436,11 +503,14 @@ def stage_report(ctx: Context) -> dict:
       "",
       f"Forgetting: {ctx.split.kind}, |D_f| = {len(ctx.split.forget)}, "
       f"|D_r| = {len(ctx.split.retain)}. Base method: {method}. Chosen t = {t:.3f} "
-      f"(gap {sweep_record['gap']:.2f}); effective region: "
+      f"(gap {sweep_record['gap']:.2f} to the {targets['kind']} targets: retain "
+      f"{targets['retain']:.2f}, forget {targets['forget']:.2f}); effective region: "
       f"{', '.join(f'[{a:.2f}, {b:.2f}]' for a, b in sweep_record['region']) or 'empty'}.",
       "",
       "UA, RA, TA, MIA in percent; loss_auc is the loss-threshold attack's ROC-AUC on D_f vs "
-      "test; AvgGap is against Retrain over UA, RA, TA, MIA; RTE in seconds.",
+      "test; AvgGap is against Retrain over UA, RA, TA, MIA; RTE in seconds (compilation "
+      "excluded from training; MCU's RTE adds the mask, the curve epochs and the sweep to the "
+      "base method's). Every row's BatchNorm statistics are recomputed on the training set.",
       "",
       table,
       "",

@@ -110,6 +110,30 @@ def make_epoch(loss_fn: LossFn, optimizer: optax.GradientTransformation, batch_s
   return epoch
 
 
+def compile_ahead(fn, *args):
+  """(compiled fn, seconds to compile) of a jitted ``fn`` for ``args``: timings of the
+  compiled function then exclude compilation."""
+  start = time.perf_counter()
+  compiled = fn.lower(*args).compile()
+  return compiled, time.perf_counter() - start
+
+
+def epoch_means(metrics: dict) -> dict[str, float]:
+  """Per-epoch means of per-step metrics. ``forget_*``/``retain_*`` metrics are weighted by
+  the steps' ``forget_count``/``retain_count`` when present, so a batch without forget
+  examples does not count as 0 % forget accuracy."""
+  out = {}
+  for key, values in metrics.items():
+    values = np.asarray(values, np.float64)
+    subset = key.split("_", 1)[0]
+    weights = metrics.get(f"{subset}_count") if subset in ("forget", "retain") else None
+    if weights is not None and not key.endswith("_count") and np.sum(weights) > 0:
+      out[key] = float(np.average(values, weights=np.asarray(weights, np.float64)))
+    else:
+      out[key] = float(np.mean(values))
+  return out
+
+
 def fit(state, epoch_fn: Callable, data: dict, num_epochs: int, *,
         evaluate: Callable[[Any], dict] | None = None, checkpointer: Checkpointer | None = None,
         resume: bool = True, desc: str = "train", progress: bool = True):
@@ -135,7 +159,7 @@ def fit(state, epoch_fn: Callable, data: dict, num_epochs: int, *,
     state, metrics = epoch_fn(state, data)
     metrics = jax.device_get(metrics)  # waits for the epoch: the timing is honest
     record = {"epoch": epoch + 1, "seconds": time.perf_counter() - start}
-    record.update({f"train_{k}": float(np.mean(v)) for k, v in metrics.items()})
+    record.update({f"train_{k}": v for k, v in epoch_means(metrics).items()})
     if evaluate is not None:
       record.update(evaluate(state))
     history.append(record)

@@ -82,7 +82,7 @@ def test_mcu_mask_overshoots_with_the_crossing_tensor():
 
 
 @pytest.mark.parametrize("seed", range(3))
-@pytest.mark.parametrize("ratio", [0.001, 0.1, 0.5, 0.9, 1.0])
+@pytest.mark.parametrize("ratio", [0.003, 0.1, 0.5, 0.9, 1.0])
 def test_salun_mask_matches_numpy(seed, ratio):
   rng = np.random.default_rng(seed)
   forget = grad_tree(rng, tie=True)
@@ -127,3 +127,13 @@ def test_salun_mask_bad_ratio(ratio):
 def test_mcu_mask_mismatched_trees():
   with pytest.raises(ValueError, match="retain_grads and forget_grads"):
     masks.mcu_mask({"a": np.ones(3)}, {"b": np.ones(3)})
+
+
+def test_fractions_that_select_nothing_raise():
+  g = {"a": np.ones(100, np.float32)}
+  with pytest.raises(ValueError, match="selects no weight"):
+    masks.salun_mask(g, 0.005)
+  with pytest.raises(ValueError, match="selects no parameter"):
+    masks.mcu_mask(g, g, k=0.005)
+  with pytest.raises(ValueError, match="k must lie in"):
+    masks.mcu_mask(g, g, k="0.5")

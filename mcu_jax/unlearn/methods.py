@@ -155,13 +155,6 @@ def _steps(num_examples: int, batch_size: int) -> int:
   return -(-num_examples // batch_size)
 
 
-def _aot(fn, *args):
-  """(compiled fn, seconds to compile) of a jitted ``fn`` for ``args``."""
-  start = time.perf_counter()
-  compiled = fn.lower(*args).compile()
-  return compiled, time.perf_counter() - start
-
-
 def _wrap_evaluate(ctx: _Context, view: Callable[[Any], tuple[PyTree, PyTree]]):
   if ctx.evaluate is None:
     return None
@@ -186,7 +179,7 @@ def _train(ctx: _Context, config: cfgs.MethodConfig, loss_fn: train_lib.LossFn, 
   state = train_lib.init_train_state(params, model_state, optimizer, rng)
   epoch = train_lib.make_epoch(loss_fn, optimizer, config.batch_size, ctx.preprocess,
                                params_mask=params_mask)
-  compiled, compile_seconds = _aot(epoch, state, data)
+  compiled, compile_seconds = train_lib.compile_ahead(epoch, state, data)
   state, history = train_lib.fit(state, compiled, data, config.epochs,
                                  evaluate=_wrap_evaluate(ctx, _plain_view),
                                  checkpointer=ctx.checkpointer, desc=ctx.desc,
@@ -374,40 +367,10 @@ def _run_rl(ctx: _Context, config: cfgs.RLConfig) -> _Outcome:
   return _Outcome(state.params, state.model_state, history, compile_s)
 
 
-def padded_batches(arrays: Mapping[str, np.ndarray], batch_size: int) -> dict[str, np.ndarray]:
-  """Host arrays reshaped to (steps, batch_size, ...) in order, zero-padded, with ``valid``."""
-  n = int(arrays["labels"].shape[0])
-  if n == 0:
-    raise ValueError("cannot batch an empty set")
-  steps = _steps(n, batch_size)
-  pad = steps * batch_size - n
-  out = {}
-  for name, value in arrays.items():
-    value = np.asarray(value)
-    value = np.concatenate([value, np.zeros((pad,) + value.shape[1:], value.dtype)])
-    out[name] = value.reshape((steps, batch_size) + value.shape[1:])
-  out["valid"] = (np.arange(steps * batch_size) < n).reshape(steps, batch_size)
-  return out
-
-
-def forget_gradients_fn(apply: Apply, preprocess: Preprocess):
-  """A jitted ``fn(params, model_state, batches) -> grads``: the sum over batches of the
-  gradient of each batch's mean CE, the model in inference mode, no augmentation (SalUn's
-  ``generate_mask.py``, whose sign, -CE, is irrelevant once |.| is taken)."""
-  @jax.jit
-  def fn(params, model_state, batches):
-    def batch_loss(p, batch):
-      logits, _ = apply(p, model_state, preprocess(None, batch["images"]), False)
-      return objectives.masked_mean(objectives.cross_entropy(logits, batch["labels"]),
-                                    batch["valid"])
-    return masks.accumulate_gradients(batch_loss, params, batches)
-  return fn
-
-
 def _run_salun(ctx: _Context, config: cfgs.SalUnConfig) -> _Outcome:
   num_classes = _check_classes(ctx)
-  batches = jax.device_put(padded_batches(_forget_arrays(ctx), config.batch_size))
-  grads_fn, grads_compile = _aot(forget_gradients_fn(ctx.apply, ctx.preprocess), ctx.params,
+  batches = jax.device_put(data_lib.padded_batches(_forget_arrays(ctx), config.batch_size))
+  grads_fn, grads_compile = train_lib.compile_ahead(masks.summed_ce_gradients_fn(ctx.apply, ctx.preprocess), ctx.params,
                                  ctx.model_state, batches)
   start = time.perf_counter()
   grads = grads_fn(ctx.params, ctx.model_state, batches)
@@ -471,8 +434,8 @@ def _negation_compiled(original: PyTree, finetuned: PyTree, coef: jax.Array):
   its two steps compiled ahead of time."""
   if not jax.tree.leaves(original):
     return (lambda o, f: o), 0.0
-  scaled_c, seconds_1 = _aot(_scaled_difference, original, finetuned, coef)
-  subtract_c, seconds_2 = _aot(_subtract, original, original)
+  scaled_c, seconds_1 = train_lib.compile_ahead(_scaled_difference, original, finetuned, coef)
+  subtract_c, seconds_2 = train_lib.compile_ahead(_subtract, original, original)
   return (lambda o, f: subtract_c(o, scaled_c(o, f, coef))), seconds_1 + seconds_2
 
 
@@ -495,7 +458,7 @@ def _run_negtv(ctx: _Context, config: cfgs.NegTVConfig) -> _Outcome:
     recalibrate = jax.jit(lambda params, model_state, images: evaluate.recalibrate_batch_stats(
         apply, params, model_state, images, batch_size, preprocess))
     retain_images = jax.device_put(ctx.train.images[ctx.split.retain])
-    recalibrate_c, seconds = _aot(recalibrate, ctx.params, ctx.model_state, retain_images)
+    recalibrate_c, seconds = train_lib.compile_ahead(recalibrate, ctx.params, ctx.model_state, retain_images)
     compile_s += seconds
     finish_state = lambda params: recalibrate_c(params, ctx.model_state, retain_images)
 
@@ -526,8 +489,8 @@ def _run_scrub(ctx: _Context, config: cfgs.ScrubConfig) -> _Outcome:
   min_epoch = train_lib.make_epoch(
       scrub_min_loss(ctx.apply, config.temperature, config.gamma, config.alpha), optimizer,
       config.batch_size, ctx.preprocess)
-  max_c, max_compile = _aot(max_epoch, state, forget) if config.msteps else (None, 0.0)
-  min_c, min_compile = _aot(min_epoch, state, retain)
+  max_c, max_compile = train_lib.compile_ahead(max_epoch, state, forget) if config.msteps else (None, 0.0)
+  min_c, min_compile = train_lib.compile_ahead(min_epoch, state, retain)
 
   def scrub_epoch(state, data):
     step = int(state.step)
