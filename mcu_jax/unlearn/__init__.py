@@ -101,10 +101,9 @@ Notes and deviations from the reference:
    teacher (theta_o, inference mode) rides in the trainer's model state, so it is an argument
    of the jitted epochs rather than a baked-in constant.
 7. Cosine annealing is stepped per epoch, as the reference's scheduler (``cosine=False`` for a
-   constant rate). A last partial batch is padded and masked out of every loss by the trainer;
-   its training-mode BatchNorm batch statistics do include the padding (copies of the data's
-   first example, ``mcu.epoch_batches``), which matters for small forget sets (GA, NegTV,
-   SCRUB's max-phase).
+   constant rate). A last partial batch is filled up by wrapping around the shuffled order
+   (``mcu.epoch_batches``) and the filler is masked out of every loss; BatchNorm's
+   training-mode batch statistics see those real examples, not copies of one.
 """
 from mcu_jax.unlearn.configs import (FTConfig, GAConfig, L1SparseConfig, MethodConfig,
                                      NegGradPlusConfig, NegTVConfig, RetrainConfig, RLConfig,
