@@ -11,7 +11,6 @@ and XLA drops their weight gradients) or a boolean array of the tensor's shape (
 """
 from __future__ import annotations
 
-import functools
 from typing import Any, Callable
 
 import flax.struct
@@ -21,7 +20,7 @@ import numpy as np
 import optax
 
 from mcu_jax import beta as beta_lib
-from mcu_jax import objectives
+from mcu_jax import loops, objectives
 from mcu_jax.curves import Curve, check_same_tree, combine, coefficients
 
 PyTree = Any
@@ -211,51 +210,31 @@ def normalize_uint8(key: jax.Array, images: jax.Array) -> jax.Array:
   return images.astype(jnp.float32) / 255.0
 
 
-def epoch_batches(key: jax.Array, num_examples: int, batch_size: int) -> tuple[jax.Array, jax.Array]:
-  """A shuffled epoch as (indices, valid), both of shape (steps, batch_size).
-
-  The last batch is filled up by wrapping around the shuffled order, marked valid=False: every
-  example counts once in the losses, and BatchNorm's training-mode statistics see ordinary
-  examples rather than copies of one.
-  """
-  steps = -(-num_examples // batch_size)
-  order = jax.random.permutation(key, num_examples)
-  indices = jnp.resize(order, (steps * batch_size,)).reshape(steps, batch_size)
-  valid = (jnp.arange(steps * batch_size) < num_examples).reshape(steps, batch_size)
-  return indices, valid
-
-
 def make_train_epoch(apply: Apply, optimizer: optax.GradientTransformation, mask: PyTree,
                      beta=beta_lib.FixedBeta(0.2), kind: str = "bezier", batch_size: int = 128,
                      preprocess: Preprocess = normalize_uint8,
-                     t_range: tuple[float, float] = (0.0, 1.0), batch_sharding=None):
-  """A jitted epoch ``epoch(state, endpoints, data) -> (state, metrics)``: one lax.scan.
+                     t_range: tuple[float, float] = (0.0, 1.0), batch_sharding=None,
+                     loop: str = "auto"):
+  """An epoch ``epoch(state, endpoints, data) -> (state, metrics)`` over on-device data.
 
   ``data`` holds ``images`` (N, H, W, C) uint8, ``labels`` (N,), ``is_forget`` (N,) bool, on
   the device. Each epoch shuffles on the device, gathers batches, applies ``preprocess(key,
   images)`` (augmentation and normalisation) and runs the step. ``metrics`` leaves have shape
   (steps,). ``batch_sharding``, when given, constrains every batch (e.g. over a device mesh).
+  ``loop``: "scan" (one jitted lax.scan), "python" (a jitted step per batch) or "auto"; see
+  ``mcu_jax.loops``.
   """
   step_fn = make_step_fn(apply, optimizer, mask, beta, kind, t_range)
 
-  @functools.partial(jax.jit, donate_argnums=(0,))
-  def epoch(state: CurveState, endpoints: Endpoints, data: dict):
-    rng, shuffle_key, aug_key = jax.random.split(state.rng, 3)
-    indices, valid = epoch_batches(shuffle_key, data["labels"].shape[0], batch_size)
-    aug_keys = jax.random.split(aug_key, indices.shape[0])
+  def body(state, endpoints, data, idx, ok, key):
+    batch = {
+        "images": preprocess(key, data["images"][idx]),
+        "labels": data["labels"][idx],
+        "is_forget": data["is_forget"][idx],
+        "valid": ok,
+    }
+    if batch_sharding is not None:
+      batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
+    return step_fn(state, endpoints, batch)
 
-    def body(state, xs):
-      idx, ok, key = xs
-      batch = {
-          "images": preprocess(key, data["images"][idx]),
-          "labels": data["labels"][idx],
-          "is_forget": data["is_forget"][idx],
-          "valid": ok,
-      }
-      if batch_sharding is not None:
-        batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
-      return step_fn(state, endpoints, batch)
-
-    return jax.lax.scan(body, state.replace(rng=rng), (indices, valid, aug_keys))
-
-  return epoch
+  return loops.make_epoch(body, batch_size, loop)

@@ -10,7 +10,6 @@ scalars.
 """
 from __future__ import annotations
 
-import functools
 import time
 from typing import Any, Callable
 
@@ -24,7 +23,8 @@ import optax
 
 from mcu_jax import objectives
 from mcu_jax.checkpoint import Checkpointer
-from mcu_jax.mcu import Preprocess, epoch_batches, normalize_uint8
+from mcu_jax import loops
+from mcu_jax.mcu import Preprocess, normalize_uint8
 
 PyTree = Any
 LossFn = Callable[[PyTree, PyTree, dict, jax.Array], tuple[jax.Array, tuple[PyTree, dict]]]
@@ -70,12 +70,13 @@ def supervised_loss(apply) -> LossFn:
 
 def make_epoch(loss_fn: LossFn, optimizer: optax.GradientTransformation, batch_size: int,
                preprocess: Preprocess = normalize_uint8, batch_sharding=None,
-               params_mask: PyTree | None = None):
-  """A jitted ``epoch(state, data) -> (state, metrics)``: shuffle, batch, step, in one scan.
+               params_mask: PyTree | None = None, loop: str = "auto"):
+  """An epoch ``epoch(state, data) -> (state, metrics)``: shuffle, batch, step.
 
   ``data`` is a dict of on-device arrays with a common leading axis: ``images`` uint8 NHWC,
   ``labels`` and any per-example extras. ``metrics`` leaves have shape (steps,).
   ``params_mask`` (bool arrays like params) restricts updates to the True weights (SalUn).
+  ``loop``: "scan", "python" or "auto" (see ``mcu_jax.loops``).
   """
   def train_step(state: TrainState, batch: dict, key: jax.Array):
     (loss, (model_state, metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
@@ -89,30 +90,21 @@ def make_epoch(loss_fn: LossFn, optimizer: optax.GradientTransformation, batch_s
     return state.replace(params=params, model_state=model_state, opt_state=opt_state,
                          step=state.step + 1), metrics
 
-  @functools.partial(jax.jit, donate_argnums=(0,))
-  def epoch(state: TrainState, data: dict):
-    rng, shuffle_key, step_key = jax.random.split(state.rng, 3)
-    indices, valid = epoch_batches(shuffle_key, data["labels"].shape[0], batch_size)
-    keys = jax.random.split(step_key, indices.shape[0])
+  def body(state, data, idx, ok, key):
+    aug_key, loss_key = jax.random.split(key)
+    batch = {name: value[idx] for name, value in data.items()}
+    batch["images"] = preprocess(aug_key, batch["images"])
+    batch["valid"] = ok
+    if batch_sharding is not None:
+      batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
+    return train_step(state, batch, loss_key)
 
-    def body(state, xs):
-      idx, ok, key = xs
-      aug_key, loss_key = jax.random.split(key)
-      batch = {name: value[idx] for name, value in data.items()}
-      batch["images"] = preprocess(aug_key, batch["images"])
-      batch["valid"] = ok
-      if batch_sharding is not None:
-        batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
-      return train_step(state, batch, loss_key)
-
-    return jax.lax.scan(body, state.replace(rng=rng), (indices, valid, keys))
-
-  return epoch
+  return loops.make_epoch(body, batch_size, loop)
 
 
 def compile_ahead(fn, *args):
-  """(compiled fn, seconds to compile) of a jitted ``fn`` for ``args``: timings of the
-  compiled function then exclude compilation."""
+  """(compiled fn, seconds to compile) of a jitted ``fn`` (or a ``loops.LoopedEpoch``) for
+  ``args``: timings of the compiled function then exclude compilation."""
   start = time.perf_counter()
   compiled = fn.lower(*args).compile()
   return compiled, time.perf_counter() - start

@@ -183,3 +183,36 @@ def test_curve_on_digits_beats_straight_line(digits_models):
     curve_r, curve_f = subset_losses(point(trained, t))
     assert curve_r < line_r, (t, curve_r, line_r)
     assert curve_f > line_f, (t, curve_f, line_f)
+
+
+def test_scan_and_python_loops_agree(setup):
+  apply, start, end, state, _ = setup
+  rng = np.random.default_rng(3)
+  arrays = {"images": jnp.asarray(rng.integers(0, 256, (50, 8, 8, 1)), jnp.uint8),
+            "labels": jnp.asarray(rng.integers(0, 10, 50), jnp.int32),
+            "is_forget": jnp.asarray(np.arange(50) % 5 == 0)}
+  curve = Curve.from_endpoints(start, end)
+  mask = jax.tree.map(lambda _: True, start)
+  opt = optax.sgd(0.05, momentum=0.9)
+  endpoints = mcu.Endpoints(start, end)
+  results = {}
+  for loop in ("scan", "python"):
+    st = mcu.init_state(curve, opt, mask, state, jax.random.PRNGKey(4))
+    epoch = mcu.make_train_epoch(apply, opt, mask, beta_lib.AdaptiveBeta(50.0, 60.0),
+                                 batch_size=16, loop=loop)
+    if loop == "python":
+      epoch, _ = train.compile_ahead(epoch, st, endpoints, arrays)
+    for _ in range(2):
+      st, metrics = epoch(st, endpoints, arrays)
+    results[loop] = (st, metrics)
+  chex.assert_trees_all_close(results["scan"][0].controls, results["python"][0].controls,
+                              atol=1e-5, rtol=1e-5)
+  chex.assert_trees_all_close(results["scan"][1], results["python"][1], atol=1e-5, rtol=1e-5)
+  assert results["python"][1]["t"].shape == (4,)
+
+
+def test_unknown_loop_raises(setup):
+  apply, start, _, _, _ = setup
+  with pytest.raises(ValueError, match="loop must be one of"):
+    mcu.make_train_epoch(apply, optax.sgd(0.1), jax.tree.map(lambda _: True, start),
+                         loop="while")

@@ -102,7 +102,7 @@ Notes and deviations from the reference:
    of the jitted epochs rather than a baked-in constant.
 7. Cosine annealing is stepped per epoch, as the reference's scheduler (``cosine=False`` for a
    constant rate). A last partial batch is filled up by wrapping around the shuffled order
-   (``mcu.epoch_batches``) and the filler is masked out of every loss; BatchNorm's
+   (``loops.epoch_batches``) and the filler is masked out of every loss; BatchNorm's
    training-mode batch statistics see those real examples, not copies of one.
 """
 from mcu_jax.unlearn.configs import (FTConfig, GAConfig, L1SparseConfig, MethodConfig,

@@ -1,0 +1,115 @@
+"""Epoch loops over on-device data: one ``lax.scan``, or a host loop over one jitted step.
+
+An epoch shuffles on the device, cuts the permutation into batches and runs a step per batch.
+Two equivalent drivers:
+
+* ``"scan"``: the whole epoch is one jitted ``lax.scan`` (one dispatch per epoch). Best on
+  GPU and TPU.
+* ``"python"``: one jitted, donated step per batch, dispatched from a Python loop without any
+  host synchronisation (metrics stay on the device and are stacked at the end). XLA:CPU runs
+  backward convolutions inside while loops 10-40x slower than the same convolutions at the
+  top level of a program (jax-ml/jax#12868; measured in benchmarks/RESULTS.md), so this is
+  the driver on CPU.
+
+``"auto"`` picks ``"python"`` on the CPU backend and ``"scan"`` elsewhere. Both drivers draw
+the same random numbers, so they give the same results up to float reassociation.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+
+PyTree = Any
+# body(state, *inputs, indices, valid, key) -> (state, metrics); inputs end with the data dict.
+Body = Callable[..., tuple[PyTree, dict]]
+LOOPS = ("auto", "scan", "python")
+
+
+def resolve_loop(loop: str) -> str:
+  if loop not in LOOPS:
+    raise ValueError(f"loop must be one of {', '.join(LOOPS)}, got {loop!r}")
+  if loop == "auto":
+    return "python" if jax.default_backend() == "cpu" else "scan"
+  return loop
+
+
+def epoch_batches(key: jax.Array, num_examples: int, batch_size: int
+                  ) -> tuple[jax.Array, jax.Array]:
+  """A shuffled epoch as (indices, valid), both of shape (steps, batch_size).
+
+  The last batch is filled up by wrapping around the shuffled order, marked valid=False: every
+  example counts once in the losses, and BatchNorm's training-mode statistics see ordinary
+  examples rather than copies of one.
+  """
+  steps = -(-num_examples // batch_size)
+  order = jax.random.permutation(key, num_examples)
+  indices = jnp.resize(order, (steps * batch_size,)).reshape(steps, batch_size)
+  valid = (jnp.arange(steps * batch_size) < num_examples).reshape(steps, batch_size)
+  return indices, valid
+
+
+def _plan(batch_size: int, state, *inputs):
+  """The epoch's batches and per-step keys; the state gets a fresh rng."""
+  data = inputs[-1]
+  rng, shuffle_key, step_key = jax.random.split(state.rng, 3)
+  indices, valid = epoch_batches(shuffle_key, data["labels"].shape[0], batch_size)
+  keys = jax.random.split(step_key, indices.shape[0])
+  return state.replace(rng=rng), (indices, valid, keys)
+
+
+def make_epoch(body: Body, batch_size: int, loop: str = "auto"):
+  """``epoch(state, *inputs) -> (state, metrics)``; metrics leaves have shape (steps,).
+
+  ``state`` is a flax.struct dataclass with an ``rng`` field; ``inputs[-1]`` is the data dict
+  (its ``labels`` give the example count). The epoch donates ``state``.
+  """
+  if resolve_loop(loop) == "scan":
+    @functools.partial(jax.jit, donate_argnums=(0,))
+    def epoch(state, *inputs):
+      state, xs = _plan(batch_size, state, *inputs)
+      return jax.lax.scan(lambda s, x: body(s, *inputs, *x), state, xs)
+    return epoch
+  return LoopedEpoch(body, batch_size)
+
+
+class LoopedEpoch:
+  """An epoch as a host loop over one jitted, donated step; see the module docstring.
+
+  ``lower(...).compile()`` compiles both programs ahead of time, like a jitted function's, so
+  ``mcu_jax.train.compile_ahead`` works on it.
+  """
+
+  def __init__(self, body: Body, batch_size: int):
+    self._plan = jax.jit(functools.partial(_plan, batch_size), donate_argnums=(0,))
+
+    def step(state, xs, i, *inputs):
+      return body(state, *inputs, *(x[i] for x in xs))
+    self._step = jax.jit(step, donate_argnums=(0,))
+
+  def __call__(self, state, *inputs):
+    state, xs = self._plan(state, *inputs)
+    metrics = []
+    for i in range(xs[0].shape[0]):
+      state, m = self._step(state, xs, jnp.int32(i), *inputs)
+      metrics.append(m)
+    return state, jax.tree.map(lambda *values: jnp.stack(values), *metrics)
+
+  def lower(self, state, *inputs):
+    return _LoweredLoop(self, state, inputs)
+
+
+class _LoweredLoop:
+
+  def __init__(self, epoch: LoopedEpoch, state, inputs):
+    self._epoch, self._state, self._inputs = epoch, state, inputs
+
+  def compile(self) -> LoopedEpoch:
+    epoch, state, inputs = self._epoch, self._state, self._inputs
+    _, xs = jax.eval_shape(epoch._plan, state, *inputs)
+    compiled = LoopedEpoch.__new__(LoopedEpoch)
+    compiled._plan = epoch._plan.lower(state, *inputs).compile()
+    compiled._step = epoch._step.lower(state, xs, jnp.int32(0), *inputs).compile()
+    return compiled
