@@ -116,6 +116,7 @@ class SweepConfig:
   chunk_size: int | None = None    # t values vmapped at once; None: auto (loop on CPU)
   t_search: list[float] = dataclasses.field(default_factory=lambda: [0.75, 1.0])
   targets: str = "alignment"       # "alignment" (original model) or "retrain"
+  recalibrate_on: str = "retain"   # BN statistics from D_r, or "train" (D_r + D_f, reference)
 
   def validate(self, where):
     if self.points < 4:
@@ -124,6 +125,7 @@ class SweepConfig:
     if self.chunk_size is not None:
       _positive(where, "chunk_size", self.chunk_size)
     _choice(where, "targets", self.targets, ("alignment", "retrain"))
+    _choice(where, "recalibrate_on", self.recalibrate_on, ("retain", "train"))
     if len(self.t_search) != 2 or not 0.0 <= self.t_search[0] < self.t_search[1] <= 1.0:
       raise ConfigError(f"{where}.t_search: needs [lo, hi] with 0 <= lo < hi <= 1, got "
                         f"{self.t_search}")

@@ -127,8 +127,14 @@ class Context:
   # ---- data ----
 
   def on_device(self, name: str, images: np.ndarray, labels: np.ndarray):
-    """(images, labels) as device arrays, uploaded once per run and replicated on the mesh."""
-    if name not in self._device_cache:
+    """(images, labels) as device arrays, uploaded once per run and replicated on the mesh.
+
+    ``name`` identifies the arrays: "train", "test_all" or a name of ``eval_sets``.
+    """
+    cached = self._device_cache.get(name)
+    if cached is not None and cached[1].shape[0] != len(labels):
+      raise RuntimeError(f"device cache entry {name!r} holds another set")
+    if cached is None:
       self._device_cache[name] = parallel.replicate((images, labels), self.mesh)
     return self._device_cache[name]
 
@@ -216,7 +222,7 @@ def _accuracies(ctx: Context, params, model_state) -> dict:
       ctx.apply, params, model_state, *ctx.on_device(name, images, labels),
       ctx.config.eval_batch_size, ctx.preprocess_eval)[0]
   return {"train_acc": acc("train", *ctx.arrays()),
-          "test_acc": acc("test", ctx.dataset.test.images, ctx.dataset.test.labels)}
+          "test_acc": acc("test_all", ctx.dataset.test.images, ctx.dataset.test.labels)}
 
 
 def _supervised(ctx: Context, stage: str, settings: TrainConfig, indices, seed: int) -> dict:
@@ -394,10 +400,19 @@ def stage_curve(ctx: Context) -> dict:
   return record
 
 
+def _recalibration_images(ctx: Context):
+  """Images whose pass sets BN statistics: D_r by default, so that no unlearned model's
+  statistics depend on D_f; the whole training set with ``sweep.recalibrate_on=train`` (the
+  reference's update_bn)."""
+  if ctx.config.sweep.recalibrate_on == "train":
+    return ctx.on_device("train", *ctx.arrays())[0]
+  return ctx.on_device("retain", *ctx.arrays(ctx.split.retain))[0]
+
+
 def _recalibrated(ctx: Context, params, model_state):
-  """BN statistics of ``params`` recomputed on the training set (the reference's update_bn)."""
+  """BN statistics of ``params`` recomputed as the exact average over one pass."""
   return evaluate.recalibrate_batch_stats(ctx.apply, params, model_state,
-                                          ctx.on_device("train", *ctx.arrays())[0],
+                                          _recalibration_images(ctx),
                                           ctx.config.curve.batch_size, ctx.preprocess_eval)
 
 
@@ -428,7 +443,7 @@ def stage_sweep(ctx: Context) -> dict:
   sets = {name: ctx.on_device(name, *arrays) for name, arrays in ctx.eval_sets().items()}
   start = time.perf_counter()
   result = evaluate.sweep(curve, ts, ctx.apply, model_state,
-                          recal_images=ctx.on_device("train", *ctx.arrays())[0], sets=sets,
+                          recal_images=_recalibration_images(ctx), sets=sets,
                           batch_size=ctx.config.eval_batch_size,
                           recal_batch_size=ctx.config.curve.batch_size,
                           preprocess=ctx.preprocess_eval, chunk_size=settings.chunk_size,
@@ -461,7 +476,7 @@ def _point_metrics(ctx: Context, params, model_state) -> dict:
 def stage_report(ctx: Context) -> dict:
   """Metrics of original, retrain, base and MCU at the chosen t; markdown, JSON and plots.
 
-  Every row's BN statistics are recomputed on the training set the same way, so that no row
+  Every row's BN statistics are recomputed the same way (on D_r by default), so that no row
   differs from another by its BN statistics alone. RTE: base methods as measured by
   ``unlearn.run``; MCU adds the mask and the curve epochs (the sweep's time is reported
   beside the table).
@@ -512,7 +527,7 @@ def stage_report(ctx: Context) -> dict:
       "excluded (MCU's RTE adds the mask and the curve epochs to the base method's; the "
       f"{len(sweep_record['sweep']['ts'])}-point sweep that chose t took a further "
       f"{sweep_record['seconds']:.1f} s, compilation included). Every row's BatchNorm "
-      "statistics are recomputed on the training set.",
+      f"statistics are recomputed on {'D_r' if ctx.config.sweep.recalibrate_on == 'retain' else 'the training set'}.",
       "",
       table,
       "",

@@ -31,6 +31,10 @@ def test_demo_writes_every_report_file_and_metric(demo_dir, capsys):
     for key in ("UA", "RA", "TA", "MIA", "loss_auc", "AvgGap", "RTE", "TA_forgotten"):
       assert isinstance(row[key], float), (row["method"], key)
   assert record["rows"][1]["AvgGap"] == 0.0
+  # Class forgetting: TA counts the other classes only, which the retrained model knows.
+  retrain = json.loads((demo_dir / "retrain.json").read_text())
+  assert record["rows"][1]["TA"] > retrain["test_acc"]
+  assert record["rows"][1]["TA_forgotten"] == 0.0
   assert 0.75 <= record["chosen_t"] <= 1.0
   text = (demo_dir / "report.md").read_text()
   assert "| method |" in text and "RL+MCU" in text
