@@ -1,0 +1,406 @@
+"""Step throughput (images/s): plain training step vs the MCU curve step, JAX vs the reference.
+
+Times, on one batch already on the device, the median wall time per step (each step timed on
+its own, from dispatch to ``block_until_ready``) of
+
+* ``jax plain <precision>``: a jitted SGD step (momentum 0.9, weight decay 5e-4) of the mean
+  cross-entropy, the step ``mcu_jax.train.make_epoch`` scans;
+* ``jax curve <precision>``: ``mcu_jax.mcu.make_train_step`` with a full mask and the
+  adaptive beta, on a batch that mixes forget and retain examples (``is_forget``);
+
+for each ``--precision`` (fp32; bf16 = bfloat16 compute with float32 parameters). With
+``--scan-steps N`` also ``make_epoch`` / ``make_train_epoch`` over N batches per dispatch
+(on-device shuffle, gather and uint8 -> float conversion included), reported per step.
+
+With ``--reference PATH`` (a checkout of TIML-Group/Mode-Connectivity-Unlearning) the same
+process times the reference's PyTorch steps on the device torch sees (CUDA if available, else
+the CPU with as many threads as this process has CPUs):
+
+* ``reference curve``: ``CurveNet(num_classes, Bezier, PreResNet.curve, num_bends=3,
+  fix_start=True, fix_end=True)`` in its ``dynamic`` path: forward with a random t, loss
+  CE_r - beta CE_f with the adaptive beta (``unlearn.training_step_dynamic``), backward, SGD;
+* ``reference plain``: ``PreResNet.base``, CE, backward, SGD.
+
+Prints one table and the ratios (JAX curve / reference curve as a speed-up in images/s, and
+the curve step's overhead over the plain step in percent), and writes JSON with the machine.
+
+  python3 benchmarks/step_throughput.py --model preresnet110 --batch-size 128 --steps 50 \
+      --reference /tmp/mcu_ref --out runs/step_throughput.json
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import sys
+
+if __package__ in (None, ""):   # run as a script: the benchmarks folder and the checkout
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import _common  # noqa: E402
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
+
+from mcu_jax import beta as beta_lib  # noqa: E402
+from mcu_jax import mcu, parallel, train  # noqa: E402
+from mcu_jax.curves import Curve  # noqa: E402
+from mcu_jax.models import get_model, init_model, make_apply, param_count  # noqa: E402
+
+NUM_CLASSES = 10
+# Alignment targets of the adaptive beta (percent): a CIFAR-10 PreResNet-110's train / test
+# accuracy. The values only steer jnp.where branches; they do not change the work per step.
+FORGET_TARGET, RETAIN_TARGET = 94.0, 100.0
+CURVE_LR, PLAIN_LR = 0.01, 0.1
+
+
+def build_models(model: str, image_shape, precision: str, seed: int) -> dict:
+  """Module, apply, two random endpoints (theta_o, theta_p) and the BN state of theta_o."""
+  module = get_model(model, NUM_CLASSES, **_common.model_kwargs(precision))
+  k0, k1 = jax.random.split(jax.random.key(seed))
+  start, state = init_model(module, k0, (1,) + tuple(image_shape))
+  end, _ = init_model(module, k1, (1,) + tuple(image_shape))
+  return {"module": module, "apply": make_apply(module), "start": start, "end": end,
+          "state": state}
+
+
+def random_batch(batch_size: int, image_shape, forget_fraction: float, seed: int,
+                 uint8: bool = False) -> dict:
+  """Random CIFAR-like batch: images (float in ~[0, 1], or uint8), labels, is_forget."""
+  rng = np.random.default_rng(seed)
+  images = rng.integers(0, 256, (batch_size,) + tuple(image_shape), dtype=np.uint8)
+  return {
+      "images": images if uint8 else images.astype(np.float32) / 255.0,
+      "labels": rng.integers(0, NUM_CLASSES, batch_size).astype(np.int32),
+      "is_forget": rng.random(batch_size) < forget_fraction,
+  }
+
+
+class Placement:
+  """Where arrays go: one device, or a data-parallel mesh over the first ``count`` devices."""
+
+  def __init__(self, count: int):
+    devices = jax.devices()
+    if count < 1 or count > len(devices):
+      raise ValueError(f"--device-count {count}: {len(devices)} devices are visible")
+    self.count = count
+    self.mesh = parallel.make_mesh(devices[:count]) if count > 1 else None
+    self.device = devices[0]
+
+  def state(self, tree):
+    return parallel.replicate(tree, self.mesh) if self.mesh else jax.device_put(tree, self.device)
+
+  def batch(self, tree):
+    if self.mesh:
+      return parallel.shard_batch(jax.tree.map(jnp.asarray, tree), self.mesh)
+    return jax.device_put(tree, self.device)
+
+  @property
+  def batch_sharding(self):
+    return parallel.batch_sharding(self.mesh) if self.mesh else None
+
+
+def adaptive_beta() -> beta_lib.AdaptiveBeta:
+  return beta_lib.AdaptiveBeta(forget_target=FORGET_TARGET, retain_target=RETAIN_TARGET)
+
+
+def plain_optimizer() -> optax.GradientTransformation:
+  return train.sgd(PLAIN_LR, 1, momentum=0.9, weight_decay=5e-4, cosine=False)
+
+
+def make_plain_step(apply):
+  """The SGD step of ``train.make_epoch`` on one given batch, jitted on its own."""
+  loss_fn = train.supervised_loss(apply)
+  optimizer = plain_optimizer()
+
+  @functools.partial(jax.jit, donate_argnums=(0,))
+  def step(state: train.TrainState, batch: dict):
+    (_, (model_state, metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params, state.model_state, batch, None)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    return state.replace(params=optax.apply_updates(state.params, updates),
+                         model_state=model_state, opt_state=opt_state,
+                         step=state.step + 1), metrics
+  return step
+
+
+def _looped(step, state, *args):
+  """A zero-argument call that advances ``state`` by one ``step(state, *args)``."""
+  cell = [state]
+
+  def call():
+    cell[0], metrics = step(cell[0], *args)
+    return cell[0], metrics
+  return call
+
+
+def jax_plain(models: dict, batch: dict, place: Placement, steps: int, warmup: int) -> dict:
+  batch = dict(batch)
+  batch["valid"] = np.ones(len(batch["labels"]), bool)
+  state = place.state(train.init_train_state(models["start"], models["state"],
+                                             plain_optimizer(), jax.random.key(1)))
+  call = _looped(make_plain_step(models["apply"]), state, place.batch(batch))
+  return _common.time_calls(call, steps, warmup, jax.block_until_ready)
+
+
+def curve_state(models: dict, optimizer, mask, place: Placement):
+  curve = Curve.from_endpoints(models["start"], models["end"])
+  state = mcu.init_state(curve, optimizer, mask, models["state"], jax.random.key(2))
+  endpoints = mcu.Endpoints(models["start"], models["end"])
+  return place.state(state), place.state(endpoints)
+
+
+def jax_curve(models: dict, batch: dict, place: Placement, steps: int, warmup: int) -> dict:
+  optimizer = optax.sgd(CURVE_LR, momentum=0.9)
+  mask = mcu.full_mask(models["start"])
+  state, endpoints = curve_state(models, optimizer, mask, place)
+  step = mcu.make_train_step(models["apply"], optimizer, endpoints, mask, adaptive_beta())
+  call = _looped(step, state, place.batch(batch))
+  return _common.time_calls(call, steps, warmup, jax.block_until_ready)
+
+
+def jax_plain_scan(models: dict, data: dict, batch_size: int, place: Placement, steps: int,
+                   warmup: int) -> dict:
+  epoch = train.make_epoch(train.supervised_loss(models["apply"]), plain_optimizer(),
+                           batch_size, batch_sharding=place.batch_sharding)
+  state = place.state(train.init_train_state(models["start"], models["state"],
+                                             plain_optimizer(), jax.random.key(1)))
+  data = {k: v for k, v in data.items() if k != "is_forget"}
+  call = _looped(epoch, state, place.state(data))
+  return _common.time_calls(call, steps, warmup, jax.block_until_ready)
+
+
+def jax_curve_scan(models: dict, data: dict, batch_size: int, place: Placement, steps: int,
+                   warmup: int) -> dict:
+  optimizer = optax.sgd(CURVE_LR, momentum=0.9)
+  mask = mcu.full_mask(models["start"])
+  state, endpoints = curve_state(models, optimizer, mask, place)
+  epoch = mcu.make_train_epoch(models["apply"], optimizer, mask, adaptive_beta(),
+                               batch_size=batch_size, batch_sharding=place.batch_sharding)
+  call = _looped(epoch, state, endpoints, place.state(data))
+  return _common.time_calls(call, steps, warmup, jax.block_until_ready)
+
+
+# ---------------------------------------------------------------------------------------------
+# The reference.
+
+
+def torch_batch(torch, device, batch: dict):
+  """NCHW float images, int64 labels, and LossData2's 0/1 forget flag, on ``device``."""
+  images = torch.from_numpy(np.ascontiguousarray(batch["images"].transpose(0, 3, 1, 2)))
+  return (images.to(device), torch.from_numpy(batch["labels"].astype(np.int64)).to(device),
+          torch.from_numpy(batch["is_forget"].astype(np.int64)).to(device))
+
+
+def reference_curve(ref, depth: int, batch: dict, steps: int, warmup: int,
+                    data_parallel: bool = False, threads: int | None = None) -> dict:
+  torch, device = _common.torch_setup(threads)
+  import torch.nn.functional as F
+  torch.manual_seed(0)
+  model = _common.reference_curve_net(ref, NUM_CLASSES, depth, device)
+  model.init_linear()
+  if data_parallel and device.type == "cuda":
+    model = torch.nn.DataParallel(model)
+  model.train()
+  optimizer = torch.optim.SGD(filter(lambda p: p.requires_grad, model.parameters()),
+                              lr=CURVE_LR, momentum=0.9, weight_decay=0.0)
+  images, labels, is_forget = torch_batch(torch, device, batch)
+
+  def call():
+    out = model(images)                 # t ~ U[0, 1) drawn inside, as CurveNet.forward
+    loss = _common.reference_dynamic_loss(torch, F, out, labels, is_forget, FORGET_TARGET,
+                                          RETAIN_TARGET)
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    return loss
+  return _common.time_calls(call, steps, warmup, _common.torch_sync(torch, device))
+
+
+def reference_plain(ref, depth: int, batch: dict, steps: int, warmup: int,
+                    threads: int | None = None) -> dict:
+  torch, device = _common.torch_setup(threads)
+  import torch.nn.functional as F
+  torch.manual_seed(0)
+  model = _common.reference_base_net(ref, NUM_CLASSES, depth, device)
+  model.train()
+  optimizer = torch.optim.SGD(model.parameters(), lr=PLAIN_LR, momentum=0.9, weight_decay=5e-4)
+  images, labels, _ = torch_batch(torch, device, batch)
+
+  def call():
+    loss = F.cross_entropy(model(images), labels)
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    return loss
+  return _common.time_calls(call, steps, warmup, _common.torch_sync(torch, device))
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def _ratio(num, den):
+  return None if num is None or den is None else num / den
+
+
+def summarize(rows: list[dict], precisions, scan_steps: int | None) -> dict:
+  by = {r["name"]: r for r in rows}
+  ms = lambda name: by[name]["ms_per_step"] if name in by else None
+  ratios = {"curve_speedup_vs_reference": {}, "plain_speedup_vs_reference": {},
+            "curve_overhead_pct": {}}
+  for p in precisions:
+    ratios["curve_speedup_vs_reference"][f"jax {p}"] = _ratio(ms("reference curve fp32"),
+                                                              ms(f"jax curve {p}"))
+    ratios["plain_speedup_vs_reference"][f"jax {p}"] = _ratio(ms("reference plain fp32"),
+                                                              ms(f"jax plain {p}"))
+    over = _ratio(ms(f"jax curve {p}"), ms(f"jax plain {p}"))
+    ratios["curve_overhead_pct"][f"jax {p}"] = None if over is None else 100 * (over - 1)
+    if scan_steps:
+      suffix = f" scan{scan_steps}"
+      ratios["curve_speedup_vs_reference"][f"jax {p}{suffix}"] = _ratio(
+          ms("reference curve fp32"), ms(f"jax curve {p}{suffix}"))
+      over = _ratio(ms(f"jax curve {p}{suffix}"), ms(f"jax plain {p}{suffix}"))
+      ratios["curve_overhead_pct"][f"jax {p}{suffix}"] = None if over is None else 100 * (over - 1)
+  over = _ratio(ms("reference curve fp32"), ms("reference plain fp32"))
+  ratios["curve_overhead_pct"]["reference"] = None if over is None else 100 * (over - 1)
+  for key in list(ratios):
+    ratios[key] = {k: v for k, v in ratios[key].items() if v is not None}
+  return ratios
+
+
+def parse_args(argv):
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--model", default="preresnet110")
+  parser.add_argument("--batch-size", type=int, default=128,
+                      help="global batch (split over --device-count devices)")
+  parser.add_argument("--image-shape", default="32,32,3", help="H,W,C")
+  parser.add_argument("--steps", type=int, default=50, help="timed steps (median reported)")
+  parser.add_argument("--warmup", type=int, default=5,
+                      help="untimed steps first (the first one compiles)")
+  parser.add_argument("--precision", default="fp32,bf16",
+                      help="comma list of fp32, bf16 (bf16: bfloat16 compute, fp32 params)")
+  parser.add_argument("--forget-fraction", type=float, default=0.18,
+                      help="share of forget examples in a batch (D_f + 50%% of D_r at 10%% "
+                           "forgetting: 5000 / 27500)")
+  parser.add_argument("--scan-steps", type=int, default=0,
+                      help="also time make_epoch / make_train_epoch scanning N steps per call")
+  parser.add_argument("--skip-plain", action="store_true", help="time only the curve steps")
+  parser.add_argument("--reference", default=None,
+                      help="path of a checkout of TIML-Group/Mode-Connectivity-Unlearning")
+  parser.add_argument("--reference-steps", type=int, default=None,
+                      help="timed steps of the reference (default --steps)")
+  parser.add_argument("--reference-data-parallel", action="store_true",
+                      help="wrap the reference curve net in DataParallel (as train.py on 1 "
+                           "GPU); CUDA only")
+  parser.add_argument("--torch-threads", type=int, default=None,
+                      help="torch CPU threads (default: this process's usable CPUs)")
+  parser.add_argument("--skip-jax", action="store_true", help="time only the reference")
+  parser.add_argument("--device-count", type=int, default=1,
+                      help="JAX devices of the data-parallel mesh (mcu_jax.parallel)")
+  parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--out", default=None, help="write a JSON record here")
+  return parser.parse_args(argv)
+
+
+def main(argv=None) -> dict:
+  args = parse_args(argv)
+  if args.reference:
+    _common.share_accelerator_with_torch()
+  image_shape = _common.parse_shape(args.image_shape)
+  precisions = _common.parse_list(args.precision)
+  for p in precisions:
+    _common.model_kwargs(p)
+  depth = _common.preresnet_depth(args.model) if args.reference else None
+  if args.reference and image_shape != (32, 32, 3):
+    raise ValueError("the reference's PreResNet needs 32,32,3 inputs (3-channel stem, "
+                     "AvgPool2d(8))")
+  place = Placement(args.device_count)
+  if args.batch_size % args.device_count:
+    raise ValueError(f"--batch-size {args.batch_size} is not divisible by --device-count "
+                     f"{args.device_count}")
+  ref = _common.load_reference(args.reference) if args.reference else None
+  if args.skip_jax and ref is None:
+    raise ValueError("--skip-jax needs --reference")
+
+  batch = random_batch(args.batch_size, image_shape, args.forget_fraction, args.seed)
+  print(f"{jax.devices()[0].device_kind} x{args.device_count} ({jax.default_backend()}), "
+        f"{_common.usable_cpus()} CPUs; model {args.model}, batch {args.batch_size}, "
+        f"images {image_shape}, {args.steps} steps after {args.warmup} warm-up", flush=True)
+  rows, params = [], None
+  for precision in ([] if args.skip_jax else precisions):
+    models = build_models(args.model, image_shape, precision, args.seed)
+    params = param_count(models["start"])
+    jobs = [] if args.skip_plain else [("plain", jax_plain)]
+    jobs.append(("curve", jax_curve))
+    for kind, fn in jobs:
+      timing = fn(models, batch, place, args.steps, args.warmup)
+      rows.append(_common.throughput_row(f"jax {kind} {precision}", timing, args.batch_size,
+                                         framework="jax", kind=kind, precision=precision))
+      print(f"  {rows[-1]['name']}: {rows[-1]['ms_per_step']:.2f} ms/step "
+            f"(first call {timing['first_call_s']:.1f} s)", flush=True)
+    if args.scan_steps:
+      n = args.scan_steps
+      data = random_batch(n * args.batch_size, image_shape, args.forget_fraction,
+                          args.seed + 1, uint8=True)
+      calls = max(1, -(-args.steps // n))
+      jobs = [] if args.skip_plain else [("plain", jax_plain_scan)]
+      jobs.append(("curve", jax_curve_scan))
+      for kind, fn in jobs:
+        timing = fn(models, data, args.batch_size, place, calls, min(args.warmup, 1) or 1)
+        rows.append(_common.throughput_row(f"jax {kind} {precision} scan{n}", timing,
+                                           n * args.batch_size, steps_per_call=n,
+                                           framework="jax", kind=kind, precision=precision))
+        print(f"  {rows[-1]['name']}: {rows[-1]['ms_per_step']:.2f} ms/step", flush=True)
+  if ref is not None:
+    ref_steps = args.reference_steps or args.steps
+    jobs = [("curve", functools.partial(reference_curve, threads=args.torch_threads,
+                                        data_parallel=args.reference_data_parallel))]
+    if not args.skip_plain:
+      jobs.insert(0, ("plain", functools.partial(reference_plain, threads=args.torch_threads)))
+    for kind, fn in jobs:
+      timing = fn(ref, depth, batch, ref_steps, args.warmup)
+      rows.append(_common.throughput_row(f"reference {kind} fp32", timing, args.batch_size,
+                                         framework="torch", kind=kind, precision="fp32"))
+      print(f"  {rows[-1]['name']}: {rows[-1]['ms_per_step']:.2f} ms/step", flush=True)
+
+  ratios = summarize(rows, precisions, args.scan_steps)
+  table = _common.markdown_table(rows, [
+      ("name", "step"), ("images_per_s", "images/s"), ("ms_per_step", "ms/step (median)"),
+      ("min_ms_per_step", "ms/step (min)"), ("first_call_s", "first call (s)")], ".4g")
+  print()
+  print(table)
+  print()
+  for key, values in ratios.items():
+    for name, value in values.items():
+      unit = "%" if key.endswith("pct") else "x"
+      print(f"{key} [{name}]: {value:.3g}{unit}")
+  record = {
+      "benchmark": "step_throughput",
+      "command": _common.command_line(__file__, argv),
+      "config": {"model": args.model, "params": params, "batch_size": args.batch_size,
+                 "image_shape": list(image_shape), "steps": args.steps,
+                 "warmup": args.warmup, "precisions": precisions,
+                 "forget_fraction": args.forget_fraction, "scan_steps": args.scan_steps,
+                 "device_count": args.device_count, "reference": args.reference,
+                 "torch_threads": args.torch_threads, "skip_jax": args.skip_jax,
+                 "reference_data_parallel": args.reference_data_parallel,
+                 "curve_optimizer": f"sgd lr {CURVE_LR} momentum 0.9",
+                 "plain_optimizer": f"sgd lr {PLAIN_LR} momentum 0.9 wd 5e-4",
+                 "beta": f"adaptive, targets forget {FORGET_TARGET} retain {RETAIN_TARGET}"},
+      "machine": _common.machine_info(with_torch=ref is not None),
+      "rows": rows,
+      "ratios": ratios,
+      "table": table,
+  }
+  if args.out:
+    _common.write_json(args.out, record)
+    print("wrote", args.out)
+  return record
+
+
+if __name__ == "__main__":
+  main()
