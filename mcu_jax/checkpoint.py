@@ -89,7 +89,14 @@ def load_tree(path: str | os.PathLike, like: PyTree | None = None) -> PyTree:
     raise CheckpointError(f"checkpoint {path} does not exist")
   try:
     with ocp.StandardCheckpointer() as checkpointer:
-      tree = checkpointer.restore(path, _abstract(like) if like is not None else None)
+      if like is None:  # restore onto this process's devices, whatever topology saved it
+        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        target = jax.tree.map(
+            lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+            checkpointer.metadata(path).item_metadata.tree)
+      else:
+        target = _abstract(like)
+      tree = checkpointer.restore(path, target)
   except Exception as e:
     raise CheckpointError(f"cannot restore checkpoint {path}: {type(e).__name__}: {e}") from e
   return _from_storable(tree, like) if like is not None else jax.tree.map(jnp.asarray, tree)

@@ -21,6 +21,7 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 PyTree = Any
 # body(state, *inputs, indices, valid, key) -> (state, metrics); inputs end with the data dict.
@@ -93,7 +94,7 @@ class LoopedEpoch:
     state, xs = self._plan(state, *inputs)
     metrics = []
     for i in range(xs[0].shape[0]):
-      state, m = self._step(state, xs, jnp.int32(i), *inputs)
+      state, m = self._step(state, xs, np.int32(i), *inputs)
       metrics.append(m)
     return state, jax.tree.map(lambda *values: jnp.stack(values), *metrics)
 
@@ -108,8 +109,13 @@ class _LoweredLoop:
 
   def compile(self) -> LoopedEpoch:
     epoch, state, inputs = self._epoch, self._state, self._inputs
-    _, xs = jax.eval_shape(epoch._plan, state, *inputs)
+    plan = epoch._plan.lower(state, *inputs).compile()
+    # The step is compiled for what the plan really hands it, shardings included.
+    planned = jax.tree.map(
+        lambda shape, sharding: jax.ShapeDtypeStruct(shape.shape, shape.dtype,
+                                                     sharding=sharding),
+        jax.eval_shape(epoch._plan, state, *inputs), plan.output_shardings)
     compiled = LoopedEpoch.__new__(LoopedEpoch)
-    compiled._plan = epoch._plan.lower(state, *inputs).compile()
-    compiled._step = epoch._step.lower(state, xs, jnp.int32(0), *inputs).compile()
+    compiled._plan = plan
+    compiled._step = epoch._step.lower(*planned, np.int32(0), *inputs).compile()
     return compiled

@@ -95,6 +95,8 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
   if explicit and (coordinator_address is None or num_processes is None or process_id is None):
     raise ValueError("a multi-host run needs all of coordinator_address, num_processes and "
                      f"process_id; got {coordinator_address!r}, {num_processes!r}, {process_id!r}")
+  # CPU devices of different processes talk through gloo; GPUs and TPUs ignore this setting.
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
   jax.distributed.initialize(coordinator_address=coordinator_address,
                              num_processes=num_processes, process_id=process_id)
   return True

@@ -14,6 +14,13 @@ epoch under ``<stage>/ckpt`` and continue from there with ``resume``.
     run_dir/curve/             the trained curve  + curve.json
     run_dir/sweep.json         the spectrum along t and the chosen t
     run_dir/report.{md,json}, sweep.png, methods.png
+
+Every stage runs on all devices of a 1-D mesh (``mcu_jax.parallel``): data and states are
+replicated, batches split over the mesh. In a multi-host run (``mcu-jax ... --coordinator
+host:port --num-processes N --process-id i``) every process runs the same stages on the same
+run directory (a shared file system); process 0 writes the JSON records, the split and the
+report, orbax coordinates the checkpoints, and the processes wait for each other after each
+write.
 """
 from __future__ import annotations
 
@@ -108,9 +115,13 @@ class Context:
 
   def checkpointer(self, stage: str) -> checkpoint.Checkpointer:
     directory = self.run_dir / stage / "ckpt"
-    if directory.exists() and any(directory.iterdir()):
+    partial = directory.exists() and any(directory.iterdir())
+    _sync(f"looked at {directory}")  # every process decides before anyone deletes
+    if partial:
       if self.force:
-        shutil.rmtree(directory)
+        if _primary():
+          shutil.rmtree(directory)
+        _sync(f"cleared {directory}")
       elif not self.resume:
         raise StageError(f"stage {stage!r} has a partial checkpoint in {directory}: pass "
                          "--resume to continue it or --force to start over")
@@ -119,10 +130,12 @@ class Context:
   def begin(self, stage: str) -> None:
     """Marks ``stage`` and every stage that depends on it as not done, before it runs, so that
     a crash or a changed input never leaves a stale result that looks finished."""
-    for name in (stage,) + DOWNSTREAM[stage]:
-      (self.run_dir / f"{name}.json").unlink(missing_ok=True)
-      if name != stage and (self.run_dir / name / "ckpt").exists():
-        shutil.rmtree(self.run_dir / name / "ckpt")
+    if _primary():
+      for name in (stage,) + DOWNSTREAM[stage]:
+        (self.run_dir / f"{name}.json").unlink(missing_ok=True)
+        if name != stage and (self.run_dir / name / "ckpt").exists():
+          shutil.rmtree(self.run_dir / name / "ckpt")
+    _sync(f"begin {stage}")
 
   # ---- data ----
 
@@ -154,6 +167,25 @@ class Context:
     else:
       sets["test"] = (test.images, test.labels)
     return sets
+
+
+def _primary() -> bool:
+  """Whether this process writes shared files (process 0 of a multi-host run)."""
+  return jax.process_index() == 0
+
+
+def _sync(name: str) -> None:
+  """All processes wait here until each has arrived (no-op with one process)."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices(name)
+
+
+def _write_json(path: Path, record) -> None:
+  """Process 0 writes the record; every process continues once it is on disk."""
+  if _primary():
+    report.write_json(path, record)
+  _sync(f"wrote {path}")
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict:
@@ -199,10 +231,12 @@ def make_context(config: RunConfig, run_dir, *, progress=True, resume=False, for
                       ("curve.batch_size", config.curve.batch_size)):
     if batch % mesh.devices.size:
       raise StageError(f"{name} = {batch} is not divisible by the {mesh.devices.size} devices")
-  run_dir.mkdir(parents=True, exist_ok=True)
-  if not reuse_split:
-    data.save_split(split_path, split)
-  report.write_json(config_path, config.to_dict())
+  if _primary():
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if not reuse_split:
+      data.save_split(split_path, split)
+  _sync("split")
+  _write_json(config_path, config.to_dict())
   mean, std = data.normalization_stats(dataset.train)
   return Context(
       config=config, run_dir=run_dir, dataset=dataset, split=split, module=module,
@@ -247,7 +281,7 @@ def _supervised(ctx: Context, stage: str, settings: TrainConfig, indices, seed: 
   record = {"history": history, "rte_seconds": sum(h["seconds"] for h in history),
             "compile_seconds": compile_seconds,
             **_accuracies(ctx, state.params, state.model_state)}
-  report.write_json(ctx.run_dir / f"{stage}.json", record)
+  _write_json(ctx.run_dir / f"{stage}.json", record)
   return record
 
 
@@ -287,7 +321,7 @@ def stage_unlearn(ctx: Context) -> dict:
   record = {"method": method, "config": dataclasses.asdict(result.config),
             "rte_seconds": result.rte_seconds, "compile_seconds": result.compile_seconds,
             "history": result.history, **_accuracies(ctx, result.params, result.model_state)}
-  report.write_json(ctx.run_dir / "unlearn.json", record)
+  _write_json(ctx.run_dir / "unlearn.json", record)
   return record
 
 
@@ -323,7 +357,7 @@ def stage_mask(ctx: Context) -> dict:
   record = {"flags": flags, "fraction": masks.mask_fraction(mask, params),
             "seconds": seconds, "compile_seconds": compile_seconds,
             "enabled": settings.enabled}
-  report.write_json(ctx.run_dir / "mask.json", record)
+  _write_json(ctx.run_dir / "mask.json", record)
   return record
 
 
@@ -369,7 +403,7 @@ def stage_curve(ctx: Context) -> dict:
   if not settings.train:
     ctx.log("[curve] straight line (no training)")
     record = {"trained": False, "rte_seconds": 0.0, "history": []}
-    report.write_json(ctx.run_dir / "curve.json", record)
+    _write_json(ctx.run_dir / "curve.json", record)
     return record
   mask = load_mask(ctx, start)
   policy = _beta_policy(ctx)
@@ -396,7 +430,7 @@ def stage_curve(ctx: Context) -> dict:
   record = {"trained": True, "history": history, "curve_seconds": curve_seconds,
             "compile_seconds": compile_seconds, "rte_seconds": mask_seconds + curve_seconds,
             "beta_policy": repr(policy)}
-  report.write_json(ctx.run_dir / "curve.json", record)
+  _write_json(ctx.run_dir / "curve.json", record)
   return record
 
 
@@ -456,7 +490,7 @@ def stage_sweep(ctx: Context) -> dict:
             "gap": choice.gap, "region": [list(r) for r in choice.region],
             "targets": {"kind": settings.targets, "retain": retain_target,
                         "forget": forget_target}}
-  report.write_json(ctx.run_dir / "sweep.json", record)
+  _write_json(ctx.run_dir / "sweep.json", record)
   return record
 
 
@@ -507,6 +541,9 @@ def stage_report(ctx: Context) -> dict:
     columns.insert(4, "TA_forgotten")
   table = report.markdown_table(rows, columns)
   targets = sweep_record["targets"]
+  if not _primary():
+    _sync("report")
+    return {"rows": rows, "chosen_t": t, "table": table}
   sweep_png = report.plot_sweep(
       _SweepView(sweep_record["sweep"]), targets=(targets["retain"], targets["forget"]),
       region=sweep_record["region"], chosen_t=t, path=ctx.run_dir / "sweep.png",
@@ -541,6 +578,7 @@ def stage_report(ctx: Context) -> dict:
             "files": {"markdown": str(ctx.run_dir / "report.md"), "sweep_png": sweep_png,
                       "methods_png": methods_png}}
   report.write_json(ctx.run_dir / "report.json", record)
+  _sync("report")
   return record
 
 

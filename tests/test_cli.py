@@ -139,3 +139,35 @@ def test_corrupt_model_checkpoint_names_the_file(demo_dir, tmp_path, capsys):
   assert cli.main(["curve", "--run-dir", str(copy), "--no-progress"]) == 2
   err = capsys.readouterr().err
   assert "cannot restore checkpoint" in err and str(copy / "unlearn" / "model") in err
+
+
+def test_two_process_curve_stage_equals_one_process(demo_dir, tmp_path):
+  """`mcu-jax curve` under jax.distributed with 2 CPU processes (gloo) trains the same curve."""
+  import shutil
+  import socket
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  env.pop("XLA_FLAGS", None)
+  dirs = {}
+  for name in ("one", "two"):
+    dirs[name] = tmp_path / name
+    shutil.copytree(demo_dir, dirs[name])
+  base = [sys.executable, str(Path(__file__).with_name("_cli_train.py")), "curve",
+          "--force", "--no-progress"]
+  one = subprocess.run(base + ["--run-dir", str(dirs["one"])], env=env, capture_output=True,
+                       text=True, timeout=300)
+  assert one.returncode == 0, one.stderr[-2000:]
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    port = s.getsockname()[1]
+  procs = [subprocess.Popen(base + ["--run-dir", str(dirs["two"]), "--coordinator",
+                                    f"localhost:{port}", "--num-processes", "2",
+                                    "--process-id", str(i)],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+           for i in range(2)]
+  for p in procs:
+    _, err = p.communicate(timeout=300)
+    assert p.returncode == 0, err[-2000:]
+  a = checkpoint.load_tree(dirs["one"] / "curve" / "controls")
+  b = checkpoint.load_tree(dirs["two"] / "curve" / "controls")
+  chex.assert_trees_all_close(a, b, atol=1e-6, rtol=1e-5)
+  assert json.loads((dirs["two"] / "curve.json").read_text())["trained"] is True
