@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import datetime
 import importlib.util
-import json
-import math
 import os
 import platform
 import statistics
@@ -282,49 +280,13 @@ def reference_base_net(ref, num_classes: int, depth: int, device):
 # Output.
 
 
-def _fmt(value, floatfmt: str) -> str:
-  if value is None:
-    return "-"
-  if isinstance(value, float):
-    if math.isnan(value):
-      return "nan"
-    return format(value, floatfmt)
-  return str(value)
-
-
 def markdown_table(rows: Sequence[dict], columns: Iterable, floatfmt: str = ".4g") -> str:
-  """``columns``: keys, or (key, header) pairs."""
-  columns = [(c, c) if isinstance(c, str) else tuple(c) for c in columns]
-  lines = ["| " + " | ".join(h for _, h in columns) + " |",
-           "|" + "|".join("---" for _ in columns) + "|"]
-  for row in rows:
-    lines.append("| " + " | ".join(_fmt(row.get(k), floatfmt) for k, _ in columns) + " |")
-  return "\n".join(lines)
-
-
-def _jsonable(value):
-  import numpy as np
-  if isinstance(value, dict):
-    return {str(k): _jsonable(v) for k, v in value.items()}
-  if isinstance(value, (list, tuple)):
-    return [_jsonable(v) for v in value]
-  if isinstance(value, (np.integer,)):
-    return int(value)
-  if isinstance(value, (np.floating, float)):
-    value = float(value)
-    return value if math.isfinite(value) else None
-  if isinstance(value, np.ndarray):
-    return _jsonable(value.tolist())
-  if isinstance(value, np.bool_):
-    return bool(value)
-  return value
+  """``columns``: keys, or (key, header) pairs (mcu_jax.report's table, 4 significant digits)."""
+  from mcu_jax import report
+  return report.markdown_table(rows, list(columns), floatfmt).rstrip("\n")
 
 
 def write_json(path: str, record: dict) -> None:
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  tmp = path + ".tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
-    json.dump(_jsonable(record), f, indent=1)
-    f.write("\n")
-  os.replace(tmp, path)
+  """Atomic JSON write (mcu_jax.report's: NumPy values allowed, NaN as null)."""
+  from mcu_jax import report
+  report.write_json(path, record)

@@ -8,7 +8,6 @@ The policies are small pytrees so that a step can take either without retracing 
 from __future__ import annotations
 
 import flax.struct
-import jax
 import jax.numpy as jnp
 
 

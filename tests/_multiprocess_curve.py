@@ -13,7 +13,6 @@ def main():
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     from mcu_jax import parallel
     parallel.initialize(f"localhost:{port}", 2, pid)
-  import jax.numpy as jnp
   import numpy as np
   import optax
 

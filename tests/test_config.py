@@ -1,6 +1,5 @@
 import pytest
 
-from mcu_jax import config as config_lib
 from mcu_jax.config import ConfigError, load_config
 
 

@@ -6,7 +6,7 @@ import optax
 import pytest
 
 from mcu_jax import beta as beta_lib
-from mcu_jax import data, masks, mcu, models, objectives, train
+from mcu_jax import data, mcu, models, objectives, train
 from mcu_jax.curves import Curve, point
 
 

@@ -1,9 +1,7 @@
-import shutil
 
 import chex
 import jax
 import jax.numpy as jnp
-import numpy as np
 import pytest
 
 from mcu_jax import checkpoint, data, evaluate, models, train
