@@ -76,7 +76,6 @@ class Context:
   force: bool = False
   mesh: Any = None
   _device_cache: dict = dataclasses.field(default_factory=dict)
-  _gradients_fn: Any = None
 
   def log(self, message: str) -> None:
     if self.progress:
