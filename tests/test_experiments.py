@@ -1,0 +1,99 @@
+"""The study scripts of experiments/ on the tiny digits config (one seed, one or two epochs)."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+EXPERIMENTS = ROOT / "experiments"
+MAIN_COLUMNS = ("UA", "RA", "TA", "MIA-Eff.", "loss-AUC", "Avg. Gap", "Gap w/o MIA", "RTE (s)")
+ABLATION_COLUMNS = ("UA", "RA", "TA", "MIA-Eff.", "loss-AUC", "Avg. Gap", "Gap w/o MIA")
+
+
+def _run(script, tmp, *extra):
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  proc = subprocess.run(
+      [sys.executable, str(EXPERIMENTS / script), "--smoke", "--runs-dir", str(tmp / "runs"),
+       "--results-dir", str(tmp / "results"), *extra],
+      cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+  return proc.stdout
+
+
+def _filled(value):
+  return isinstance(value, str) and value not in ("", "n/a") and "nan" not in value
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+  tmp = tmp_path_factory.mktemp("study")
+  _run("main_table.py", tmp)
+  log = _run("ablations.py", tmp)
+  return tmp, log
+
+
+def test_main_table_has_every_cell_and_column(smoke):
+  tmp, _ = smoke
+  results = tmp / "results" / "digits_smoke"
+  record = json.loads((results / "main_table.json").read_text())
+  assert record["failures"] == []
+  assert set(record["scenarios"]) == {"random", "class"}
+  for scenario in record["scenarios"].values():
+    rows = {row["method"]: row for row in scenario["rows"]}
+    assert set(rows) == {"Original", "Retrain", "FT", "FT+MCU", "RL", "RL+MCU"}
+    for name, row in rows.items():
+      assert row["seeds"] == 1
+      for column in MAIN_COLUMNS + (("t",) if name.endswith("+MCU") else ()):
+        assert _filled(row[column]), (name, column, row)
+    pooled = scenario["tests"]["pooled"]
+    assert pooled["n"] == 2 and "wilcoxon_p" in pooled and "ttest_p" in pooled
+    assert set(scenario["tests"]["per_method"]) == {"ft", "rl"}
+  text = (results / "main_table.md").read_text()
+  assert ("| method | seeds | UA | RA | TA | MIA-Eff. | loss-AUC | Avg. Gap | Gap w/o MIA | "
+          "RTE (s) | t |") in text
+  assert "Wilcoxon" in text
+  assert (results / "main_table_avg_gap.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_ablations_have_every_table_and_plot(smoke):
+  tmp, _ = smoke
+  results = tmp / "results" / "digits_smoke"
+  record = json.loads((results / "ablations.json").read_text())
+  assert record["failures"] == [] and record["base_method"] == "rl"
+  ablations = record["ablations"]
+  assert set(ablations) == {"line_vs_curve", "mask", "beta", "t_and_region"}
+  for scenario in ("random", "class"):
+    line = ablations["line_vs_curve"]["rows"][scenario]
+    assert [r["variant"] for r in line][1:] == ["straight line (no training)",
+                                                "Bezier, trained (MCU)"]
+    mask = ablations["mask"]["rows"][scenario]
+    beta = ablations["beta"]["rows"][scenario]
+    assert [r["variant"] for r in beta] == ["adaptive beta", "fixed beta = 0.05",
+                                            "fixed beta = 0.5"]
+    for row in line + mask + beta:
+      for column in ABLATION_COLUMNS:
+        assert _filled(row[column]), (scenario, row["variant"], column)
+    for row in mask:
+      for column in ("trained share", "mask s", "curve s", "mask + curve s"):
+        assert _filled(row[column]), (scenario, row["variant"], column)
+    cells = {r["cell"]: r for r in ablations["t_and_region"][scenario]}
+    assert {"FT+MCU", "RL+MCU", "RL line", "RL no mask"} <= set(cells)
+    for row in cells.values():
+      assert _filled(row["t"]) and _filled(row["region length"])
+  text = (results / "ablations.md").read_text()
+  for heading in ("## 1. Straight line", "## 2. Mask", "## 3. Adaptive", "## 4. Chosen t"):
+    assert heading in text
+  for png in ("ablation_line_vs_curve.png", "ablation_beta.png", "ablation_t_region.png"):
+    assert (results / png).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_second_run_reuses_finished_cells(smoke):
+  tmp, log = smoke
+  assert ": train " not in log      # the ablations reused the main table's base models
+  again = _run("main_table.py", tmp)
+  assert "  random/seed0/" not in again and "  class/seed0/" not in again   # nothing reran
+  split = tmp / "runs" / "digits_smoke" / "random" / "seed0"
+  assert (split / "rl" / "split.npz").read_bytes() == (split / "base" / "split.npz").read_bytes()
