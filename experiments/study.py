@@ -26,7 +26,6 @@ import json
 import math
 import os
 import shutil
-import sys
 import time
 import traceback
 from pathlib import Path
@@ -45,22 +44,12 @@ HEADERS = {"UA": "UA", "RA": "RA", "TA": "TA", "MIA": "MIA-Eff.", "loss_auc": "l
 # Configuration
 
 
-def _merge(base: dict, update: dict) -> dict:
-  out = dict(base)
-  for key, value in update.items():
-    if isinstance(value, dict) and isinstance(out.get(key), dict):
-      out[key] = _merge(out[key], value)
-    else:
-      out[key] = value
-  return out
-
-
 def load_study(path, overrides=()) -> dict:
   """The study config: the YAML file, then ``key.sub=value`` overrides (values as YAML)."""
   from mcu_jax import config as config_lib
   study = config_lib.read_file(path)
   for text in overrides:
-    study = _merge(study, config_lib.parse_override(text))
+    study = config_lib.merge(study, config_lib.parse_override(text))
   for key in ("name", "seeds", "scenarios", "methods", "run"):
     if key not in study:
       raise SystemExit(f"{path}: the study config needs a {key!r} key")
@@ -167,7 +156,7 @@ def run_config(study: dict, dataset: str, scenario: str, seed: int, method: str 
   values["unlearn"] = {"method": method,
                        "options": dict((study.get("method_options") or {}).get(method) or {})}
   if extra:
-    values = _merge(values, extra)
+    values = config_lib.merge(values, extra)
   return config_lib.load_config(base=values)
 
 

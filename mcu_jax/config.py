@@ -254,11 +254,12 @@ def _from_dict(cls, values: dict, where: str):
   return cls(**{k: _coerce(f"{where}.{k}", hints[k], v) for k, v in values.items()})
 
 
-def _merge(base: dict, update: dict) -> dict:
+def merge(base: dict, update: dict) -> dict:
+  """``update`` laid over ``base``, nested mappings merged key by key (neither is changed)."""
   out = dict(base)
   for key, value in update.items():
     if isinstance(value, dict) and isinstance(out.get(key), dict):
-      out[key] = _merge(out[key], value)
+      out[key] = merge(out[key], value)
     else:
       out[key] = value
   return out
@@ -314,9 +315,9 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] = ()
   """Defaults <- ``base`` <- file <- overrides, then validated as a whole."""
   values = dict(base or {})
   if path is not None:
-    values = _merge(values, read_file(path))
+    values = merge(values, read_file(path))
   for text in overrides:
-    values = _merge(values, parse_override(text))
+    values = merge(values, parse_override(text))
   config = _from_dict(RunConfig, values, "config")
   config.validate()
   return config
