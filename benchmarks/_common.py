@@ -286,6 +286,14 @@ def markdown_table(rows: Sequence[dict], columns: Iterable, floatfmt: str = ".4g
   return report.markdown_table(rows, list(columns), floatfmt).rstrip("\n")
 
 
+def emit(record: dict, out: str | None) -> dict:
+  """Writes ``record`` to ``out`` when given (saying so) and returns it."""
+  if out:
+    write_json(out, record)
+    print("wrote", out)
+  return record
+
+
 def write_json(path: str, record: dict) -> None:
   """Atomic JSON write (mcu_jax.report's: NumPy values allowed, NaN as null)."""
   from mcu_jax import report

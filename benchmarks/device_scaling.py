@@ -164,10 +164,7 @@ def main(argv=None) -> dict:
       "skipped_device_counts": skipped,
       "table": table,
   }
-  if args.out:
-    _common.write_json(args.out, record)
-    print("wrote", args.out)
-  return record
+  return _common.emit(record, args.out)
 
 
 if __name__ == "__main__":

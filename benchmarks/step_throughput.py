@@ -396,10 +396,7 @@ def main(argv=None) -> dict:
       "ratios": ratios,
       "table": table,
   }
-  if args.out:
-    _common.write_json(args.out, record)
-    print("wrote", args.out)
-  return record
+  return _common.emit(record, args.out)
 
 
 if __name__ == "__main__":
