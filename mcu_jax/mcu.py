@@ -22,9 +22,9 @@ import optax
 from mcu_jax import beta as beta_lib
 from mcu_jax import loops, objectives
 from mcu_jax.curves import Curve, check_same_tree, combine, coefficients
+from mcu_jax.models import Apply  # noqa: F401  (re-exported: the apply convention)
 
 PyTree = Any
-Apply = Callable[[PyTree, PyTree, jax.Array, bool], tuple[jax.Array, PyTree]]
 Preprocess = Callable[[jax.Array, jax.Array], jax.Array]
 
 
