@@ -36,7 +36,6 @@ ratios are conservative.
 from __future__ import annotations
 
 import argparse
-import functools
 import os
 import sys
 import time
@@ -48,11 +47,10 @@ if __package__ in (None, ""):   # run as a script: the benchmarks folder and the
 import _common  # noqa: E402
 
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
-from mcu_jax import augment, evaluate, loops, masks, mcu, objectives, train  # noqa: E402
+from mcu_jax import augment, evaluate, loops, masks, mcu, train  # noqa: E402
 from mcu_jax import data as data_lib  # noqa: E402
 from mcu_jax import beta as beta_lib  # noqa: E402
 from mcu_jax.curves import Curve  # noqa: E402
@@ -110,64 +108,12 @@ def jax_mask(apply, params, model_state, retain, forget, batch_size, preprocess,
              loop: str):
   """mcu_mask of the summed CE gradients at theta_o on D_r and D_f (BN in inference mode, as
   the reference's model.eval()), the way mcu_jax.pipeline computes them: host batches padded
-  by ``data.padded_batches``, then ``masks.summed_ce_gradients_fn`` (one lax.scan per set),
-  or with ``loop="python"`` one jitted dispatch per batch."""
-  batches = [jax.device_put(data_lib.padded_batches({"images": x, "labels": y}, batch_size))
-             for x, y in (retain, forget)]
-  if loop == "library":
-    fn = masks.summed_ce_gradients_fn(apply, preprocess)
-    grads = [fn(params, model_state, b) for b in batches]
-  else:   # see "XLA:CPU" in RESULTS.md
-    def loss_fn(p, batch):
-      logits, _ = apply(p, model_state, preprocess(None, batch["images"]), False)
-      return objectives.masked_mean(objectives.cross_entropy(logits, batch["labels"]),
-                                    batch["valid"])
-
-    @functools.partial(jax.jit, donate_argnums=(0,))
-    def add(total, p, batch):
-      return jax.tree.map(jnp.add, total, jax.grad(loss_fn)(p, batch))
-    grads = []
-    for b in batches:
-      total = jax.tree.map(jnp.zeros_like, params)
-      for i in range(b["labels"].shape[0]):
-        total = add(total, params, jax.tree.map(lambda a: a[i], b))
-      grads.append(total)
+  by ``data.padded_batches``, then ``masks.summed_ce_gradients_fn`` with the given loop."""
+  fn = masks.summed_ce_gradients_fn(apply, preprocess, loop=loop)
+  grads = [fn(params, model_state,
+              jax.device_put(data_lib.padded_batches({"images": x, "labels": y}, batch_size)))
+           for x, y in (retain, forget)]
   return masks.mcu_mask(grads[0], grads[1], k=k, kr=kr)
-
-
-def make_python_epoch(apply, optimizer, mask, beta, batch_size, preprocess, state, endpoints,
-                      data):
-  """make_train_epoch's work with one jitted dispatch per step instead of one lax.scan;
-  compiled ahead of time for the shapes of ``state``, ``endpoints`` and ``data``."""
-  step_fn = mcu.make_step_fn(apply, optimizer, mask, beta)
-  num = int(data["labels"].shape[0])
-
-  def plan(rng):
-    rng, shuffle_key, aug_key = jax.random.split(rng, 3)
-    indices, valid = loops.epoch_batches(shuffle_key, num, batch_size)
-    return rng, indices, valid, jax.random.split(aug_key, indices.shape[0])
-
-  def step(state, endpoints, data, idx, ok, key):
-    batch = {"images": preprocess(key, data["images"][idx]), "labels": data["labels"][idx],
-             "is_forget": data["is_forget"][idx], "valid": ok}
-    return step_fn(state, endpoints, batch)
-
-  _, indices, valid, keys = jax.eval_shape(plan, state.rng)
-  plan = jax.jit(plan).lower(state.rng).compile()
-  step = jax.jit(step, donate_argnums=(0,)).lower(
-      state, endpoints, data, jax.ShapeDtypeStruct(indices.shape[1:], indices.dtype),
-      jax.ShapeDtypeStruct(valid.shape[1:], valid.dtype),
-      jax.ShapeDtypeStruct(keys.shape[1:], keys.dtype)).compile()
-
-  def epoch(state, endpoints, data):
-    rng, indices, valid, keys = plan(state.rng)
-    state = state.replace(rng=rng)
-    metrics = []
-    for i in range(indices.shape[0]):
-      state, m = step(state, endpoints, data, indices[i], valid[i], keys[i])
-      metrics.append(m)
-    return state, jax.tree.map(lambda *xs: jnp.stack(xs), *metrics)
-  return epoch
 
 
 def run_jax(args, data, image_shape) -> dict:
@@ -202,13 +148,10 @@ def run_jax(args, data, image_shape) -> dict:
   curve = Curve.from_endpoints(start, end)
   endpoints = mcu.Endpoints(start, end)
   state = mcu.init_state(curve, optimizer, train_mask, model_state, k2)
-  if args.jax_loop == "library":
-    epoch = mcu.make_train_epoch(apply, optimizer, train_mask, adaptive_beta(),
-                                 batch_size=args.batch_size, preprocess=preprocess)
-    epoch, _ = train.compile_ahead(epoch, state, endpoints, dev["curve"])
-  else:
-    epoch = make_python_epoch(apply, optimizer, train_mask, adaptive_beta(), args.batch_size,
-                              preprocess, state, endpoints, dev["curve"])
+  epoch = mcu.make_train_epoch(apply, optimizer, train_mask, adaptive_beta(),
+                               batch_size=args.batch_size, preprocess=preprocess,
+                               loop=args.jax_loop)
+  epoch, _ = train.compile_ahead(epoch, state, endpoints, dev["curve"])
   out["curve_compile_s"] = time.perf_counter() - t0
   epochs = []
   for _ in range(args.epochs):
@@ -443,9 +386,11 @@ def parse_args(argv):
   parser.add_argument("--curve-mask", default="full", choices=["full", "computed"],
                       help="full: train every tensor, like the reference's dynamic path "
                            "(like-for-like); computed: the mask of part 1 (the paper's intent)")
-  parser.add_argument("--jax-loop", default="library", choices=["library", "python"],
-                      help="library: mcu.make_train_epoch / masks.summed_ce_gradients_fn "
-                           "(one lax.scan each); python: one jitted dispatch per batch")
+  parser.add_argument("--jax-loop", default="auto", choices=list(loops.LOOPS),
+                      help="driver of the mask's gradient sums and the curve epochs "
+                           "(mcu_jax.loops): scan = one lax.scan per call, python = one "
+                           "jitted dispatch per batch, auto = the library's choice "
+                           "(python on CPU, scan elsewhere)")
   parser.add_argument("--skip-jax", action="store_true", help="time only the reference")
   parser.add_argument("--reference", default=None,
                       help="path of a checkout of TIML-Group/Mode-Connectivity-Unlearning")

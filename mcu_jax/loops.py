@@ -13,6 +13,9 @@ Two equivalent drivers:
 
 ``"auto"`` picks ``"python"`` on the CPU backend and ``"scan"`` elsewhere. Both drivers draw
 the same random numbers, so they give the same results up to float reassociation.
+
+``make_batch_sum`` applies the same choice to a sum over pre-cut batches (the masks' gradient
+accumulation).
 """
 from __future__ import annotations
 
@@ -118,4 +121,79 @@ class _LoweredLoop:
     compiled = LoopedEpoch.__new__(LoopedEpoch)
     compiled._plan = plan
     compiled._step = epoch._step.lower(*planned, np.int32(0), *inputs).compile()
+    return compiled
+
+
+def _index(tree: PyTree, i) -> PyTree:
+  return jax.tree.map(lambda leaf: leaf[i], tree)
+
+
+def _accumulator(out: PyTree) -> PyTree:
+  """Zeros shaped like ``fn``'s output, in float32 or wider."""
+  return jax.tree.map(
+      lambda s: jnp.zeros(s.shape, jnp.promote_types(s.dtype, jnp.float32)), out)
+
+
+def _add(total: PyTree, value: PyTree) -> PyTree:
+  return jax.tree.map(lambda t, v: t + v.astype(t.dtype), total, value)
+
+
+def make_batch_sum(fn: Callable[..., PyTree], loop: str = "auto"):
+  """``total(*args, batches) -> sum over i of fn(*args, batches[i])``.
+
+  ``batches`` is a pytree whose leaves share a leading axis of length num_batches. The sum is
+  accumulated in float32 or wider. With ``"scan"`` it is one jitted ``lax.scan``; with
+  ``"python"`` a host loop over one jitted step that donates the running total. Either result
+  supports ``lower(*args, batches).compile()``. Build it once and reuse it: each new one
+  compiles anew.
+  """
+  if resolve_loop(loop) == "scan":
+    @jax.jit
+    def total(*inputs):
+      *args, batches = inputs
+      zeros = _accumulator(jax.eval_shape(fn, *args, _index(batches, 0)))
+      return jax.lax.scan(lambda t, batch: (_add(t, fn(*args, batch)), None), zeros,
+                          batches)[0]
+    return total
+  return LoopedSum(fn)
+
+
+class LoopedSum:
+  """``make_batch_sum``'s host loop: one jitted, donated ``total + fn(*args, batch)``.
+
+  Batches are sliced outside the step, so one compiled step serves every number of batches
+  (e.g. both D_r and D_f).
+  """
+
+  def __init__(self, fn: Callable[..., PyTree]):
+    self._fn = fn
+    self._step = jax.jit(lambda total, *inputs: _add(total, fn(*inputs)), donate_argnums=(0,))
+
+  def _zeros(self, inputs):
+    *args, batches = inputs
+    return _accumulator(jax.eval_shape(self._fn, *args, _index(batches, 0)))
+
+  def __call__(self, *inputs):
+    *args, batches = inputs
+    total = self._zeros(inputs)
+    for i in range(jax.tree.leaves(batches)[0].shape[0]):
+      total = self._step(total, *args, _index(batches, i))
+    return total
+
+  def lower(self, *inputs):
+    return _LoweredSum(self, inputs)
+
+
+class _LoweredSum:
+
+  def __init__(self, looped: LoopedSum, inputs):
+    self._looped, self._inputs = looped, inputs
+
+  def compile(self) -> LoopedSum:
+    looped, (*args, batches) = self._looped, self._inputs
+    batch = jax.eval_shape(lambda b: _index(b, 0), batches)
+    compiled = LoopedSum.__new__(LoopedSum)
+    compiled._fn = looped._fn
+    compiled._step = looped._step.lower(
+        jax.eval_shape(looped._zeros, self._inputs), *args, batch).compile()
     return compiled

@@ -2,7 +2,8 @@
 
 Both masks are computed once, from gradients summed over a whole data set, on the host: they
 are small decisions over a handful of scores, not a hot loop. The gradient accumulation that
-feeds them is one jitted ``lax.scan`` over the batches.
+feeds them is ``loops.make_batch_sum``: one jitted ``lax.scan`` over the batches, or on CPU a
+host loop over one jitted step.
 
 Ordering rule for ties (both masks): scores are ranked in descending order with a stable sort
 over the tree's leaves in ``jax.tree.leaves`` order (element order within a leaf), so of two
@@ -10,65 +11,55 @@ equal scores the one met first wins.
 """
 from __future__ import annotations
 
-import functools
 from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mcu_jax import loops
+
 PyTree = Any
 
 
 def accumulate_gradients(loss_fn: Callable[[PyTree, PyTree], jax.Array], params: PyTree,
-                         batches: PyTree) -> PyTree:
-  """Sum over batches of ``grad(loss_fn)(params, batch)``, as one jitted scan.
+                         batches: PyTree, loop: str = "auto") -> PyTree:
+  """Sum over batches of ``grad(loss_fn)(params, batch)``.
 
   Args:
     loss_fn: ``loss_fn(params, batch) -> scalar``; typically the mean cross-entropy of the
       batch's valid members.
     params: the parameter pytree to differentiate.
-    batches: a pytree whose leaves have a leading axis of length num_batches; the scan hands
-      ``loss_fn`` one slice of it at a time.
+    batches: a pytree whose leaves have a leading axis of length num_batches; ``loss_fn``
+      gets one slice of it at a time.
+    loop: ``mcu_jax.loops`` driver: one jitted scan, or a host loop over one jitted step
+      (``"auto"``: the loop on CPU, see ``mcu_jax.loops``).
 
   Returns:
     A pytree like ``params``, in float32 or wider, of the summed gradients.
+
+  Each call compiles anew; for repeated use build ``loops.make_batch_sum`` once.
   """
-  return _accumulate(loss_fn, params, batches)
+  return loops.make_batch_sum(jax.grad(loss_fn), loop)(params, batches)
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _accumulate(loss_fn, params, batches):
-  grad_fn = jax.grad(loss_fn)
-
-  def body(total, batch):
-    return jax.tree.map(jnp.add, total, grad_fn(params, batch)), None
-
-  zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.promote_types(p.dtype, jnp.float32)),
-                       params)
-  total, _ = jax.lax.scan(body, zeros, batches)
-  return total
-
-
-def summed_ce_gradients_fn(apply, preprocess):
-  """A jitted ``fn(params, model_state, batches) -> grads``: the sum over batches of the
-  gradient of each batch's mean cross-entropy, the model in inference mode, no augmentation
-  (the reference's generate_weight_mask.py and SalUn's generate_mask.py).
+def summed_ce_gradients_fn(apply, preprocess, loop: str = "auto"):
+  """``fn(params, model_state, batches) -> grads``: the sum over batches of the gradient of
+  each batch's mean cross-entropy, the model in inference mode, no augmentation (the
+  reference's generate_weight_mask.py and SalUn's generate_mask.py).
 
   ``batches`` holds ``images`` (steps, B, H, W, C) uint8, ``labels`` (steps, B) and ``valid``
-  (steps, B) bool, e.g. from ``mcu_jax.data.padded_batches``. Build the function once and
-  reuse it: each new function compiles anew.
+  (steps, B) bool, e.g. from ``mcu_jax.data.padded_batches``. ``fn`` is jitted (or a host loop
+  over a jitted step on CPU, see ``loops.make_batch_sum``) and supports
+  ``fn.lower(...).compile()``. Build it once and reuse it: each new function compiles anew.
   """
   from mcu_jax import objectives
 
-  @jax.jit
-  def fn(params, model_state, batches):
-    def batch_loss(p, batch):
-      logits, _ = apply(p, model_state, preprocess(None, batch["images"]), False)
-      return objectives.masked_mean(objectives.cross_entropy(logits, batch["labels"]),
-                                    batch["valid"])
-    return accumulate_gradients(batch_loss, params, batches)
-  return fn
+  def batch_loss(params, model_state, batch):
+    logits, _ = apply(params, model_state, preprocess(None, batch["images"]), False)
+    return objectives.masked_mean(objectives.cross_entropy(logits, batch["labels"]),
+                                  batch["valid"])
+  return loops.make_batch_sum(jax.grad(batch_loss), loop)
 
 
 def layer_saliency(grads: PyTree) -> PyTree:

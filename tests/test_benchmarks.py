@@ -96,11 +96,11 @@ def test_end_to_end(bench, tmp_path):
   assert saved["config"]["forget_size"] == 5 and saved["speedups"] == {}
 
 
-def test_end_to_end_python_loop(bench, tmp_path):
+def test_end_to_end_scan_loop(bench, tmp_path):
   record = bench("end_to_end").main([
       "--model", "small_cnn", "--image-shape", "8,8,1", "--num-images", "40",
       "--num-test", "8", "--epochs", "1", "--points", "2", "--batch-size", "8",
-      "--jax-loop", "python", "--curve-mask", "computed"])
+      "--jax-loop", "scan", "--curve-mask", "computed"])
   result = record["results"]["jax"]
   assert _positive(result["total_s"]) and 0 < result["mask_fraction"] <= 1
 

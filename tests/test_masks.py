@@ -94,7 +94,8 @@ def test_salun_mask_matches_numpy(seed, ratio):
       sum(np.size(g) for g in jax.tree.leaves(forget)) * ratio)
 
 
-def test_layer_saliency_and_accumulation():
+@pytest.mark.parametrize("loop", ["scan", "python"])
+def test_layer_saliency_and_accumulation(loop):
   rng = np.random.default_rng(1)
   params = {"w": jnp.asarray(rng.normal(size=(4, 3)), jnp.float32)}
   xs = jnp.asarray(rng.normal(size=(5, 8, 4)), jnp.float32)  # 5 batches of 8
@@ -102,12 +103,43 @@ def test_layer_saliency_and_accumulation():
   def loss_fn(p, x):
     return jnp.mean((x @ p["w"]) ** 2)
 
-  total = masks.accumulate_gradients(loss_fn, params, xs)
+  total = masks.accumulate_gradients(loss_fn, params, xs, loop=loop)
   want = sum(2 * np.asarray(x).T @ (np.asarray(x) @ np.asarray(params["w"])) / (8 * 3)
              for x in xs)
   np.testing.assert_allclose(total["w"], want, rtol=2e-5, atol=1e-6)
   score = masks.layer_saliency(total)["w"]
   np.testing.assert_allclose(score, np.linalg.norm(want) / 12, rtol=2e-5)
+
+
+@pytest.mark.parametrize("loop", ["scan", "python"])
+def test_summed_ce_gradients_match_numpy(loop):
+  """Sum over padded batches of each batch's mean-CE gradient of a linear model, compiled
+  ahead, against float64 NumPy: padding must not count and each batch averages its own."""
+  from mcu_jax import data
+  rng = np.random.default_rng(3)
+  images = rng.integers(0, 256, size=(11, 2, 2, 1), dtype=np.uint8)
+  labels = rng.integers(0, 3, size=11).astype(np.int32)
+  params = {"w": jnp.asarray(rng.normal(size=(4, 3)), jnp.float32)}
+
+  def apply(p, model_state, x, train):
+    return x.reshape(x.shape[0], -1) @ p["w"], model_state
+
+  def preprocess(key, x):
+    return x.astype(jnp.float32) / 255.0
+
+  batches = data.padded_batches({"images": images, "labels": labels}, 4)  # 4 + 4 + 3
+  fn = masks.summed_ce_gradients_fn(apply, preprocess, loop=loop)
+  got = fn.lower(params, {}, batches).compile()(params, {}, batches)
+
+  x = images.reshape(11, -1).astype(np.float64) / 255.0
+  logits = x @ np.asarray(params["w"], np.float64)
+  probs = np.exp(logits - logits.max(1, keepdims=True))
+  probs /= probs.sum(1, keepdims=True)
+  residual = probs - np.eye(3)[labels]
+  want = sum(x[b].T @ residual[b] / len(range(11)[b])
+             for b in (slice(0, 4), slice(4, 8), slice(8, 11)))
+  np.testing.assert_allclose(got["w"], want, rtol=1e-5, atol=1e-6)
+  assert got["w"].dtype == jnp.float32
 
 
 @pytest.mark.parametrize("kwargs,name", [({"k": 0.0}, "k"), ({"k": 1.5}, "k"), ({"k": -1}, "k"),
