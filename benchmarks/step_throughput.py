@@ -8,7 +8,11 @@ its own, from dispatch to ``block_until_ready``) of
 * ``jax curve <precision>``: ``mcu_jax.mcu.make_train_step`` with a full mask and the
   adaptive beta, on a batch that mixes forget and retain examples (``is_forget``);
 
-for each ``--precision`` (fp32; bf16 = bfloat16 compute with float32 parameters). With
+for each ``--precision`` (fp32; bf16 = bfloat16 compute with float32 parameters). The
+timed curve steps double as a training check: each precision starts from the same
+parameters and draws the same t on the same batch, so its retain/forget loss trajectory is
+compared with fp32's, and the report names the fastest precision that trains like fp32
+(``--check-tolerance``). With
 ``--scan-steps N`` also ``make_epoch`` / ``make_train_epoch`` over N batches per dispatch
 (on-device shuffle, gather and uint8 -> float conversion included), reported per step.
 
@@ -55,6 +59,7 @@ NUM_CLASSES = 10
 # accuracy. The values only steer jnp.where branches; they do not change the work per step.
 FORGET_TARGET, RETAIN_TARGET = 94.0, 100.0
 CURVE_LR, PLAIN_LR = 0.01, 0.1
+TRACKED = ("retain_loss", "forget_loss")
 
 
 def build_models(model: str, image_shape, precision: str, seed: int) -> dict:
@@ -154,12 +159,58 @@ def curve_state(models: dict, optimizer, mask, place: Placement):
 
 
 def jax_curve(models: dict, batch: dict, place: Placement, steps: int, warmup: int) -> dict:
+  """Timing of the curve step, plus ``trajectory``: the retain and forget losses of every
+  call (warm-up included), fetched after the timing so that recording costs no host sync."""
   optimizer = optax.sgd(CURVE_LR, momentum=0.9)
   mask = mcu.full_mask(models["start"])
   state, endpoints = curve_state(models, optimizer, mask, place)
   step = mcu.make_train_step(models["apply"], optimizer, endpoints, mask, adaptive_beta())
-  call = _looped(step, state, place.batch(batch))
-  return _common.time_calls(call, steps, warmup, jax.block_until_ready)
+  call, losses = _recording(_looped(step, state, place.batch(batch)), TRACKED)
+  timing = _common.time_calls(call, steps, warmup, jax.block_until_ready)
+  timing["trajectory"] = {k: np.asarray(jax.device_get(v), np.float64).tolist()
+                          for k, v in losses.items()}
+  return timing
+
+
+def _recording(call, names):
+  """``call`` wrapped to keep the named metrics of each result on the device."""
+  kept = {name: [] for name in names}
+
+  def wrapped():
+    state, metrics = call()
+    for name in names:
+      kept[name].append(metrics[name])
+    return state, metrics
+  return wrapped, kept
+
+
+def training_check(trajectories: dict[str, dict], tolerance: float,
+                   window: int = 5) -> dict:
+  """Does each precision train like fp32? Every precision's curve steps start from the same
+  parameters and draw the same t, on the same batch, so their loss trajectories are directly
+  comparable. A precision passes when the mean retain and forget losses of its last
+  ``window`` steps lie within ``tolerance`` (relative) of fp32's."""
+  if "fp32" not in trajectories:
+    return {}
+  base = trajectories["fp32"]
+  out = {}
+  for precision, trajectory in trajectories.items():
+    tail = {k: float(np.mean(v[-window:])) for k, v in trajectory.items()}
+    head = {k: float(np.mean(v[:window])) for k, v in trajectory.items()}
+    rel = {k: abs(tail[k] - np.mean(base[k][-window:])) / max(abs(np.mean(base[k][-window:])),
+                                                              1e-12)
+           for k in TRACKED}
+    out[precision] = {"final": tail, "initial": head, "relative_difference_vs_fp32": rel,
+                      "trains_correctly": bool(all(v <= tolerance for v in rel.values()))}
+  return out
+
+
+def fastest_correct_curve(rows: list[dict], check: dict) -> dict | None:
+  """The fastest single-step JAX curve row among the precisions that train like fp32."""
+  candidates = [r for r in rows if r["framework"] == "jax" and r["kind"] == "curve"
+                and r.get("steps_per_call", 1) == 1
+                and check.get(r["precision"], {}).get("trains_correctly")]
+  return min(candidates, key=lambda r: r["ms_per_step"]) if candidates else None
 
 
 def jax_plain_scan(models: dict, data: dict, batch_size: int, place: Placement, steps: int,
@@ -289,6 +340,10 @@ def parse_args(argv):
   parser.add_argument("--scan-steps", type=int, default=0,
                       help="also time make_epoch / make_train_epoch scanning N steps per call")
   parser.add_argument("--skip-plain", action="store_true", help="time only the curve steps")
+  parser.add_argument("--check-tolerance", type=float, default=0.02,
+                      help="a precision trains correctly when its final retain and forget "
+                           "losses over the timed curve steps lie within this relative "
+                           "distance of fp32's (same start, same t, same batch)")
   parser.add_argument("--reference", default=None,
                       help="path of a checkout of TIML-Group/Mode-Connectivity-Unlearning")
   parser.add_argument("--reference-steps", type=int, default=None,
@@ -330,7 +385,7 @@ def main(argv=None) -> dict:
   print(f"{jax.devices()[0].device_kind} x{args.device_count} ({jax.default_backend()}), "
         f"{_common.usable_cpus()} CPUs; model {args.model}, batch {args.batch_size}, "
         f"images {image_shape}, {args.steps} steps after {args.warmup} warm-up", flush=True)
-  rows, params = [], None
+  rows, params, trajectories = [], None, {}
   for precision in ([] if args.skip_jax else precisions):
     models = build_models(args.model, image_shape, precision, args.seed)
     params = param_count(models["start"])
@@ -338,6 +393,8 @@ def main(argv=None) -> dict:
     jobs.append(("curve", jax_curve))
     for kind, fn in jobs:
       timing = fn(models, batch, place, args.steps, args.warmup)
+      if kind == "curve":
+        trajectories[precision] = timing.pop("trajectory")
       rows.append(_common.throughput_row(f"jax {kind} {precision}", timing, args.batch_size,
                                          framework="jax", kind=kind, precision=precision))
       print(f"  {rows[-1]['name']}: {rows[-1]['ms_per_step']:.2f} ms/step "
@@ -368,6 +425,14 @@ def main(argv=None) -> dict:
       print(f"  {rows[-1]['name']}: {rows[-1]['ms_per_step']:.2f} ms/step", flush=True)
 
   ratios = summarize(rows, precisions, args.scan_steps)
+  check = training_check(trajectories, args.check_tolerance)
+  best = fastest_correct_curve(rows, check)
+  if best is not None:
+    ratios["fastest_correct_curve"] = {
+        "name": best["name"], "ms_per_step": best["ms_per_step"],
+        "speedup_vs_reference": _ratio(next((r["ms_per_step"] for r in rows
+                                             if r["name"] == "reference curve fp32"), None),
+                                       best["ms_per_step"])}
   table = _common.markdown_table(rows, [
       ("name", "step"), ("images_per_s", "images/s"), ("ms_per_step", "ms/step (median)"),
       ("min_ms_per_step", "ms/step (min)"), ("first_call_s", "first call (s)")], ".4g")
@@ -375,9 +440,24 @@ def main(argv=None) -> dict:
   print(table)
   print()
   for key, values in ratios.items():
+    if key == "fastest_correct_curve":
+      continue
     for name, value in values.items():
       unit = "%" if key.endswith("pct") else "x"
       print(f"{key} [{name}]: {value:.3g}{unit}")
+  for precision, result in check.items():
+    rel = result["relative_difference_vs_fp32"]
+    print(f"training check [{precision}]: final retain loss {result['final']['retain_loss']:.4g}"
+          f" (from {result['initial']['retain_loss']:.4g}), forget loss "
+          f"{result['final']['forget_loss']:.4g}; vs fp32 {100 * rel['retain_loss']:.2f}% / "
+          f"{100 * rel['forget_loss']:.2f}% -> "
+          f"{'trains correctly' if result['trains_correctly'] else 'DIVERGES from fp32'}")
+  if best is not None:
+    fastest = ratios["fastest_correct_curve"]
+    speedup = fastest["speedup_vs_reference"]
+    print(f"fastest correct curve step: {fastest['name']} "
+          f"({fastest['ms_per_step']:.3g} ms/step"
+          + (f", {speedup:.3g}x the reference)" if speedup else ")"))
   record = {
       "benchmark": "step_throughput",
       "command": _common.command_line(__file__, argv),
@@ -394,6 +474,8 @@ def main(argv=None) -> dict:
       "machine": _common.machine_info(with_torch=ref is not None),
       "rows": rows,
       "ratios": ratios,
+      "training_check": {"tolerance": args.check_tolerance, "window": 5,
+                         "results": check, "trajectories": trajectories},
       "table": table,
   }
   return _common.emit(record, args.out)

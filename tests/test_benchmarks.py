@@ -66,6 +66,26 @@ def test_step_throughput_bf16_curve_only(bench):
   assert [row["name"] for row in record["rows"]] == ["jax curve bf16"]
   assert _positive(record["rows"][0]["images_per_s"])
   assert record["ratios"]["curve_overhead_pct"] == {}
+  assert record["training_check"]["results"] == {}   # no fp32 run to compare with
+
+
+def test_step_throughput_training_check(bench):
+  """bf16 compute tracks fp32 over the timed curve steps; the report names the fastest
+  precision that does, and a tolerance of 0 fails every precision but fp32 itself."""
+  args = ["--model", "small_cnn", "--image-shape", "8,8,1", "--batch-size", "16", "--steps",
+          "6", "--warmup", "2", "--precision", "fp32,bf16", "--skip-plain"]
+  record = bench("step_throughput").main(args)
+  check = record["training_check"]
+  assert len(check["trajectories"]["bf16"]["retain_loss"]) == 8   # warm-up + timed steps
+  bf16 = check["results"]["bf16"]
+  assert bf16["trains_correctly"], bf16
+  assert 0 < bf16["relative_difference_vs_fp32"]["retain_loss"] < 0.02
+  assert check["results"]["fp32"]["relative_difference_vs_fp32"]["retain_loss"] == 0
+  assert record["ratios"]["fastest_correct_curve"]["name"] in ("jax curve fp32",
+                                                               "jax curve bf16")
+  strict = bench("step_throughput").main(args + ["--check-tolerance", "0"])
+  assert not strict["training_check"]["results"]["bf16"]["trains_correctly"]
+  assert strict["ratios"]["fastest_correct_curve"]["name"] == "jax curve fp32"
 
 
 def test_step_throughput_rejects_bad_arguments(bench):
