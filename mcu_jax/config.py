@@ -17,6 +17,9 @@ from pathlib import Path
 from typing import Any
 
 
+PRECISIONS = ("fp32", "bf16")
+
+
 class ConfigError(ValueError):
   """A configuration file or override is invalid; the message names the key."""
 
@@ -93,8 +96,10 @@ class CurveConfig:
   beta_low: float = 0.01
   beta_high: float = 0.5
   train: bool = True               # False: the straight line (ablation baseline)
+  precision: str = "fp32"          # "bf16": bfloat16 compute, float32 controls and endpoints
 
   def validate(self, where):
+    _choice(where, "precision", self.precision, PRECISIONS)
     _positive(where, "epochs", self.epochs)
     _positive(where, "lr", self.lr)
     _positive(where, "batch_size", self.batch_size)
@@ -154,6 +159,9 @@ class RunConfig:
       models.get_model(self.model, 10, **self.model_options)
     except TypeError as e:
       raise ConfigError(f"{where}.model_options: invalid options for {self.model}: {e}") from e
+    if self.curve.precision != "fp32" and "dtype" not in _constructor_fields(self.model):
+      raise ConfigError(f"{where}.curve.precision: {self.curve.precision!r} needs a model "
+                        f"with a compute dtype field; {self.model} has none")
     if not self.dataset:
       raise ConfigError(f"{where}.dataset: empty data set name")
     _positive(where, "eval_batch_size", self.eval_batch_size)
@@ -168,6 +176,13 @@ class RunConfig:
 
 # ---------------------------------------------------------------------------------------------
 # Checks
+
+
+def _constructor_fields(model: str) -> set[str]:
+  """Field names of the Flax module a model name builds."""
+  from mcu_jax import models
+  module = models.get_model(model, 10)
+  return {f.name for f in dataclasses.fields(module)}
 
 
 def _choice(where, key, value, choices):

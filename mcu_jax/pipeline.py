@@ -406,7 +406,7 @@ def stage_curve(ctx: Context) -> dict:
     return record
   mask = load_mask(ctx, start)
   policy = _beta_policy(ctx)
-  ctx.log(f"[curve] {settings.epochs} epochs, beta={policy}")
+  ctx.log(f"[curve] {settings.epochs} epochs, beta={policy}, {settings.precision}")
   arrays = data.curve_training_set(ctx.dataset.train, ctx.split, settings.retain_ratio,
                                    seed=ctx.config.seed + 300)
   arrays = parallel.replicate(arrays, ctx.mesh)
@@ -415,8 +415,8 @@ def stage_curve(ctx: Context) -> dict:
       mcu.init_state(curve, opt, mask, model_state, jax.random.PRNGKey(ctx.config.seed + 400)),
       ctx.mesh)
   endpoints = parallel.replicate(mcu.Endpoints(curve.start, curve.end), ctx.mesh)
-  epoch = mcu.make_train_epoch(ctx.apply, opt, mask, policy, settings.kind, settings.batch_size,
-                               ctx.preprocess_train,
+  epoch = mcu.make_train_epoch(_curve_apply(ctx), opt, mask, policy, settings.kind,
+                               settings.batch_size, ctx.preprocess_train,
                                batch_sharding=parallel.batch_sharding(ctx.mesh))
   checkpointer = ctx.checkpointer("curve")
   epoch, compile_seconds = train.compile_ahead(epoch, state, endpoints, arrays)
@@ -428,9 +428,18 @@ def stage_curve(ctx: Context) -> dict:
   curve_seconds = sum(h["seconds"] for h in history)
   record = {"trained": True, "history": history, "curve_seconds": curve_seconds,
             "compile_seconds": compile_seconds, "rte_seconds": mask_seconds + curve_seconds,
-            "beta_policy": repr(policy)}
+            "beta_policy": repr(policy), "precision": settings.precision}
   _write_json(ctx.run_dir / "curve.json", record)
   return record
+
+
+def _curve_apply(ctx: Context):
+  """The model for curve training: ``curve.precision=bf16`` computes in bfloat16 while the
+  controls, the endpoints and the optimizer stay float32. Evaluation always runs the model
+  as configured."""
+  if ctx.config.curve.precision == "fp32":
+    return ctx.apply
+  return models.make_apply(ctx.module.clone(dtype=jnp.bfloat16))
 
 
 def _recalibration_images(ctx: Context):

@@ -141,6 +141,23 @@ def test_corrupt_model_checkpoint_names_the_file(demo_dir, tmp_path, capsys):
   assert "cannot restore checkpoint" in err and str(copy / "unlearn" / "model") in err
 
 
+def test_bf16_curve_stage_trains_close_to_fp32(demo_dir, tmp_path, capsys):
+  """`curve.precision=bf16` really computes in bfloat16 (its losses are not fp32's bit for
+  bit) and trains where float32 does (same seeds: per-epoch losses within 2 %)."""
+  import shutil
+  copy = tmp_path / "bf16"
+  shutil.copytree(demo_dir, copy)
+  assert cli.main(["curve", "--run-dir", str(copy), "--force", "--no-progress",
+                   "--set", "curve.precision=bf16"]) == 0
+  fp32 = json.loads((demo_dir / "curve.json").read_text())
+  bf16 = json.loads((copy / "curve.json").read_text())
+  assert (fp32["precision"], bf16["precision"]) == ("fp32", "bf16")
+  assert not (copy / "sweep.json").exists()    # downstream stages were invalidated
+  for a, b in zip(fp32["history"], bf16["history"]):
+    for key in ("train_retain_loss", "train_forget_loss"):
+      assert a[key] != b[key] and abs(a[key] - b[key]) <= 0.02 * abs(a[key]), (key, a, b)
+
+
 def test_two_process_curve_stage_equals_one_process(demo_dir, tmp_path):
   """`mcu-jax curve` under jax.distributed with 2 CPU processes (gloo) trains the same curve."""
   import shutil

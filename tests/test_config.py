@@ -37,10 +37,30 @@ def test_file_and_overrides(tmp_path):
     ("model=resnet1000", r"config.model: 'resnet1000' is not one of"),
     ("unlearn.method=magic", r"config.unlearn.method: 'magic' is not one of"),
     ("curve", r"must look like key.sub=value"),
+    ("curve.precision=fp16", r"config.curve.precision: 'fp16' is not one of fp32, bf16"),
 ])
 def test_bad_values_give_one_clear_message(override, message):
   with pytest.raises(ConfigError, match=message):
     load_config(overrides=[override])
+
+
+def test_bf16_curve_needs_a_model_with_a_compute_dtype():
+  from mcu_jax import models
+  import flax.linen as nn
+
+  class NoDtype(nn.Module):
+    num_classes: int = 10
+
+    @nn.compact
+    def __call__(self, x, train=False):
+      return nn.Dense(self.num_classes)(x.reshape(x.shape[0], -1))
+
+  models.register("test_no_dtype", NoDtype)
+  assert load_config(overrides=["model=test_no_dtype"]).curve.precision == "fp32"
+  with pytest.raises(ConfigError, match="config.curve.precision: 'bf16' needs a model with a "
+                                        "compute dtype field; test_no_dtype has none"):
+    load_config(overrides=["model=test_no_dtype", "curve.precision=bf16"])
+  assert load_config(overrides=["curve.precision=bf16"]).curve.precision == "bf16"
 
 
 def test_bad_files(tmp_path):

@@ -154,35 +154,65 @@ def digits_models():
   ga_epoch = train.make_epoch(ascent, ga_opt, 32)
   for _ in range(2):
     ga, _ = ga_epoch(ga, forget)
-  return tt, split, apply, ts, ga
+  return tt, split, module, ts, ga
 
 
-def test_curve_on_digits_beats_straight_line(digits_models):
-  tt, split, apply, original, ga = digits_models
+@pytest.fixture(scope="module")
+def digits_curves(digits_models):
+  """The straight line between the digits endpoints, and the curve trained from it for 6
+  epochs with float32 and with bfloat16 compute (float32 controls), same seeds."""
+  tt, split, module, original, ga = digits_models
   curve = Curve.from_endpoints(original.params, ga.params)
   cdata = {k: jnp.asarray(v) for k, v in data.curve_training_set(tt.train, split, 0.5, 0).items()}
   mask = jax.tree.map(lambda _: True, original.params)
   opt = optax.sgd(0.01, momentum=0.9)
-  state = mcu.init_state(curve, opt, mask, original.model_state, jax.random.PRNGKey(3))
-  epoch = mcu.make_train_epoch(apply, opt, mask, beta_lib.FixedBeta(0.2), batch_size=64)
-  for _ in range(6):
-    state, metrics = epoch(state, mcu.Endpoints(curve.start, curve.end), cdata)
-  assert np.isfinite(np.asarray(metrics["loss"])).all()
+  trained = {}
+  for precision, dtype in (("fp32", jnp.float32), ("bf16", jnp.bfloat16)):
+    apply = models.make_apply(module.clone(dtype=dtype))
+    state = mcu.init_state(curve, opt, mask, original.model_state, jax.random.PRNGKey(3))
+    epoch = mcu.make_train_epoch(apply, opt, mask, beta_lib.FixedBeta(0.2), batch_size=64)
+    for _ in range(6):
+      state, metrics = epoch(state, mcu.Endpoints(curve.start, curve.end), cdata)
+    assert np.isfinite(np.asarray(metrics["loss"])).all()
+    trained[precision] = curve.replace(controls=state.controls)
+  return curve, trained, cdata
 
-  def subset_losses(params):
-    # Train-mode forward over the whole set: BN uses that set's own statistics.
-    logits, _ = apply(params, original.model_state, cdata["images"].astype(jnp.float32) / 255,
-                      True)
-    m = objectives.subset_metrics(logits, {"labels": cdata["labels"],
-                                           "is_forget": cdata["is_forget"]})
-    return float(m["retain_loss"]), float(m["forget_loss"])
 
-  trained = curve.replace(controls=state.controls)
+def _subset_losses(module, model_state, cdata, params):
+  """(retain, forget) mean CE of the curve data, float32 compute. Train-mode forward over
+  the whole set: BN uses that set's own statistics."""
+  logits, _ = models.make_apply(module)(params, model_state,
+                                        cdata["images"].astype(jnp.float32) / 255, True)
+  m = objectives.subset_metrics(logits, {"labels": cdata["labels"],
+                                         "is_forget": cdata["is_forget"]})
+  return float(m["retain_loss"]), float(m["forget_loss"])
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_curve_on_digits_beats_straight_line(digits_models, digits_curves, precision):
+  module, original = digits_models[2], digits_models[3]
+  curve, trained, cdata = digits_curves
   for t in (0.3, 0.5, 0.7):
-    line_r, line_f = subset_losses(point(curve, t))
-    curve_r, curve_f = subset_losses(point(trained, t))
+    line_r, line_f = _subset_losses(module, original.model_state, cdata, point(curve, t))
+    curve_r, curve_f = _subset_losses(module, original.model_state, cdata,
+                                      point(trained[precision], t))
     assert curve_r < line_r, (t, curve_r, line_r)
     assert curve_f > line_f, (t, curve_f, line_f)
+
+
+def test_bf16_compute_trains_like_fp32_on_digits(digits_models, digits_curves):
+  """bfloat16 compute with float32 controls lands where float32 training does: along the
+  path, the losses of the two trained curves differ by a small share of what training
+  changed relative to the straight line."""
+  module, original = digits_models[2], digits_models[3]
+  curve, trained, cdata = digits_curves
+  for t in (0.3, 0.5, 0.7):
+    line = np.array(_subset_losses(module, original.model_state, cdata, point(curve, t)))
+    fp32 = np.array(_subset_losses(module, original.model_state, cdata,
+                                   point(trained["fp32"], t)))
+    bf16 = np.array(_subset_losses(module, original.model_state, cdata,
+                                   point(trained["bf16"], t)))
+    assert np.all(np.abs(bf16 - fp32) <= 0.02 * np.abs(fp32 - line)), (t, line, fp32, bf16)
 
 
 def test_scan_and_python_loops_agree(setup):

@@ -198,7 +198,7 @@ def test_unknown_model_lists_known_names():
 
 
 def test_bfloat16_compute_keeps_float32_params_and_logits():
-  for name in ["resnet18", "preresnet110", "vgg16_bn"]:
+  for name in ["resnet18", "preresnet110", "vgg16_bn", "small_cnn", "mlp"]:
     variables, logits = shapes_of(get_model(name, 10, dtype=jnp.bfloat16), (2, 32, 32, 3))
     assert {leaf.dtype for leaf in jax.tree.leaves(variables)} == {jnp.dtype(jnp.float32)}
     assert logits.dtype == jnp.float32

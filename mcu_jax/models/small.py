@@ -22,7 +22,7 @@ class SmallCNN(nn.Module):
     x = nn.relu(norm()(nn.Conv(2 * self.width, (3, 3), use_bias=False, dtype=self.dtype)(x)))
     x = nn.max_pool(x, (2, 2), strides=(2, 2))
     x = jnp.mean(x, axis=(1, 2))
-    return nn.Dense(self.num_classes, dtype=self.dtype)(x)
+    return nn.Dense(self.num_classes, dtype=self.dtype)(x).astype(jnp.float32)
 
 
 class MLP(nn.Module):
@@ -37,4 +37,4 @@ class MLP(nn.Module):
     x = x.reshape((x.shape[0], -1)).astype(self.dtype)
     for width in self.hidden:
       x = nn.relu(nn.Dense(width, dtype=self.dtype)(x))
-    return nn.Dense(self.num_classes, dtype=self.dtype)(x)
+    return nn.Dense(self.num_classes, dtype=self.dtype)(x).astype(jnp.float32)

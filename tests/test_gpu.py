@@ -1,0 +1,83 @@
+"""Checks that need a GPU; each skips without one (see conftest.py).
+
+The suite pins JAX to the CPU unless JAX_PLATFORMS is set, so run these with
+
+    JAX_PLATFORMS=cuda,cpu python3 -m pytest -q -m gpu
+
+(the CPU backend stays available for the comparisons).
+"""
+import importlib
+import sys
+from pathlib import Path
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from mcu_jax import beta as beta_lib
+from mcu_jax import mcu, models
+from mcu_jax.curves import Curve
+
+pytestmark = pytest.mark.gpu
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def _setup():
+  module = models.get_model("preresnet20", 10)
+  apply = models.make_apply(module)
+  start, state = models.init_model(module, jax.random.PRNGKey(0), (1, 32, 32, 3))
+  end, _ = models.init_model(module, jax.random.PRNGKey(1), (1, 32, 32, 3))
+  rng = np.random.default_rng(0)
+  data = {"images": rng.integers(0, 256, (96, 32, 32, 3), dtype=np.uint8),
+          "labels": rng.integers(0, 10, 96).astype(np.int32),
+          "is_forget": np.arange(96) % 5 == 0}
+  return apply, start, end, state, data
+
+
+def _train(device, loop: str, epochs: int = 2):
+  """Curve epochs of PreResNet-20 on ``device``, float32 matmuls and convolutions at full
+  precision (no TF32), so devices agree up to reassociation."""
+  apply, start, end, state, data = _setup()
+  with jax.default_device(device), jax.default_matmul_precision("highest"):
+    start, end, state, data = jax.device_put((start, end, state, data), device)
+    mask = jax.tree.map(lambda _: True, start)
+    opt = optax.sgd(0.01, momentum=0.9)
+    st = mcu.init_state(Curve.from_endpoints(start, end), opt, mask, state,
+                        jax.random.PRNGKey(2))
+    epoch = mcu.make_train_epoch(apply, opt, mask, beta_lib.AdaptiveBeta(50.0, 60.0),
+                                 batch_size=32, loop=loop)
+    endpoints = mcu.Endpoints(start, end)
+    for _ in range(epochs):
+      st, metrics = epoch(st, endpoints, data)
+    return jax.device_get((st.controls, metrics))
+
+
+def test_gpu_curve_epochs_match_cpu():
+  gpu = _train(jax.devices("gpu")[0], "scan")
+  cpu = _train(jax.devices("cpu")[0], "python")
+  chex.assert_trees_all_close(gpu[1]["t"], cpu[1]["t"], atol=0, rtol=0)   # same draws
+  chex.assert_trees_all_close(gpu[1]["loss"], cpu[1]["loss"], atol=1e-4, rtol=1e-4)
+  chex.assert_trees_all_close(gpu[0], cpu[0], atol=1e-4, rtol=1e-3)
+
+
+def test_gpu_scan_and_python_loops_agree():
+  device = jax.devices("gpu")[0]
+  scan, python = _train(device, "scan"), _train(device, "python")
+  chex.assert_trees_all_close(scan, python, atol=1e-5, rtol=1e-5)
+
+
+def test_gpu_bf16_curve_step_trains_like_fp32():
+  sys.path.insert(0, str(BENCHMARKS))
+  try:
+    bench = importlib.import_module("step_throughput")
+  finally:
+    sys.path.remove(str(BENCHMARKS))
+  record = bench.main(["--model", "preresnet20", "--batch-size", "128", "--steps", "20",
+                       "--warmup", "2", "--precision", "fp32,bf16", "--skip-plain"])
+  assert record["machine"]["backend"] == "gpu"
+  result = record["training_check"]["results"]["bf16"]
+  assert result["trains_correctly"], result
+  assert jnp.isfinite(record["rows"][1]["ms_per_step"])
