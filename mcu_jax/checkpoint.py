@@ -41,6 +41,8 @@ class Checkpointer:
   """Keeps the last ``max_to_keep`` checkpoints of a training state in ``directory``.
 
   Each checkpoint holds the state pytree and a JSON ``meta`` dict (epoch, history, ...).
+  Close it when done (or use it as a context manager): orbax's background machinery
+  otherwise outlives it.
   """
 
   def __init__(self, directory: str | os.PathLike, max_to_keep: int = 2):
@@ -73,6 +75,12 @@ class Checkpointer:
 
   def close(self) -> None:
     self._manager.close()
+
+  def __enter__(self) -> "Checkpointer":
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()
 
 
 def save_tree(path: str | os.PathLike, tree: PyTree, force: bool = False) -> None:

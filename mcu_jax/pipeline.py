@@ -270,12 +270,12 @@ def _supervised(ctx: Context, stage: str, settings: TrainConfig, indices, seed: 
       train.init_train_state(params, model_state, opt, jax.random.PRNGKey(seed + 1)), ctx.mesh)
   epoch = train.make_epoch(train.supervised_loss(ctx.apply), opt, settings.batch_size,
                            ctx.preprocess_train, parallel.batch_sharding(ctx.mesh))
-  checkpointer = ctx.checkpointer(stage)
-  epoch, compile_seconds = train.compile_ahead(epoch, state, arrays)
-  state, history = train.fit(
-      state, epoch, arrays, settings.epochs, checkpointer=checkpointer,
-      resume=True, desc=stage, progress=ctx.progress,
-      evaluate=lambda s: _accuracies(ctx, s.params, s.model_state))
+  with ctx.checkpointer(stage) as checkpointer:
+    epoch, compile_seconds = train.compile_ahead(epoch, state, arrays)
+    state, history = train.fit(
+        state, epoch, arrays, settings.epochs, checkpointer=checkpointer,
+        resume=True, desc=stage, progress=ctx.progress,
+        evaluate=lambda s: _accuracies(ctx, s.params, s.model_state))
   ctx.save_model(stage, state.params, state.model_state)
   record = {"history": history, "rte_seconds": sum(h["seconds"] for h in history),
             "compile_seconds": compile_seconds,
@@ -309,13 +309,14 @@ def stage_unlearn(ctx: Context) -> dict:
   ctx.log(f"[unlearn] base method {method}")
   params, model_state = ctx.load_model("original")
   ctx.begin("unlearn")
-  result = unlearn.run(method, apply=ctx.apply, params=params, model_state=model_state,
-                       train=ctx.dataset.train, split=ctx.split,
-                       preprocess=ctx.preprocess_train, config=ctx.config.unlearn.options,
-                       rng=jax.random.PRNGKey(ctx.config.seed + 200), progress=ctx.progress,
-                       init=functools.partial(models.init_model, ctx.module,
-                                              input_shape=(1,) + ctx.dataset.train.images.shape[1:]),
-                       checkpointer=ctx.checkpointer("unlearn"))
+  init = functools.partial(models.init_model, ctx.module,
+                           input_shape=(1,) + ctx.dataset.train.images.shape[1:])
+  with ctx.checkpointer("unlearn") as checkpointer:
+    result = unlearn.run(method, apply=ctx.apply, params=params, model_state=model_state,
+                         train=ctx.dataset.train, split=ctx.split,
+                         preprocess=ctx.preprocess_train, config=ctx.config.unlearn.options,
+                         rng=jax.random.PRNGKey(ctx.config.seed + 200),
+                         progress=ctx.progress, init=init, checkpointer=checkpointer)
   ctx.save_model("unlearn", result.params, result.model_state)
   record = {"method": method, "config": dataclasses.asdict(result.config),
             "rte_seconds": result.rte_seconds, "compile_seconds": result.compile_seconds,
@@ -418,11 +419,11 @@ def stage_curve(ctx: Context) -> dict:
   epoch = mcu.make_train_epoch(_curve_apply(ctx), opt, mask, policy, settings.kind,
                                settings.batch_size, ctx.preprocess_train,
                                batch_sharding=parallel.batch_sharding(ctx.mesh))
-  checkpointer = ctx.checkpointer("curve")
-  epoch, compile_seconds = train.compile_ahead(epoch, state, endpoints, arrays)
-  state, history = train.fit(state, lambda s, d: epoch(s, endpoints, d), arrays,
-                             settings.epochs, checkpointer=checkpointer, resume=True,
-                             desc="curve", progress=ctx.progress)
+  with ctx.checkpointer("curve") as checkpointer:
+    epoch, compile_seconds = train.compile_ahead(epoch, state, endpoints, arrays)
+    state, history = train.fit(state, lambda s, d: epoch(s, endpoints, d), arrays,
+                               settings.epochs, checkpointer=checkpointer, resume=True,
+                               desc="curve", progress=ctx.progress)
   checkpoint.save_tree(ctx.run_dir / "curve" / "controls", state.controls, force=True)
   mask_seconds = ctx.record("mask")["seconds"]
   curve_seconds = sum(h["seconds"] for h in history)

@@ -67,6 +67,7 @@ def test_resume_after_interruption_equals_uninterrupted(digits, tmp_path):
   again, _ = train.fit(make_run(digits, 4)[0], epoch, arrays, 4, checkpointer=ckpt,
                        progress=False)
   chex.assert_trees_all_equal(again.params, full.params)
+  ckpt.close()
 
 
 def test_missing_and_corrupt_checkpoints(tmp_path, digits):
@@ -80,9 +81,9 @@ def test_missing_and_corrupt_checkpoints(tmp_path, digits):
       f.write_bytes(b"garbage")
   with pytest.raises(checkpoint.CheckpointError, match=str(tmp_path / "model")):
     checkpoint.load_tree(tmp_path / "model", params)
-  empty = checkpoint.Checkpointer(tmp_path / "empty")
-  with pytest.raises(checkpoint.CheckpointError, match="no checkpoint in"):
-    empty.restore(params)
+  with checkpoint.Checkpointer(tmp_path / "empty") as empty:
+    with pytest.raises(checkpoint.CheckpointError, match="no checkpoint in"):
+      empty.restore(params)
 
 
 def test_checkpoint_structure_mismatch_is_clear(tmp_path):

@@ -270,6 +270,7 @@ def test_scrub_resume_after_interruption_equals_uninterrupted(setup, tmp_path):
     unlearn.run("scrub", checkpointer=ckpt, evaluate=die_in_epoch_2, **kw)
   assert ckpt.latest_step() == 1
   resumed = unlearn.run("scrub", checkpointer=ckpt, evaluate=forget_acc, **kw)
+  ckpt.close()
   assert [h["epoch"] for h in resumed.history] == [1, 2]
   # evaluate() sees the student (theta_p), and its values land in the history.
   assert resumed.history[-1]["forget_acc"] == forget_acc(resumed.params,
