@@ -13,8 +13,13 @@ timed curve steps double as a training check: each precision starts from the sam
 parameters and draws the same t on the same batch, so its retain/forget loss trajectory is
 compared with fp32's, and the report names the fastest precision that trains like fp32
 (``--check-tolerance``). With
-``--scan-steps N`` also ``make_epoch`` / ``make_train_epoch`` over N batches per dispatch
-(on-device shuffle, gather and uint8 -> float conversion included), reported per step.
+``--scan-steps N`` also ``make_epoch`` / ``make_train_epoch`` with ``loop="scan"``: one
+``lax.scan`` of N batches per dispatch, on every backend (on-device shuffle, gather and
+uint8 -> float conversion included), reported per step.
+
+Each single-step JAX row also carries XLA's account of its compiled program (compile
+seconds, flops and bytes accessed per step, temporary memory, the entry computation's
+instruction kinds), and the table shows the achieved TFLOP/s by XLA's flop count.
 
 With ``--reference PATH`` (a checkout of TIML-Group/Mode-Connectivity-Unlearning) the same
 process times the reference's PyTorch steps on the device torch sees (CUDA if available, else
@@ -36,7 +41,10 @@ from __future__ import annotations
 import argparse
 import functools
 import os
+import re
 import sys
+import time
+from typing import Any
 
 if __package__ in (None, ""):   # run as a script: the benchmarks folder and the checkout
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -142,13 +150,55 @@ def _looped(step, state, *args):
   return call
 
 
+def compile_step(jitted, *args) -> tuple[Any, dict]:
+  """(compiled step, XLA's account of it): compile seconds, flops and bytes accessed per
+  step, temporary memory, and the kinds of the entry computation's instructions (fusions,
+  convolutions or cuDNN custom calls, copies, transposes...), a profile without a trace."""
+  start = time.perf_counter()
+  compiled = jitted.lower(*args).compile()
+  seconds = time.perf_counter() - start
+  cost = compiled.cost_analysis()
+  cost = (cost[0] if isinstance(cost, (list, tuple)) else cost) or {}
+  memory = compiled.memory_analysis()
+  return compiled, {"compile_s": seconds, "flops": cost.get("flops"),
+                    "bytes_accessed": cost.get("bytes accessed"),
+                    "temp_bytes": getattr(memory, "temp_size_in_bytes", None),
+                    "entry_ops": entry_op_counts(compiled.as_text())}
+
+
+# "name = shape kind(operands)...", where a tuple shape holds spaces: "(f32[2], s32[])".
+_INSTRUCTION = re.compile(r"=\s*(?:\([^=]*?\)|\S+)\s+([\w-]+)\(")
+
+
+def entry_op_counts(hlo_text: str) -> dict[str, int]:
+  """Instruction kinds of an HLO module's ENTRY computation, custom calls by target."""
+  counts: dict[str, int] = {}
+  inside = False
+  for line in hlo_text.splitlines():
+    if line.startswith("ENTRY "):
+      inside = True
+      continue
+    if inside and line.startswith("}"):
+      break
+    match = _INSTRUCTION.search(line) if inside else None
+    if match:
+      kind = match.group(1)
+      target = re.search(r'custom_call_target="([^"]+)"', line)
+      if target:
+        kind = f"{kind}:{target.group(1)}"
+      counts[kind] = counts.get(kind, 0) + 1
+  return dict(sorted(counts.items(), key=lambda item: -item[1]))
+
+
 def jax_plain(models: dict, batch: dict, place: Placement, steps: int, warmup: int) -> dict:
   batch = dict(batch)
   batch["valid"] = np.ones(len(batch["labels"]), bool)
   state = place.state(train.init_train_state(models["start"], models["state"],
                                              plain_optimizer(), jax.random.key(1)))
-  call = _looped(make_plain_step(models["apply"]), state, place.batch(batch))
-  return _common.time_calls(call, steps, warmup, jax.block_until_ready)
+  batch = place.batch(batch)
+  step, stats = compile_step(make_plain_step(models["apply"]), state, batch)
+  timing = _common.time_calls(_looped(step, state, batch), steps, warmup, jax.block_until_ready)
+  return {**timing, **stats}
 
 
 def curve_state(models: dict, optimizer, mask, place: Placement):
@@ -165,11 +215,13 @@ def jax_curve(models: dict, batch: dict, place: Placement, steps: int, warmup: i
   mask = mcu.full_mask(models["start"])
   state, endpoints = curve_state(models, optimizer, mask, place)
   step = mcu.make_train_step(models["apply"], optimizer, endpoints, mask, adaptive_beta())
-  call, losses = _recording(_looped(step, state, place.batch(batch)), TRACKED)
+  batch = place.batch(batch)
+  compiled, stats = compile_step(step.jitted, state, endpoints, batch)
+  call, losses = _recording(_looped(compiled, state, endpoints, batch), TRACKED)
   timing = _common.time_calls(call, steps, warmup, jax.block_until_ready)
   timing["trajectory"] = {k: np.asarray(jax.device_get(v), np.float64).tolist()
                           for k, v in losses.items()}
-  return timing
+  return {**timing, **stats}
 
 
 def _recording(call, names):
@@ -216,7 +268,7 @@ def fastest_correct_curve(rows: list[dict], check: dict) -> dict | None:
 def jax_plain_scan(models: dict, data: dict, batch_size: int, place: Placement, steps: int,
                    warmup: int) -> dict:
   epoch = train.make_epoch(train.supervised_loss(models["apply"]), plain_optimizer(),
-                           batch_size, batch_sharding=place.batch_sharding)
+                           batch_size, batch_sharding=place.batch_sharding, loop="scan")
   state = place.state(train.init_train_state(models["start"], models["state"],
                                              plain_optimizer(), jax.random.key(1)))
   data = {k: v for k, v in data.items() if k != "is_forget"}
@@ -230,7 +282,8 @@ def jax_curve_scan(models: dict, data: dict, batch_size: int, place: Placement, 
   mask = mcu.full_mask(models["start"])
   state, endpoints = curve_state(models, optimizer, mask, place)
   epoch = mcu.make_train_epoch(models["apply"], optimizer, mask, adaptive_beta(),
-                               batch_size=batch_size, batch_sharding=place.batch_sharding)
+                               batch_size=batch_size, batch_sharding=place.batch_sharding,
+                               loop="scan")
   call = _looped(epoch, state, endpoints, place.state(data))
   return _common.time_calls(call, steps, warmup, jax.block_until_ready)
 
@@ -338,7 +391,8 @@ def parse_args(argv):
                       help="share of forget examples in a batch (D_f + 50%% of D_r at 10%% "
                            "forgetting: 5000 / 27500)")
   parser.add_argument("--scan-steps", type=int, default=0,
-                      help="also time make_epoch / make_train_epoch scanning N steps per call")
+                      help="also time make_epoch / make_train_epoch as one lax.scan of N steps "
+                           "per call")
   parser.add_argument("--skip-plain", action="store_true", help="time only the curve steps")
   parser.add_argument("--check-tolerance", type=float, default=0.02,
                       help="a precision trains correctly when its final retain and forget "
@@ -395,10 +449,15 @@ def main(argv=None) -> dict:
       timing = fn(models, batch, place, args.steps, args.warmup)
       if kind == "curve":
         trajectories[precision] = timing.pop("trajectory")
+      stats = {k: timing.pop(k) for k in ("compile_s", "flops", "bytes_accessed",
+                                          "temp_bytes", "entry_ops")}
       rows.append(_common.throughput_row(f"jax {kind} {precision}", timing, args.batch_size,
-                                         framework="jax", kind=kind, precision=precision))
+                                         framework="jax", kind=kind, precision=precision,
+                                         **stats))
+      if stats["flops"]:
+        rows[-1]["achieved_tflops"] = stats["flops"] / (rows[-1]["ms_per_step"] * 1e9)
       print(f"  {rows[-1]['name']}: {rows[-1]['ms_per_step']:.2f} ms/step "
-            f"(first call {timing['first_call_s']:.1f} s)", flush=True)
+            f"(compile {stats['compile_s']:.1f} s)", flush=True)
     if args.scan_steps:
       n = args.scan_steps
       data = random_batch(n * args.batch_size, image_shape, args.forget_fraction,
@@ -435,7 +494,8 @@ def main(argv=None) -> dict:
                                        best["ms_per_step"])}
   table = _common.markdown_table(rows, [
       ("name", "step"), ("images_per_s", "images/s"), ("ms_per_step", "ms/step (median)"),
-      ("min_ms_per_step", "ms/step (min)"), ("first_call_s", "first call (s)")], ".4g")
+      ("min_ms_per_step", "ms/step (min)"), ("compile_s", "compile (s)"),
+      ("achieved_tflops", "TFLOP/s (XLA count)")], ".4g")
   print()
   print(table)
   print()

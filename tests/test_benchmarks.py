@@ -54,9 +54,37 @@ def test_step_throughput(bench, tmp_path):
     assert _positive(row["images_per_s"]) and _positive(row["ms_per_step"])
     assert row["steps_per_call"] == (2 if "scan" in row["name"] else 1)
   assert len(rows["jax curve fp32"]["times_s"]) == 2
+  for name in ("jax plain fp32", "jax curve fp32"):   # XLA's account of the compiled step
+    row = rows[name]
+    assert _positive(row["flops"]) and _positive(row["compile_s"])
+    assert _positive(row["achieved_tflops"]) and row["entry_ops"]["parameter"] >= 3
+  # The curve step does the plain step's forward and backward: same flops within 1 %.
+  assert abs(rows["jax curve fp32"]["flops"] / rows["jax plain fp32"]["flops"] - 1) < 0.01
   assert set(saved["ratios"]["curve_overhead_pct"]) == {"jax fp32", "jax fp32 scan2"}
   assert saved["config"]["batch_size"] == 8 and "step_throughput.py" in saved["command"]
   assert record["rows"][0]["name"] == saved["rows"][0]["name"]
+
+
+def test_entry_op_counts_reads_only_the_entry_computation(bench):
+  hlo = """HloModule m
+
+fused_add {
+  a = f32[2]{0} parameter(0)
+  ROOT b = f32[2]{0} add(a, a)
+}
+
+ENTRY main {
+  p0 = f32[2]{0} parameter(0)
+  p1 = s32[] parameter(1)
+  c = (f32[2]{0}, u8[0]{0}) custom-call(p0), custom_call_target="__cudnn$convForward"
+  g = f32[2]{0} get-tuple-element(c), index=0
+  f = f32[2]{0} fusion(g), kind=kLoop, calls=fused_add
+  ROOT t = (f32[2]{0}, s32[]) tuple(f, p1)
+}
+"""
+  assert bench("step_throughput").entry_op_counts(hlo) == {
+      "parameter": 2, "custom-call:__cudnn$convForward": 1, "get-tuple-element": 1,
+      "fusion": 1, "tuple": 1}
 
 
 def test_step_throughput_bf16_curve_only(bench):
