@@ -96,6 +96,8 @@ class Context:
                        f"`mcu-jax {stage_command(stage)} --run-dir {self.run_dir}` first")
     like = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), self.like())
     tree = checkpoint.load_tree(self.run_dir / stage / "model", like)
+    # Replicated like the data from on_device, so the two meet on every mesh size.
+    tree = parallel.replicate(tree, self.mesh)
     return tree["params"], tree["model_state"]
 
   def save_model(self, stage: str, params, model_state) -> None:
@@ -251,6 +253,7 @@ def make_context(config: RunConfig, run_dir, *, progress=True, resume=False, for
 
 
 def _accuracies(ctx: Context, params, model_state) -> dict:
+  params, model_state = parallel.replicate((params, model_state), ctx.mesh)
   acc = lambda name, images, labels: evaluate.accuracy_and_loss(
       ctx.apply, params, model_state, *ctx.on_device(name, images, labels),
       ctx.config.eval_batch_size, ctx.preprocess_eval)[0]

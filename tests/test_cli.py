@@ -141,6 +141,25 @@ def test_corrupt_model_checkpoint_names_the_file(demo_dir, tmp_path, capsys):
   assert "cannot restore checkpoint" in err and str(copy / "unlearn" / "model") in err
 
 
+def test_demo_on_two_devices_matches_one_device(demo_dir, tmp_path):
+  """Every stage on a 2-device mesh (forced CPU devices): models restored from disk, base
+  methods' outputs and the data all meet on the mesh, and the report agrees with the
+  1-device run up to float reassociation (measured: identical)."""
+  env = dict(os.environ, JAX_PLATFORMS="cpu",
+             XLA_FLAGS="--xla_force_host_platform_device_count=2")
+  run_dir = tmp_path / "two"
+  done = subprocess.run([sys.executable, str(Path(__file__).with_name("_cli_train.py")), "demo",
+                         "--run-dir", str(run_dir), *FAST], env=env, capture_output=True,
+                        text=True, timeout=300)
+  assert done.returncode == 0, done.stderr[-2000:]
+  one = json.loads((demo_dir / "report.json").read_text())["rows"]
+  two = json.loads((run_dir / "report.json").read_text())["rows"]
+  assert [r["method"] for r in one[:3]] == [r["method"] for r in two[:3]]
+  for a, b in zip(one, two):
+    for key in ("UA", "RA", "TA"):
+      assert abs(a[key] - b[key]) <= 0.5, (a["method"], key, a[key], b[key])
+
+
 def test_bf16_curve_stage_trains_close_to_fp32(demo_dir, tmp_path, capsys):
   """`curve.precision=bf16` really computes in bfloat16 (its losses are not fp32's bit for
   bit) and trains where float32 does (same seeds: per-epoch losses within 2 %)."""
