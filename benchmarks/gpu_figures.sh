@@ -7,12 +7,17 @@
 # here). OUT_DIR receives one JSON record and one log per benchmark, plus nvidia-smi's view.
 # SECONDS (default 540) bounds the whole run; each step gets what the earlier ones left, in
 # RESULTS.md's priority order, and a step without enough time left is skipped and says so.
+# The exit status is that of the last step that failed (124: it ran out of time), else 0.
 set -uo pipefail
-cd "$(dirname "$0")/.."
-REF=${1:?usage: gpu_figures.sh REFERENCE_CHECKOUT OUT_DIR [SECONDS]}
-OUT=${2:?usage: gpu_figures.sh REFERENCE_CHECKOUT OUT_DIR [SECONDS]}
+usage="usage: gpu_figures.sh REFERENCE_CHECKOUT OUT_DIR [SECONDS]"
+REF=$(realpath "${1:?$usage}")
+OUT=$(realpath -m "${2:?$usage}")
 BUDGET=${3:-540}
+[[ $BUDGET =~ ^[0-9]+$ ]] || { echo "SECONDS must be a whole number, got '$BUDGET'" >&2; exit 2; }
+[[ -d $REF ]] || { echo "no reference checkout at $REF" >&2; exit 2; }
+cd "$(dirname "$0")/.."
 START=$(date +%s)
+STATUS=0
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 mkdir -p "$OUT"
 
@@ -25,12 +30,15 @@ step() {
   shift 3
   local limit=$(($(left) - reserve))
   if ((limit < need)); then
-    echo "== $name: skipped: ${limit}s would be left for it (it needs ${need}s)" | tee -a "$OUT/summary.log"
+    echo "== $name: skipped: ${limit}s would be left for it (it needs ${need}s)" \
+      | tee -a "$OUT/summary.log"
     return
   fi
   echo "== $name (timeout ${limit}s): $*" | tee -a "$OUT/summary.log"
-  timeout "$limit" "$@" 2>&1 | tee "$OUT/$name.log"
-  echo "== $name: exit ${PIPESTATUS[0]} after $(($(date +%s) - START))s" | tee -a "$OUT/summary.log"
+  timeout -k 15 "$limit" "$@" 2>&1 | tee "$OUT/$name.log"
+  local status=${PIPESTATUS[0]}
+  ((status == 0)) || STATUS=$status
+  echo "== $name: exit $status after $(($(date +%s) - START))s" | tee -a "$OUT/summary.log"
 }
 
 nvidia-smi >"$OUT/nvidia-smi.txt" 2>&1
@@ -49,3 +57,4 @@ step step_batch512 60 0 python3 benchmarks/step_throughput.py --model preresnet1
   --batch-size 512 --steps 20 --warmup 3 --precision fp32,bf16 --skip-plain \
   --out "$OUT/step_batch512.json"
 echo "total $(($(date +%s) - START))s" | tee -a "$OUT/summary.log"
+exit "$STATUS"

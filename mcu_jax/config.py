@@ -156,10 +156,11 @@ class RunConfig:
     from mcu_jax import models
     _choice(where, "model", self.model, tuple(models.model_names()))
     try:
-      models.get_model(self.model, 10, **self.model_options)
+      module = models.get_model(self.model, 10, **self.model_options)
     except TypeError as e:
       raise ConfigError(f"{where}.model_options: invalid options for {self.model}: {e}") from e
-    if self.curve.precision != "fp32" and "dtype" not in _constructor_fields(self.model):
+    fields = {f.name for f in dataclasses.fields(module)}
+    if self.curve.precision != "fp32" and "dtype" not in fields:
       raise ConfigError(f"{where}.curve.precision: {self.curve.precision!r} needs a model "
                         f"with a compute dtype field; {self.model} has none")
     if not self.dataset:
@@ -176,13 +177,6 @@ class RunConfig:
 
 # ---------------------------------------------------------------------------------------------
 # Checks
-
-
-def _constructor_fields(model: str) -> set[str]:
-  """Field names of the Flax module a model name builds."""
-  from mcu_jax import models
-  module = models.get_model(model, 10)
-  return {f.name for f in dataclasses.fields(module)}
 
 
 def _choice(where, key, value, choices):

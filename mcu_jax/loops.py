@@ -142,46 +142,56 @@ def make_batch_sum(fn: Callable[..., PyTree], loop: str = "auto"):
   """``total(*args, batches) -> sum over i of fn(*args, batches[i])``.
 
   ``batches`` is a pytree whose leaves share a leading axis of length num_batches. The sum is
-  accumulated in float32 or wider. With ``"scan"`` it is one jitted ``lax.scan``; with
-  ``"python"`` a host loop over one jitted step that donates the running total. Either result
-  supports ``lower(*args, batches).compile()``. Build it once and reuse it: each new one
-  compiles anew.
+  accumulated in float32 or wider. With ``"scan"`` it is one jitted ``lax.scan`` (a compiled
+  one is tied to its number of batches); with ``"python"`` a host loop over one jitted step
+  that donates the running total (a compiled one serves any number of batches of the same
+  shape). Either supports ``lower(*args, batches).compile()`` and keeps the inputs'
+  shardings. Build it once and reuse it: each new one compiles anew.
   """
   if resolve_loop(loop) == "scan":
     @jax.jit
     def total(*inputs):
       *args, batches = inputs
-      zeros = _accumulator(jax.eval_shape(fn, *args, _index(batches, 0)))
-      return jax.lax.scan(lambda t, batch: (_add(t, fn(*args, batch)), None), zeros,
-                          batches)[0]
+      return jax.lax.scan(lambda t, batch: (_add(t, fn(*args, batch)), None),
+                          _zeros_for(fn, *inputs), batches)[0]
     return total
   return LoopedSum(fn)
 
 
-class LoopedSum:
-  """``make_batch_sum``'s host loop: one jitted, donated ``total + fn(*args, batch)``.
+def _zeros_for(fn, *inputs):
+  *args, batches = inputs
+  return _accumulator(jax.eval_shape(fn, *args, _index(batches, 0)))
 
-  Batches are sliced outside the step, so one compiled step serves every number of batches
-  (e.g. both D_r and D_f).
-  """
+
+class LoopedSum:
+  """``make_batch_sum``'s host loop: per batch, one jitted slice of ``batches`` and one
+  jitted, donated ``total + fn(*args, batch)``."""
 
   def __init__(self, fn: Callable[..., PyTree]):
     self._fn = fn
+    self._slice = jax.jit(_index)
     self._step = jax.jit(lambda total, *inputs: _add(total, fn(*inputs)), donate_argnums=(0,))
 
-  def _zeros(self, inputs):
-    *args, batches = inputs
-    return _accumulator(jax.eval_shape(self._fn, *args, _index(batches, 0)))
+  def _zeros(self, *inputs):
+    # Made outside jit: uncommitted, so the first step places them with its other inputs
+    # (one device or a mesh).
+    return _zeros_for(self._fn, *inputs)
 
   def __call__(self, *inputs):
     *args, batches = inputs
-    total = self._zeros(inputs)
+    total = self._zeros(*inputs)
     for i in range(jax.tree.leaves(batches)[0].shape[0]):
-      total = self._step(total, *args, _index(batches, i))
+      total = self._step(total, *args, self._slice(batches, np.int32(i)))
     return total
 
   def lower(self, *inputs):
     return _LoweredSum(self, inputs)
+
+
+def _specs(shapes: PyTree, shardings: PyTree) -> PyTree:
+  return jax.tree.map(lambda s, sharding: jax.ShapeDtypeStruct(s.shape, s.dtype,
+                                                               sharding=sharding),
+                      shapes, shardings)
 
 
 class _LoweredSum:
@@ -190,10 +200,15 @@ class _LoweredSum:
     self._looped, self._inputs = looped, inputs
 
   def compile(self) -> LoopedSum:
-    looped, (*args, batches) = self._looped, self._inputs
-    batch = jax.eval_shape(lambda b: _index(b, 0), batches)
+    looped, inputs = self._looped, self._inputs
+    *args, batches = inputs
+    slicer = looped._slice.lower(batches, np.int32(0)).compile()
+    # The step is compiled for the batch the slicer really hands it, sharding included; the
+    # total stays unplaced, like the zeros it starts from.
+    batch = _specs(jax.eval_shape(looped._slice, batches, np.int32(0)),
+                   slicer.output_shardings)
     compiled = LoopedSum.__new__(LoopedSum)
-    compiled._fn = looped._fn
-    compiled._step = looped._step.lower(
-        jax.eval_shape(looped._zeros, self._inputs), *args, batch).compile()
+    compiled._fn, compiled._slice = looped._fn, slicer
+    compiled._step = looped._step.lower(jax.eval_shape(looped._zeros, *inputs), *args,
+                                        batch).compile()
     return compiled

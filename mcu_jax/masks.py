@@ -11,6 +11,7 @@ equal scores the one met first wins.
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable
 
 import jax
@@ -38,9 +39,16 @@ def accumulate_gradients(loss_fn: Callable[[PyTree, PyTree], jax.Array], params:
   Returns:
     A pytree like ``params``, in float32 or wider, of the summed gradients.
 
-  Each call compiles anew; for repeated use build ``loops.make_batch_sum`` once.
+  Repeated calls with the same ``loss_fn`` object and loop reuse the compiled program.
   """
-  return loops.make_batch_sum(jax.grad(loss_fn), loop)(params, batches)
+  return _gradient_sum(loss_fn, loops.resolve_loop(loop))(params, batches)
+
+
+@functools.lru_cache(maxsize=16)
+def _gradient_sum(loss_fn, loop: str):
+  # Like jax.jit's own cache keyed on the function: a new jax.grad(loss_fn) per call would
+  # otherwise compile per call.
+  return loops.make_batch_sum(jax.grad(loss_fn), loop)
 
 
 def summed_ce_gradients_fn(apply, preprocess, loop: str = "auto"):

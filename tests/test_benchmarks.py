@@ -77,14 +77,15 @@ ENTRY main {
   p0 = f32[2]{0} parameter(0)
   p1 = s32[] parameter(1)
   c = (f32[2]{0}, u8[0]{0}) custom-call(p0), custom_call_target="__cudnn$convForward"
+  w = (f32[], f32[], f32[], f32[], f32[], /*index=5*/f32[]) tuple(p1, p1, p1, p1, p1, p1)
   g = f32[2]{0} get-tuple-element(c), index=0
   f = f32[2]{0} fusion(g), kind=kLoop, calls=fused_add
   ROOT t = (f32[2]{0}, s32[]) tuple(f, p1)
 }
 """
   assert bench("step_throughput").entry_op_counts(hlo) == {
-      "parameter": 2, "custom-call:__cudnn$convForward": 1, "get-tuple-element": 1,
-      "fusion": 1, "tuple": 1}
+      "parameter": 2, "custom-call:__cudnn$convForward": 1, "tuple": 2,
+      "get-tuple-element": 1, "fusion": 1}
 
 
 def test_step_throughput_bf16_curve_only(bench):
@@ -98,22 +99,37 @@ def test_step_throughput_bf16_curve_only(bench):
 
 
 def test_step_throughput_training_check(bench):
-  """bf16 compute tracks fp32 over the timed curve steps; the report names the fastest
-  precision that does, and a tolerance of 0 fails every precision but fp32 itself."""
+  """bf16 compute tracks fp32 over the timed curve steps (the report names the fastest
+  precision that does); a tolerance of 0 fails every precision but fp32 itself."""
   args = ["--model", "small_cnn", "--image-shape", "8,8,1", "--batch-size", "16", "--steps",
           "6", "--warmup", "2", "--precision", "fp32,bf16", "--skip-plain"]
   record = bench("step_throughput").main(args)
   check = record["training_check"]
   assert len(check["trajectories"]["bf16"]["retain_loss"]) == 8   # warm-up + timed steps
-  bf16 = check["results"]["bf16"]
+  bf16, fp32 = check["results"]["bf16"], check["results"]["fp32"]
   assert bf16["trains_correctly"], bf16
-  assert 0 < bf16["relative_difference_vs_fp32"]["retain_loss"] < 0.02
-  assert check["results"]["fp32"]["relative_difference_vs_fp32"]["retain_loss"] == 0
-  assert record["ratios"]["fastest_correct_curve"]["name"] in ("jax curve fp32",
-                                                               "jax curve bf16")
+  assert 0 < bf16["deviation_vs_fp32"]["retain_loss"] < 0.1
+  assert fp32["deviation_vs_fp32"] == {"retain_loss": 0.0, "forget_loss": 0.0}
+  assert fp32["final"]["retain_loss"] < fp32["initial"]["retain_loss"]   # it trains
+  rows = {row["name"]: row["ms_per_step"] for row in record["rows"]}
+  assert record["ratios"]["fastest_correct_curve"]["name"] == min(rows, key=rows.get)
   strict = bench("step_throughput").main(args + ["--check-tolerance", "0"])
   assert not strict["training_check"]["results"]["bf16"]["trains_correctly"]
   assert strict["ratios"]["fastest_correct_curve"]["name"] == "jax curve fp32"
+
+
+def test_training_check_scale_is_fp32_progress(bench):
+  """Deviations count against the change fp32 made, floored at 1 % of its final loss."""
+  check = bench("step_throughput").training_check({
+      "fp32": {"retain_loss": [3.0, 2.0], "forget_loss": [5.0, 5.0]},
+      "bf16": {"retain_loss": [3.0, 2.1], "forget_loss": [5.0, 5.04]},
+      "fp8": {"retain_loss": [3.0, 2.5], "forget_loss": [5.0, 5.0]},
+  }, tolerance=0.1, window=1)
+  assert check["bf16"]["deviation_vs_fp32"]["retain_loss"] == pytest.approx(0.1)
+  assert check["bf16"]["deviation_vs_fp32"]["forget_loss"] == pytest.approx(0.8)  # 0.04 / 0.05
+  assert not check["bf16"]["trains_correctly"]
+  assert check["fp8"]["deviation_vs_fp32"]["retain_loss"] == pytest.approx(0.5)
+  assert check["fp32"]["trains_correctly"]
 
 
 def test_step_throughput_rejects_bad_arguments(bench):

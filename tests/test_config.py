@@ -44,7 +44,7 @@ def test_bad_values_give_one_clear_message(override, message):
     load_config(overrides=[override])
 
 
-def test_bf16_curve_needs_a_model_with_a_compute_dtype():
+def test_bf16_curve_needs_a_model_with_a_compute_dtype(monkeypatch):
   from mcu_jax import models
   import flax.linen as nn
 
@@ -55,7 +55,7 @@ def test_bf16_curve_needs_a_model_with_a_compute_dtype():
     def __call__(self, x, train=False):
       return nn.Dense(self.num_classes)(x.reshape(x.shape[0], -1))
 
-  models.register("test_no_dtype", NoDtype)
+  monkeypatch.setitem(models._REGISTRY, "test_no_dtype", NoDtype)
   assert load_config(overrides=["model=test_no_dtype"]).curve.precision == "fp32"
   with pytest.raises(ConfigError, match="config.curve.precision: 'bf16' needs a model with a "
                                         "compute dtype field; test_no_dtype has none"):

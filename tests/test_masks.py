@@ -111,6 +111,22 @@ def test_layer_saliency_and_accumulation(loop):
   np.testing.assert_allclose(score, np.linalg.norm(want) / 12, rtol=2e-5)
 
 
+def test_accumulate_gradients_compiles_once_per_loss_fn():
+  traces = []
+
+  def loss_fn(p, x):
+    traces.append(1)
+    return jnp.sum(x @ p)
+
+  params, xs = jnp.ones((3, 2)), jnp.ones((4, 5, 3))
+  masks.accumulate_gradients(loss_fn, params, xs, loop="scan")
+  first = len(traces)
+  for _ in range(2):
+    total = masks.accumulate_gradients(loss_fn, params, xs, loop="scan")
+  np.testing.assert_allclose(total, np.full((3, 2), 20.0))
+  assert first > 0 and len(traces) == first   # later calls trace nothing
+
+
 @pytest.mark.parametrize("loop", ["scan", "python"])
 def test_summed_ce_gradients_match_numpy(loop):
   """Sum over padded batches of each batch's mean-CE gradient of a linear model, compiled

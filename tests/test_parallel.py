@@ -10,7 +10,7 @@ import pytest
 from mcu_jax import parallel
 
 
-def test_sharded_step_matches_single_device():
+def test_sharded_step_and_batch_sums_match_single_device():
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
              JAX_PLATFORMS="cpu")
   script = Path(__file__).with_name("_sharded_step.py")
@@ -25,6 +25,9 @@ def test_sharded_step_matches_single_device():
     for key in single:
       np.testing.assert_allclose(sharded[key], single[key], rtol=1e-5, atol=1e-5, err_msg=key)
   assert "not divisible by the 4 devices" in result["indivisible_error"]
+  assert set(result["batch_sums"]) == {"scan", "scan compiled", "python", "python compiled"}
+  for name, sums in result["batch_sums"].items():
+    assert sums["max_error"] < 1e-4 and sums["devices"] == 4, (name, sums)
 
 
 def test_initialize_is_a_no_op_without_configuration(monkeypatch):

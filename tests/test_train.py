@@ -48,26 +48,26 @@ def test_resume_after_interruption_equals_uninterrupted(digits, tmp_path):
   full, _ = train.fit(st, epoch, arrays, 4, progress=False)
 
   st, epoch, arrays = make_run(digits, 4)
-  ckpt = checkpoint.Checkpointer(tmp_path / "ckpt")
 
   def die_in_epoch_3(state):
     if int(state.step) > 2 * STEPS:
       raise Interrupt()
     return {}
 
-  with pytest.raises(Interrupt):
-    train.fit(st, epoch, arrays, 4, checkpointer=ckpt, evaluate=die_in_epoch_3, progress=False)
-  assert ckpt.latest_step() == 2
-  fresh, epoch, arrays = make_run(digits, 4)
-  resumed, history = train.fit(fresh, epoch, arrays, 4, checkpointer=ckpt, progress=False)
-  assert [h["epoch"] for h in history] == [1, 2, 3, 4]
-  chex.assert_trees_all_equal(resumed.params, full.params)
-  chex.assert_trees_all_equal(resumed.model_state, full.model_state)
-  # A finished run resumes as a no-op.
-  again, _ = train.fit(make_run(digits, 4)[0], epoch, arrays, 4, checkpointer=ckpt,
-                       progress=False)
-  chex.assert_trees_all_equal(again.params, full.params)
-  ckpt.close()
+  with checkpoint.Checkpointer(tmp_path / "ckpt") as ckpt:
+    with pytest.raises(Interrupt):
+      train.fit(st, epoch, arrays, 4, checkpointer=ckpt, evaluate=die_in_epoch_3,
+                progress=False)
+    assert ckpt.latest_step() == 2
+    fresh, epoch, arrays = make_run(digits, 4)
+    resumed, history = train.fit(fresh, epoch, arrays, 4, checkpointer=ckpt, progress=False)
+    assert [h["epoch"] for h in history] == [1, 2, 3, 4]
+    chex.assert_trees_all_equal(resumed.params, full.params)
+    chex.assert_trees_all_equal(resumed.model_state, full.model_state)
+    # A finished run resumes as a no-op.
+    again, _ = train.fit(make_run(digits, 4)[0], epoch, arrays, 4, checkpointer=ckpt,
+                         progress=False)
+    chex.assert_trees_all_equal(again.params, full.params)
 
 
 def test_missing_and_corrupt_checkpoints(tmp_path, digits):

@@ -265,12 +265,11 @@ def test_scrub_resume_after_interruption_equals_uninterrupted(setup, tmp_path):
       raise Interrupt()
     return forget_acc(params, model_state)
 
-  ckpt = checkpoint.Checkpointer(tmp_path / "ckpt")
-  with pytest.raises(Interrupt):
-    unlearn.run("scrub", checkpointer=ckpt, evaluate=die_in_epoch_2, **kw)
-  assert ckpt.latest_step() == 1
-  resumed = unlearn.run("scrub", checkpointer=ckpt, evaluate=forget_acc, **kw)
-  ckpt.close()
+  with checkpoint.Checkpointer(tmp_path / "ckpt") as ckpt:
+    with pytest.raises(Interrupt):
+      unlearn.run("scrub", checkpointer=ckpt, evaluate=die_in_epoch_2, **kw)
+    assert ckpt.latest_step() == 1
+    resumed = unlearn.run("scrub", checkpointer=ckpt, evaluate=forget_acc, **kw)
   assert [h["epoch"] for h in resumed.history] == [1, 2]
   # evaluate() sees the student (theta_p), and its values land in the history.
   assert resumed.history[-1]["forget_acc"] == forget_acc(resumed.params,
