@@ -164,12 +164,14 @@ def _zeros_for(fn, *inputs):
 
 
 class LoopedSum:
-  """``make_batch_sum``'s host loop: per batch, one jitted slice of ``batches`` and one
-  jitted, donated ``total + fn(*args, batch)``."""
+  """``make_batch_sum``'s host loop: per batch, a slice of ``batches`` and one jitted,
+  donated ``total + fn(*args, batch)``. Slices are taken eagerly, so they keep the batches'
+  placement (an uncommitted array stays free to join a mesh); once compiled ahead, a
+  compiled slicer hands the step exactly the sharding it was compiled for."""
 
   def __init__(self, fn: Callable[..., PyTree]):
     self._fn = fn
-    self._slice = jax.jit(_index)
+    self._slice = _index
     self._step = jax.jit(lambda total, *inputs: _add(total, fn(*inputs)), donate_argnums=(0,))
 
   def _zeros(self, *inputs):
@@ -202,11 +204,10 @@ class _LoweredSum:
   def compile(self) -> LoopedSum:
     looped, inputs = self._looped, self._inputs
     *args, batches = inputs
-    slicer = looped._slice.lower(batches, np.int32(0)).compile()
+    slicer = jax.jit(_index).lower(batches, np.int32(0)).compile()
     # The step is compiled for the batch the slicer really hands it, sharding included; the
     # total stays unplaced, like the zeros it starts from.
-    batch = _specs(jax.eval_shape(looped._slice, batches, np.int32(0)),
-                   slicer.output_shardings)
+    batch = _specs(jax.eval_shape(_index, batches, np.int32(0)), slicer.output_shardings)
     compiled = LoopedSum.__new__(LoopedSum)
     compiled._fn, compiled._slice = looped._fn, slicer
     compiled._step = looped._step.lower(jax.eval_shape(looped._zeros, *inputs), *args,

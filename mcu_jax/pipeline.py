@@ -343,8 +343,9 @@ def stage_mask(ctx: Context) -> dict:
     batches, compiled = {}, {}
     for name, indices in (("retain", ctx.split.retain), ("forget", ctx.split.forget)):
       images, labels = ctx.arrays(indices)
-      batches[name] = jax.device_put(data.padded_batches(
-          {"images": images, "labels": labels}, min(ctx.config.curve.batch_size, len(labels))))
+      batches[name] = parallel.replicate(data.padded_batches(
+          {"images": images, "labels": labels}, min(ctx.config.curve.batch_size, len(labels))),
+          ctx.mesh)
       compiled[name], seconds = train.compile_ahead(gradients_fn, params, model_state,
                                                     batches[name])
       compile_seconds += seconds
