@@ -21,11 +21,12 @@ def adaptive_beta(forget_acc, retain_acc, forget_target, retain_target, low=0.01
   With forget_target = 0 (class forgetting) the forget ratio is +inf, so beta = high whenever
   forget_acc > 0. A pure jnp expression: safe under jit and vmap.
   """
-  forget_acc, retain_acc = jnp.asarray(forget_acc, jnp.float32), jnp.asarray(retain_acc, jnp.float32)
+  forget_acc = jnp.asarray(forget_acc, jnp.float32)
+  retain_acc = jnp.asarray(retain_acc, jnp.float32)
   forget_target = jnp.asarray(forget_target, jnp.float32)
   retain_target = jnp.asarray(retain_target, jnp.float32)
-  forget_ratio = jnp.where(forget_target > 0,
-                           (forget_acc - forget_target) / jnp.where(forget_target > 0, forget_target, 1.0),
+  safe_target = jnp.where(forget_target > 0, forget_target, 1.0)
+  forget_ratio = jnp.where(forget_target > 0, (forget_acc - forget_target) / safe_target,
                            jnp.inf)
   retain_ratio = (retain_acc - retain_target) / retain_target
   soft = jnp.where(forget_ratio < retain_ratio, low, high)

@@ -36,7 +36,8 @@ def check_t(t) -> None:
   except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError, TypeError):
     return
   if values.size and (not np.all(np.isfinite(values)) or values.min() < 0.0 or values.max() > 1.0):
-    raise ValueError(f"t must lie in [0, 1], got {values.tolist() if values.ndim else float(values)}")
+    shown = values.tolist() if values.ndim else float(values)
+    raise ValueError(f"t must lie in [0, 1], got {shown}")
 
 
 def bezier_coefficients(t: jax.Array, num_bends: int) -> jax.Array:

@@ -164,36 +164,36 @@ def _zeros_for(fn, *inputs):
 
 
 class LoopedSum:
-  """``make_batch_sum``'s host loop: per batch, a slice of ``batches`` and one jitted,
-  donated ``total + fn(*args, batch)``. Slices are taken eagerly, so they keep the batches'
-  placement (an uncommitted array stays free to join a mesh); once compiled ahead, a
-  compiled slicer hands the step exactly the sharding it was compiled for."""
+  """``make_batch_sum``'s host loop: per batch, an eager slice of ``batches`` and one jitted,
+  donated ``total + fn(*args, batch)``. Eager slices keep the batches' placement: a
+  committed (e.g. sharded) batch stays where it is, an uncommitted one joins the step's
+  other arguments (one device or a mesh)."""
 
   def __init__(self, fn: Callable[..., PyTree]):
     self._fn = fn
-    self._slice = _index
     self._step = jax.jit(lambda total, *inputs: _add(total, fn(*inputs)), donate_argnums=(0,))
 
   def _zeros(self, *inputs):
-    # Made outside jit: uncommitted, so the first step places them with its other inputs
-    # (one device or a mesh).
+    # Made outside jit: uncommitted, so the first step places them with its other inputs.
     return _zeros_for(self._fn, *inputs)
 
   def __call__(self, *inputs):
     *args, batches = inputs
     total = self._zeros(*inputs)
     for i in range(jax.tree.leaves(batches)[0].shape[0]):
-      total = self._step(total, *args, self._slice(batches, np.int32(i)))
+      total = self._step(total, *args, _index(batches, np.int32(i)))
     return total
 
   def lower(self, *inputs):
     return _LoweredSum(self, inputs)
 
 
-def _specs(shapes: PyTree, shardings: PyTree) -> PyTree:
-  return jax.tree.map(lambda s, sharding: jax.ShapeDtypeStruct(s.shape, s.dtype,
-                                                               sharding=sharding),
-                      shapes, shardings)
+def _slice_spec(leaf, first) -> jax.ShapeDtypeStruct:
+  """What the step receives for ``leaf[i]``: the eager slice's sharding if ``leaf`` is
+  committed, else unplaced (the compiled step then takes it wherever it is)."""
+  committed = isinstance(leaf, jax.Array) and leaf.committed
+  return jax.ShapeDtypeStruct(first.shape, first.dtype,
+                              sharding=first.sharding if committed else None)
 
 
 class _LoweredSum:
@@ -204,12 +204,10 @@ class _LoweredSum:
   def compile(self) -> LoopedSum:
     looped, inputs = self._looped, self._inputs
     *args, batches = inputs
-    slicer = jax.jit(_index).lower(batches, np.int32(0)).compile()
-    # The step is compiled for the batch the slicer really hands it, sharding included; the
-    # total stays unplaced, like the zeros it starts from.
-    batch = _specs(jax.eval_shape(_index, batches, np.int32(0)), slicer.output_shardings)
+    batch = jax.tree.map(_slice_spec, batches, _index(batches, np.int32(0)))
     compiled = LoopedSum.__new__(LoopedSum)
-    compiled._fn, compiled._slice = looped._fn, slicer
+    compiled._fn = looped._fn
+    # The total stays unplaced, like the zeros it starts from.
     compiled._step = looped._step.lower(jax.eval_shape(looped._zeros, *inputs), *args,
                                         batch).compile()
     return compiled

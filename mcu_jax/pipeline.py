@@ -563,6 +563,7 @@ def stage_report(ctx: Context) -> dict:
       title=f"{ctx.config.model} on {ctx.config.dataset}: {method} + MCU")
   methods_png = report.plot_methods(rows, path=ctx.run_dir / "methods.png",
                                     title="Unlearning metrics (percent)")
+  recalibrated_on = "D_r" if ctx.config.sweep.recalibrate_on == "retain" else "the training set"
   text = "\n".join([
       f"# MCU run: {ctx.config.model} on {ctx.config.dataset}",
       "",
@@ -577,7 +578,7 @@ def stage_report(ctx: Context) -> dict:
       "excluded (MCU's RTE adds the mask and the curve epochs to the base method's; the "
       f"{len(sweep_record['sweep']['ts'])}-point sweep that chose t took a further "
       f"{sweep_record['seconds']:.1f} s, compilation included). Every row's BatchNorm "
-      f"statistics are recomputed on {'D_r' if ctx.config.sweep.recalibrate_on == 'retain' else 'the training set'}.",
+      f"statistics are recomputed on {recalibrated_on}.",
       "",
       table,
       "",

@@ -63,7 +63,8 @@ def supervised_loss(apply) -> LossFn:
     logits, new_state = apply(params, model_state, batch["images"], True)
     ce = objectives.cross_entropy(logits, batch["labels"])
     loss = objectives.masked_mean(ce, batch["valid"])
-    acc = 100.0 * objectives.masked_mean(objectives.correct(logits, batch["labels"]), batch["valid"])
+    acc = 100.0 * objectives.masked_mean(objectives.correct(logits, batch["labels"]),
+                                         batch["valid"])
     return loss, (new_state, {"loss": loss, "acc": acc})
   return loss_fn
 

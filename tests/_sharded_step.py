@@ -59,8 +59,9 @@ def main():
 
 
 def batch_sums_on_mesh(mesh) -> dict:
-  """loops.make_batch_sum over batches sharded along their batch axis, with replicated
-  arguments: each driver, plain and compiled ahead, against a NumPy float64 sum."""
+  """loops.make_batch_sum over batches sharded along their batch axis, or uncommitted, with
+  a replicated argument: each driver, plain and compiled ahead, against a NumPy float64
+  sum."""
   rng = np.random.default_rng(1)
   w = rng.normal(size=(3, 2)).astype(np.float32)
   xs = rng.normal(size=(5, 8, 3)).astype(np.float32)     # 5 batches of 8
@@ -68,13 +69,16 @@ def batch_sums_on_mesh(mesh) -> dict:
   sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, "data"))
   w_dev, xs_dev = parallel.replicate(w, mesh), jax.device_put(xs, sharding)
   fn = lambda w, x: x.T @ jnp.tanh(x @ w)
+  loose = jax.device_put(xs)   # uncommitted: free to join the replicated argument
   out = {}
   for loop in ("scan", "python"):
     total = loops.make_batch_sum(fn, loop)
-    for name, f in ((loop, total), (loop + " compiled", total.lower(w_dev, xs_dev).compile())):
-      got = f(w_dev, xs_dev)
-      out[name] = {"max_error": float(np.max(np.abs(np.asarray(got, np.float64) - want))),
-                   "devices": len(got.devices())}
+    for suffix, batches in (("", xs_dev), (" uncommitted", loose)):
+      compiled = total.lower(w_dev, batches).compile()
+      for name, f in ((loop + suffix, total), (loop + " compiled" + suffix, compiled)):
+        got = f(w_dev, batches)
+        out[name] = {"max_error": float(np.max(np.abs(np.asarray(got, np.float64) - want))),
+                     "devices": len(got.devices())}
   return out
 
 

@@ -25,7 +25,9 @@ def test_sharded_step_and_batch_sums_match_single_device():
     for key in single:
       np.testing.assert_allclose(sharded[key], single[key], rtol=1e-5, atol=1e-5, err_msg=key)
   assert "not divisible by the 4 devices" in result["indivisible_error"]
-  assert set(result["batch_sums"]) == {"scan", "scan compiled", "python", "python compiled"}
+  assert set(result["batch_sums"]) == {
+      f"{loop}{compiled}{placement}" for loop in ("scan", "python")
+      for compiled in ("", " compiled") for placement in ("", " uncommitted")}
   for name, sums in result["batch_sums"].items():
     assert sums["max_error"] < 1e-4 and sums["devices"] == 4, (name, sums)
 

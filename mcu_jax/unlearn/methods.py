@@ -370,8 +370,9 @@ def _run_rl(ctx: _Context, config: cfgs.RLConfig) -> _Outcome:
 def _run_salun(ctx: _Context, config: cfgs.SalUnConfig) -> _Outcome:
   num_classes = _check_classes(ctx)
   batches = jax.device_put(data_lib.padded_batches(_forget_arrays(ctx), config.batch_size))
-  grads_fn, grads_compile = train_lib.compile_ahead(masks.summed_ce_gradients_fn(ctx.apply, ctx.preprocess), ctx.params,
-                                 ctx.model_state, batches)
+  grads_fn, grads_compile = train_lib.compile_ahead(
+      masks.summed_ce_gradients_fn(ctx.apply, ctx.preprocess), ctx.params, ctx.model_state,
+      batches)
   start = time.perf_counter()
   grads = grads_fn(ctx.params, ctx.model_state, batches)
   mask = jax.block_until_ready(masks.salun_mask(grads, config.mask_ratio))
@@ -458,7 +459,8 @@ def _run_negtv(ctx: _Context, config: cfgs.NegTVConfig) -> _Outcome:
     recalibrate = jax.jit(lambda params, model_state, images: evaluate.recalibrate_batch_stats(
         apply, params, model_state, images, batch_size, preprocess))
     retain_images = jax.device_put(ctx.train.images[ctx.split.retain])
-    recalibrate_c, seconds = train_lib.compile_ahead(recalibrate, ctx.params, ctx.model_state, retain_images)
+    recalibrate_c, seconds = train_lib.compile_ahead(recalibrate, ctx.params, ctx.model_state,
+                                                     retain_images)
     compile_s += seconds
     finish_state = lambda params: recalibrate_c(params, ctx.model_state, retain_images)
 
@@ -489,7 +491,8 @@ def _run_scrub(ctx: _Context, config: cfgs.ScrubConfig) -> _Outcome:
   min_epoch = train_lib.make_epoch(
       scrub_min_loss(ctx.apply, config.temperature, config.gamma, config.alpha), optimizer,
       config.batch_size, ctx.preprocess)
-  max_c, max_compile = train_lib.compile_ahead(max_epoch, state, forget) if config.msteps else (None, 0.0)
+  max_c, max_compile = (train_lib.compile_ahead(max_epoch, state, forget) if config.msteps
+                        else (None, 0.0))
   min_c, min_compile = train_lib.compile_ahead(min_epoch, state, retain)
 
   def scrub_epoch(state, data):
