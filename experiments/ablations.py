@@ -76,21 +76,6 @@ def run(study, dataset, runs, progress, follow: float = 0.0) -> list:
   return failures
 
 
-def collect(study, runs, names) -> dict:
-  """{scenario: {name: {seed: cell record}}}."""
-  out = {}
-  for scenario in study["scenarios"]:
-    out[scenario] = {}
-    for name in names:
-      cells = {}
-      for seed in study["seeds"]:
-        record = S.cell_record(S.seed_dir(runs, study, scenario, seed) / name)
-        if record is not None:
-          cells[seed] = record
-      out[scenario][name] = cells
-  return out
-
-
 ABL_METRICS = ("UA", "RA", "TA", "MIA", "loss_auc", "AvgGap", "Gap3")
 METRIC_COLUMNS = [S.HEADERS[m] for m in ABL_METRICS]
 
@@ -409,7 +394,7 @@ def main(argv=None) -> int:
     failures = run(study, dataset, args.runs_dir, args.progress, args.follow)
   base = study["ablation"].get("base", "rl")
   names = [base, *variants(study)]
-  cells = collect(study, args.runs_dir, names)
+  cells = S.collect_cells(study, args.runs_dir, names)
   results = args.results_dir / study["name"]
   timing_path = results / "mask_timing.json"
   if args.time_mask:

@@ -43,17 +43,7 @@ def run(study, dataset, runs, progress) -> list:
 
 def collect(study, runs) -> dict:
   """{scenario: {method: {seed: cell record}}} of the finished cells."""
-  out = {}
-  for scenario in study["scenarios"]:
-    out[scenario] = {}
-    for method in study["methods"]:
-      cells = {}
-      for seed in study["seeds"]:
-        record = S.cell_record(S.seed_dir(runs, study, scenario, seed) / method)
-        if record is not None:
-          cells[seed] = record
-      out[scenario][method] = cells
-  return out
+  return S.collect_cells(study, runs, study["methods"])
 
 
 def _row(name, records, key, with_t=False):

@@ -291,6 +291,21 @@ def cell_record(directory: Path) -> dict | None:
 # Statistics and formatting
 
 
+def collect_cells(study: dict, runs: Path, names) -> dict:
+  """{scenario: {name: {seed: cell record}}} of the finished cells named ``names``."""
+  out = {}
+  for scenario in study["scenarios"]:
+    out[scenario] = {}
+    for name in names:
+      cells = {}
+      for seed in study["seeds"]:
+        record = cell_record(seed_dir(runs, study, scenario, seed) / name)
+        if record is not None:
+          cells[seed] = record
+      out[scenario][name] = cells
+  return out
+
+
 def mean_std(values) -> tuple[float, float, int]:
   values = [float(v) for v in values if v is not None and math.isfinite(float(v))]
   if not values:

@@ -28,3 +28,23 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture
 def rng():
   return np.random.default_rng(0)
+
+
+@pytest.fixture(scope="session")
+def digits_original():
+  """(digits data, module, apply, TrainState): a width-8 small CNN trained 10 epochs on the
+  bundled digits (SGD 0.1, cosine, batch 64). Shared: users copy before training further
+  (``train.init_train_state`` does)."""
+  import jax.numpy as jnp
+  from mcu_jax import data, models, train
+  tt = data.load_digits()
+  module = models.get_model("small_cnn", 10, width=8)
+  apply = models.make_apply(module)
+  params, model_state = models.init_model(module, jax.random.PRNGKey(0), (1, 8, 8, 1))
+  arrays = {"images": jnp.asarray(tt.train.images), "labels": jnp.asarray(tt.train.labels)}
+  steps = -(-len(tt.train.labels) // 64)
+  opt = train.sgd(0.1, 10 * steps)
+  state = train.init_train_state(params, model_state, opt, jax.random.PRNGKey(1))
+  state, _ = train.fit(state, train.make_epoch(train.supervised_loss(apply), opt, 64),
+                       arrays, 10, progress=False)
+  return tt, module, apply, state

@@ -129,18 +129,9 @@ def test_bad_mask_raises(setup):
 
 
 @pytest.fixture(scope="module")
-def digits_models():
+def digits_models(digits_original):
   """An original small CNN on digits and a gradient-ascent end point forgetting class 3."""
-  tt = data.load_digits()
-  module = models.get_model("small_cnn", 10, width=8)
-  apply = models.make_apply(module)
-  params, state = models.init_model(module, jax.random.PRNGKey(0), (1, 8, 8, 1))
-  full = {"images": jnp.asarray(tt.train.images), "labels": jnp.asarray(tt.train.labels)}
-  opt = train.sgd(0.1, 10 * 23)
-  ts = train.init_train_state(params, state, opt, jax.random.PRNGKey(1))
-  epoch = train.make_epoch(train.supervised_loss(apply), opt, 64)
-  for _ in range(10):
-    ts, _ = epoch(ts, full)
+  tt, module, apply, ts = digits_original
   split = data.class_forget_split(tt.train.labels, [3])
   forget = {"images": jnp.asarray(tt.train.images[split.forget]),
             "labels": jnp.asarray(tt.train.labels[split.forget])}

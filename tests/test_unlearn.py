@@ -13,12 +13,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mcu_jax import checkpoint, data, evaluate, masks, models, objectives, train, unlearn
+from mcu_jax import checkpoint, data, evaluate, masks, models, objectives, unlearn
 from mcu_jax.mcu import normalize_uint8
 from mcu_jax.unlearn import methods as methods_lib
 
 BATCH = 64
-STEPS = -(-1437 // BATCH)  # digits' training split has 1,437 images
 FORGET_CLASS = 3
 
 
@@ -48,16 +47,8 @@ def measure(setup, params, model_state):
 
 
 @pytest.fixture(scope="module")
-def setup():
-  tt = data.load_digits()
-  module = models.get_model("small_cnn", 10, width=8)
-  apply = models.make_apply(module)
-  params, model_state = models.init_model(module, jax.random.PRNGKey(0), (1, 8, 8, 1))
-  arrays = {"images": jnp.asarray(tt.train.images), "labels": jnp.asarray(tt.train.labels)}
-  opt = train.sgd(0.1, 10 * STEPS)
-  state = train.init_train_state(params, model_state, opt, jax.random.PRNGKey(1))
-  state, _ = train.fit(state, train.make_epoch(train.supervised_loss(apply), opt, BATCH),
-                       arrays, 10, progress=False)
+def setup(digits_original):
+  tt, module, apply, state = digits_original
   split = data.make_split(tt.train, "class", classes=FORGET_CLASS)
   s = Setup(tt, module, apply, state.params, state.model_state, split, {})
   s.original = measure(s, s.params, s.model_state)
