@@ -16,18 +16,12 @@ def main():
   import numpy as np
   import optax
 
+  from _tiny_curve import tiny_problem
   from mcu_jax import beta as beta_lib
-  from mcu_jax import mcu, models, parallel
+  from mcu_jax import mcu, parallel
   from mcu_jax.curves import Curve
 
-  module = models.get_model("small_cnn", 10, width=4)
-  apply = models.make_apply(module)
-  start, state = models.init_model(module, jax.random.PRNGKey(0), (1, 8, 8, 1))
-  end, _ = models.init_model(module, jax.random.PRNGKey(1), (1, 8, 8, 1))
-  rng = np.random.default_rng(0)
-  batches = [{"images": rng.uniform(size=(16, 8, 8, 1)).astype(np.float32),
-              "labels": rng.integers(0, 10, 16).astype(np.int32),
-              "is_forget": np.arange(16) % 3 == 0} for _ in range(4)]
+  apply, start, end, state, batches = tiny_problem(4)
   mask = jax.tree.map(lambda _: True, start)
   opt = optax.sgd(0.05, momentum=0.9)
   curve = Curve.from_endpoints(start, end)
