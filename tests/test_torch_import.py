@@ -278,25 +278,24 @@ def chex_equal(a, b):
 
 def test_round_trip_preresnet56(preresnet56):
   model, params, state = preresnet56
-  sd = torch_import.flax_to_state_dict(params, state, "preresnet56")
-  assert all(isinstance(v, np.ndarray) for v in sd.values())
-  fresh = TorchPreResNet(10, 56)
-  fresh.load_state_dict({k: torch.from_numpy(v) for k, v in sd.items()}, strict=True)
-  for k, v in model.state_dict().items():
-    if not k.endswith("num_batches_tracked"):
-      torch.testing.assert_close(fresh.state_dict()[k], v, rtol=0, atol=0, msg=k)
-  chex_equal(torch_import.state_dict_to_flax(sd, "preresnet56", 10), (params, state))
+  _assert_round_trip(model, params, state, "preresnet56", TorchPreResNet(10, 56))
 
 
 def test_round_trip_vgg(vgg64):
   model, params, state = vgg64
-  sd = torch_import.flax_to_state_dict(params, state, "vgg16_bn")
-  fresh = TorchVGG16BN(10, 2048, truncated=True)
+  _assert_round_trip(model, params, state, "vgg16_bn", TorchVGG16BN(10, 2048, truncated=True))
+
+
+def _assert_round_trip(model, params, state, name, fresh):
+  """Flax -> state dict loads strictly into a fresh torch model equal to ``model``, and
+  comes back to the same Flax trees."""
+  sd = torch_import.flax_to_state_dict(params, state, name)
+  assert all(isinstance(v, np.ndarray) for v in sd.values())
   fresh.load_state_dict({k: torch.from_numpy(v) for k, v in sd.items()}, strict=True)
   for k, v in model.state_dict().items():
     if not k.endswith("num_batches_tracked"):
       torch.testing.assert_close(fresh.state_dict()[k], v, rtol=0, atol=0, msg=k)
-  chex_equal(torch_import.state_dict_to_flax(sd, "vgg16_bn", 10), (params, state))
+  chex_equal(torch_import.state_dict_to_flax(sd, name, 10), (params, state))
 
 
 # --------------------------------------------------------------------------- curve bends
