@@ -167,12 +167,9 @@ def parse_list(text: str) -> list[str]:
 
 def model_kwargs(precision: str) -> dict:
   """Model constructor arguments for a precision name: fp32, or bf16 compute over fp32 params."""
-  import jax.numpy as jnp
-  if precision == "fp32":
-    return {}
-  if precision == "bf16":
-    return {"dtype": jnp.bfloat16}
-  raise ValueError(f"unknown precision {precision!r}; use fp32 or bf16")
+  from mcu_jax.models import compute_dtype
+  dtype = compute_dtype(precision)
+  return {} if precision == "fp32" else {"dtype": dtype}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -17,9 +17,6 @@ from pathlib import Path
 from typing import Any
 
 
-PRECISIONS = ("fp32", "bf16")
-
-
 class ConfigError(ValueError):
   """A configuration file or override is invalid; the message names the key."""
 
@@ -99,7 +96,8 @@ class CurveConfig:
   precision: str = "fp32"          # "bf16": bfloat16 compute, float32 controls and endpoints
 
   def validate(self, where):
-    _choice(where, "precision", self.precision, PRECISIONS)
+    from mcu_jax.models import COMPUTE_DTYPES
+    _choice(where, "precision", self.precision, tuple(COMPUTE_DTYPES))
     _positive(where, "epochs", self.epochs)
     _positive(where, "lr", self.lr)
     _positive(where, "batch_size", self.batch_size)

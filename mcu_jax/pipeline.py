@@ -444,7 +444,8 @@ def _curve_apply(ctx: Context):
   as configured."""
   if ctx.config.curve.precision == "fp32":
     return ctx.apply
-  return models.make_apply(ctx.module.clone(dtype=jnp.bfloat16))
+  return models.make_apply(ctx.module.clone(
+      dtype=models.compute_dtype(ctx.config.curve.precision)))
 
 
 def _recalibration_images(ctx: Context):

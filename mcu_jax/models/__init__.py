@@ -21,6 +21,9 @@ from mcu_jax.models.vgg import VGG16BN
 PyTree = Any
 Apply = Callable[[PyTree, PyTree, jax.Array, bool], tuple[jax.Array, PyTree]]
 
+# Precision names -> the modules' computation dtype; parameters stay float32 either way.
+COMPUTE_DTYPES = {"fp32": jnp.float32, "bf16": jnp.bfloat16}
+
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {
     "small_cnn": SmallCNN,
     "mlp": MLP,
@@ -49,6 +52,13 @@ def get_model(name: str, num_classes: int, **kwargs) -> nn.Module:
   if not isinstance(num_classes, int) or num_classes < 2:
     raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
   return _REGISTRY[name](num_classes=num_classes, **kwargs)
+
+
+def compute_dtype(precision: str):
+  """The computation dtype of a precision name ("fp32", "bf16"); unknown names raise."""
+  if precision not in COMPUTE_DTYPES:
+    raise ValueError(f"unknown precision {precision!r}; use {' or '.join(COMPUTE_DTYPES)}")
+  return COMPUTE_DTYPES[precision]
 
 
 def make_apply(module: nn.Module) -> Apply:
