@@ -172,10 +172,18 @@ class LoopedSum:
   def __init__(self, fn: Callable[..., PyTree]):
     self._fn = fn
     self._step = jax.jit(lambda total, *inputs: _add(total, fn(*inputs)), donate_argnums=(0,))
+    self._totals: dict = {}   # input signature -> the total's shapes (tracing fn is costly)
+
+  def _total_shapes(self, *inputs) -> PyTree:
+    leaves, treedef = jax.tree.flatten(inputs)
+    key = (treedef, tuple((np.shape(x), jnp.result_type(x)) for x in leaves))
+    if key not in self._totals:
+      self._totals[key] = jax.eval_shape(functools.partial(_zeros_for, self._fn), *inputs)
+    return self._totals[key]
 
   def _zeros(self, *inputs):
     # Made outside jit: uncommitted, so the first step places them with its other inputs.
-    return _zeros_for(self._fn, *inputs)
+    return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), self._total_shapes(*inputs))
 
   def __call__(self, *inputs):
     *args, batches = inputs
@@ -206,8 +214,8 @@ class _LoweredSum:
     *args, batches = inputs
     batch = jax.tree.map(_slice_spec, batches, _index(batches, np.int32(0)))
     compiled = LoopedSum.__new__(LoopedSum)
-    compiled._fn = looped._fn
+    compiled._fn, compiled._totals = looped._fn, looped._totals
     # The total stays unplaced, like the zeros it starts from.
-    compiled._step = looped._step.lower(jax.eval_shape(looped._zeros, *inputs), *args,
+    compiled._step = looped._step.lower(looped._total_shapes(*inputs), *args,
                                         batch).compile()
     return compiled
