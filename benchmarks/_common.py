@@ -165,11 +165,17 @@ def parse_list(text: str) -> list[str]:
   return [x.strip() for x in text.split(",") if x.strip()]
 
 
-def model_kwargs(precision: str) -> dict:
-  """Model constructor arguments for a precision name: fp32, or bf16 compute over fp32 params."""
+def check_precision(precision: str) -> None:
+  """Raises ValueError unless ``precision`` names a precision (``models.COMPUTE_DTYPES``)."""
   from mcu_jax.models import compute_dtype
-  dtype = compute_dtype(precision)
-  return {} if precision == "fp32" else {"dtype": dtype}
+  compute_dtype(precision)
+
+
+def precision_apply(module, precision: str):
+  """The ``Apply`` of a Linen ``module`` in a precision: fp32, or bf16 compute over fp32 params
+  (``models.with_precision``)."""
+  from mcu_jax import models
+  return models.with_precision(models.from_linen(module), precision)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,8 +1,9 @@
 """Images/s of the MCU curve step on 1, 2, 4, 8 devices (data parallel, mcu_jax.parallel).
 
-The step is ``mcu_jax.mcu.make_train_step`` (full mask, adaptive beta, fp32 unless
-``--precision``) with the curve, optimizer state and endpoints replicated over a 1-D mesh and
-the batch split over it (``parallel.make_mesh`` + ``replicate`` + ``shard_batch``).
+The step is ``mcu_jax.mcu.CurveTrainer.step`` (full mask, adaptive beta, fp32 unless
+``--precision``) of a trainer on a 1-D mesh (``CurveTrainer(..., mesh=parallel.make_mesh(...))``
+replicates the curve, optimizer state and endpoints over it), with the batch split over it
+(``parallel.shard_batch``).
 
 * ``--scaling weak`` (default): the per-device batch is fixed (``--per-device-batch``), the
   global batch grows with the device count; ideal = images/s proportional to devices.
@@ -115,7 +116,8 @@ def main(argv=None) -> dict:
   if not counts or min(counts) < 1:
     raise ValueError(f"--devices must list positive counts, got {args.devices!r}")
   import jax
-  accelerated = jax.default_backend() != "cpu" and not args.force_cpu
+  from mcu_jax import loops
+  accelerated = not loops.on_cpu() and not args.force_cpu
   mode = (f"real {jax.devices()[0].device_kind} devices" if accelerated else FORCED_LABEL)
   print(f"{mode}; model {args.model}, {args.scaling} scaling, "
         + (f"{args.per_device_batch} images per device" if args.scaling == "weak"
@@ -129,7 +131,7 @@ def main(argv=None) -> dict:
         print(f"  {count} devices: skipped ({jax.device_count()} visible)", flush=True)
         continue
       row = measure(count, batch, args)
-    elif count == 1 and jax.default_backend() == "cpu":
+    elif count == 1 and loops.on_cpu():
       row = measure(1, batch, args)    # one CPU device: this process will do
     else:
       row = run_forced(count, args)

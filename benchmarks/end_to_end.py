@@ -3,14 +3,18 @@
 The job, in three timed parts (defaults: 50,000 train + 10,000 test images 32x32x3, random 10%
 forgetting, PreResNet-110, batch 128):
 
-1. ``mask``: gradients summed over D_r and over D_f at theta_o, as ``mcu_jax.pipeline``
-   does it (``data.padded_batches`` + ``masks.summed_ce_gradients_fn``), and the layer-wise
-   ``mcu_mask`` (k=0.5, kr=0);
-2. ``curve``: ``--epochs`` epochs of ``mcu_jax.mcu.make_train_epoch`` over D_f + 50% of D_r
-   (adaptive beta, SGD lr 0.01 momentum 0.9, on-device shuffling, crop+flip augmentation);
-   the compile time of the epoch is reported on its own and counted in the part;
-3. ``sweep``: ``mcu_jax.evaluate.sweep`` at ``--points`` t in [0, 1], each with BN statistics
+1. ``mask``: ``masks.compute_mask``, as ``mcu_jax.pipeline`` runs it: gradients summed over
+   D_r and over D_f at theta_o and the layer-wise ``mcu_mask`` (k=0.5, kr=0); with a
+   ``--jax-loop`` other than auto, its pieces (``masks.summed_ce_gradients_fn`` with that
+   loop, then ``mcu_mask``);
+2. ``curve``: ``--epochs`` epochs of ``mcu_jax.mcu.CurveTrainer.epoch`` over D_f + 50% of D_r
+   (``mcu.curve_data``; adaptive beta, SGD lr 0.01 momentum 0.9, on-device shuffling,
+   crop+flip augmentation); the compile time of the epoch is reported on its own and counted
+   in the part;
+3. ``sweep``: ``mcu_jax.sweep.sweep`` at ``--points`` t in [0, 1], each with BN statistics
    recalibrated on the full training set, then accuracy/loss on retain, forget and test.
+
+The JAX side runs on one device, as the reference does.
 
 JAX times are cold, as a user runs the job: compilation included. Data generation and the
 copy of the data to the device are set-up, reported but not counted.
@@ -48,17 +52,19 @@ import _common  # noqa: E402
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
-import optax  # noqa: E402
 
-from mcu_jax import augment, evaluate, loops, masks, mcu, train  # noqa: E402
-from mcu_jax import data as data_lib  # noqa: E402
+from mcu_jax import loops, masks, mcu, parallel  # noqa: E402
 from mcu_jax import beta as beta_lib  # noqa: E402
+from mcu_jax import preprocess as preprocess_lib  # noqa: E402
+from mcu_jax import sweep as sweep_lib  # noqa: E402
 from mcu_jax.curves import Curve  # noqa: E402
-from mcu_jax.models import get_model, init_model, make_apply, param_count  # noqa: E402
+from mcu_jax.models import get_model, init_model, param_count  # noqa: E402
+from mcu_jax.optim import OptimConfig  # noqa: E402
 
 NUM_CLASSES = 10
 FORGET_TARGET, RETAIN_TARGET = 94.0, 100.0
 CURVE_LR = 0.01
+CURVE_OPTIM = OptimConfig(lr=CURVE_LR, momentum=0.9)
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 
 
@@ -68,7 +74,8 @@ CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 
 def make_data(num_images: int, num_test: int, image_shape, forget_ratio: float,
               retain_ratio: float, seed: int) -> dict:
-  """Random uint8 images and labels; the forget split; the curve's training data."""
+  """Random uint8 images and labels; the forget split; the curve's training data
+  (``mcu.curve_data``: D_f + a ``retain_ratio`` share of D_r)."""
   rng = np.random.default_rng(seed)
   train_x = rng.integers(0, 256, (num_images,) + tuple(image_shape), dtype=np.uint8)
   train_y = rng.integers(0, NUM_CLASSES, num_images).astype(np.int32)
@@ -80,24 +87,22 @@ def make_data(num_images: int, num_test: int, image_shape, forget_ratio: float,
     raise ValueError(f"--forget-ratio {forget_ratio} of {num_images} images leaves an empty "
                      "forget or retain set")
   forget, retain = np.sort(order[:num_forget]), np.sort(order[num_forget:])
-  kept = np.sort(rng.permutation(retain)[:int(len(retain) * retain_ratio)])
-  curve_idx = np.concatenate([forget, kept])
-  return {
-      "train": (train_x, train_y), "test": (test_x, test_y),
-      "retain": (train_x[retain], train_y[retain]), "forget": (train_x[forget], train_y[forget]),
-      "curve": {"images": train_x[curve_idx], "labels": train_y[curve_idx],
-                "is_forget": np.arange(len(curve_idx)) < len(forget)},
-  }
+  sets = {"train": (train_x, train_y), "test": (test_x, test_y),
+          "retain": (train_x[retain], train_y[retain]),
+          "forget": (train_x[forget], train_y[forget])}
+  sets["curve"] = mcu.curve_data(sets["forget"], sets["retain"], retain_ratio, seed)
+  return sets
 
 
-def make_preprocess(channels: int) -> augment.Preprocessor:
+def make_preprocess(channels: int) -> preprocess_lib.Preprocessor:
   if channels == 3:
-    return augment.make_preprocess(CIFAR_MEAN, CIFAR_STD)
-  return augment.make_preprocess(0.5, 0.25, flip=False)
+    return preprocess_lib.make_preprocess(CIFAR_MEAN, CIFAR_STD)
+  return preprocess_lib.make_preprocess(0.5, 0.25, flip=False)
 
 
-def adaptive_beta():
-  return beta_lib.AdaptiveBeta(forget_target=FORGET_TARGET, retain_target=RETAIN_TARGET)
+def adaptive_beta() -> beta_lib.AdaptiveBeta:
+  return beta_lib.AdaptiveBeta(
+      targets=beta_lib.Targets(retain=RETAIN_TARGET, forget=FORGET_TARGET))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -105,78 +110,89 @@ def adaptive_beta():
 
 
 def jax_mask(apply, params, model_state, retain, forget, batch_size, preprocess, k, kr,
-             loop: str):
+             loop: str, mesh):
   """mcu_mask of the summed CE gradients at theta_o on D_r and D_f (BN in inference mode, as
-  the reference's model.eval()), the way mcu_jax.pipeline computes them: host batches padded
-  by ``data.padded_batches``, then ``masks.summed_ce_gradients_fn`` with the given loop."""
+  the reference's model.eval()): ``masks.compute_mask``, the way mcu_jax.pipeline computes
+  it. ``compute_mask`` takes no loop, so a pinned ``loop`` ("scan", "python") runs its pieces
+  instead: host batches padded by ``masks.batched``, ``masks.summed_ce_gradients_fn`` with
+  that loop, then ``masks.mcu_mask``."""
+  if loop == "auto":
+    return masks.compute_mask(apply, params, model_state, forget=forget, retain=retain, k=k,
+                              kr=kr, batch_size=batch_size, preprocess=preprocess,
+                              mesh=mesh).mask
   fn = masks.summed_ce_gradients_fn(apply, preprocess, loop=loop)
-  grads = [fn(params, model_state,
-              jax.device_put(data_lib.padded_batches({"images": x, "labels": y}, batch_size)))
+  params, model_state = parallel.replicate((params, model_state), mesh)
+  grads = [fn(params, model_state, parallel.replicate(masks.batched(x, y, batch_size), mesh))
            for x, y in (retain, forget)]
   return masks.mcu_mask(grads[0], grads[1], k=k, kr=kr)
 
 
 def run_jax(args, data, image_shape) -> dict:
   out = {}
-  module = get_model(args.model, NUM_CLASSES, **_common.model_kwargs(args.precision))
-  apply = make_apply(module)
+  module = get_model(args.model, NUM_CLASSES)
+  apply = _common.precision_apply(module, args.precision)
   k0, k1, k2 = jax.random.split(jax.random.key(args.seed), 3)
   start, model_state = init_model(module, k0, (1,) + tuple(image_shape))
   end, _ = init_model(module, k1, (1,) + tuple(image_shape))
   preprocess = make_preprocess(image_shape[-1])
   out["params"] = param_count(start)
+  mesh = parallel.make_mesh(jax.devices()[:1])
 
   t0 = time.perf_counter()
-  dev = jax.device_put({name: data[name] for name in ("train", "test", "retain", "forget",
-                                                      "curve")})   # the mask pads its own
+  dev = parallel.replicate({name: data[name] for name in ("train", "test", "retain", "forget",
+                                                          "curve")}, mesh)   # the mask pads its own
   jax.block_until_ready(dev)
   out["setup_s"] = time.perf_counter() - t0
 
   # 1. mask
   t0 = time.perf_counter()
   mask = jax_mask(apply, start, model_state, data["retain"], data["forget"], args.batch_size,
-                  preprocess, args.k, args.kr, args.jax_loop)
+                  preprocess, args.k, args.kr, args.jax_loop, mesh)
   out["mask_s"] = time.perf_counter() - t0
   out["mask_fraction"] = masks.mask_fraction(mask, start)
   print(f"  jax mask: {out['mask_s']:.2f} s (trains {100 * out['mask_fraction']:.1f}% of "
         "the parameters)", flush=True)
 
   # 2. curve
-  train_mask = mcu.full_mask(start) if args.curve_mask == "full" else mask
-  optimizer = optax.sgd(CURVE_LR, momentum=0.9)
+  train_mask = None if args.curve_mask == "full" else mask   # None: every tensor trains
+  steps = -(-len(data["curve"]["labels"]) // args.batch_size)
   t0 = time.perf_counter()
-  curve = Curve.from_endpoints(start, end)
-  endpoints = mcu.Endpoints(start, end)
-  state = mcu.init_state(curve, optimizer, train_mask, model_state, k2)
-  epoch = mcu.make_train_epoch(apply, optimizer, train_mask, adaptive_beta(),
-                               batch_size=args.batch_size, preprocess=preprocess,
-                               loop=args.jax_loop)
-  epoch, _ = train.compile_ahead(epoch, state, endpoints, dev["curve"])
+  trainer = mcu.CurveTrainer(apply, Curve.from_endpoints(start, end), mask=train_mask,
+                             optimizer=CURVE_OPTIM, beta=adaptive_beta(),
+                             batch_size=args.batch_size, steps_per_epoch=steps,
+                             epochs=args.epochs, preprocess=preprocess, mesh=mesh,
+                             loop=args.jax_loop)
+  curve_data = trainer.place(dev["curve"])   # already there: no copy
+  state = trainer.init(model_state, k2)
+  trainer.compile(state, curve_data)
   out["curve_compile_s"] = time.perf_counter() - t0
   epochs = []
   for _ in range(args.epochs):
     t1 = time.perf_counter()
-    state, metrics = epoch(state, endpoints, dev["curve"])
+    state, metrics = trainer.epoch(state, curve_data)
     jax.block_until_ready((state, metrics))
     epochs.append(time.perf_counter() - t1)
   out["curve_epoch_s"] = epochs
   out["curve_s"] = time.perf_counter() - t0
-  out["curve_steps_per_epoch"] = -(-len(data["curve"]["labels"]) // args.batch_size)
+  out["curve_steps_per_epoch"] = steps
   print(f"  jax curve: {out['curve_s']:.2f} s (compile {out['curve_compile_s']:.2f} s, "
         f"epochs {', '.join(f'{e:.2f}' for e in epochs)} s)", flush=True)
 
   # 3. sweep
-  trained = Curve(start=start, controls=state.controls, end=end)
+  trained = trainer.curve(state)
+  options = sweep_lib.SweepOptions(batch_size=args.eval_batch_size,
+                                   recal_batch_size=args.batch_size, preprocess=preprocess,
+                                   chunk_size=args.sweep_chunk, keep_states=False,
+                                   progress=False)
   t0 = time.perf_counter()
-  result = evaluate.sweep(trained, np.linspace(0.0, 1.0, args.points), apply, model_state,
-                          recal_images=dev["train"][0],
-                          sets={"retain": dev["retain"], "forget": dev["forget"],
-                                "test": dev["test"]},
-                          batch_size=args.eval_batch_size, recal_batch_size=args.batch_size,
-                          preprocess=preprocess, chunk_size=args.sweep_chunk,
-                          keep_states=False, progress=False)
+  result = sweep_lib.sweep(trained, np.linspace(0.0, 1.0, args.points), apply, model_state,
+                           sets={"retain": dev["retain"], "forget": dev["forget"],
+                                 "test": dev["test"]},
+                           recal_inputs=dev["train"][0], options=options)
   out["sweep_s"] = time.perf_counter() - t0
-  out["sweep_vectorized"] = args.sweep_chunk is not None or jax.default_backend() != "cpu"
+  # The sweep's own rule (mcu_jax.sweep): a chunk size implies vmapping, else the CPU policy.
+  out["sweep_vectorized"] = (options.chunk_size is not None
+                             or loops.resolve_vectorize(options.vectorize))
   out["sweep_final_accuracy"] = {k: float(v[-1]) for k, v in result.accuracy.items()}
   print(f"  jax sweep: {out['sweep_s']:.2f} s", flush=True)
   out["total_s"] = out["mask_s"] + out["curve_s"] + out["sweep_s"]

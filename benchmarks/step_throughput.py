@@ -3,19 +3,20 @@
 Times, on one batch already on the device, the median wall time per step (each step timed on
 its own, from dispatch to ``block_until_ready``) of
 
-* ``jax plain <precision>``: a jitted SGD step (momentum 0.9, weight decay 5e-4) of the mean
-  cross-entropy, the step ``mcu_jax.train.make_epoch`` scans;
-* ``jax curve <precision>``: ``mcu_jax.mcu.make_train_step`` with a full mask and the
+* ``jax plain <precision>``: a jitted SGD step (``optim.make_optimizer``: momentum 0.9, weight
+  decay 5e-4) of the mean cross-entropy (``train.supervised_loss``), the step
+  ``mcu_jax.train.make_epoch`` runs per batch;
+* ``jax curve <precision>``: ``mcu_jax.mcu.CurveTrainer.step`` with a full mask and the
   adaptive beta, on a batch that mixes forget and retain examples (``is_forget``);
 
-for each ``--precision`` (fp32; bf16 = bfloat16 compute with float32 parameters). The
-timed curve steps double as a training check: each precision starts from the same
-parameters and draws the same t on the same batch, so its retain/forget loss trajectory is
-compared with fp32's, and the report names the fastest precision that trains like fp32
-(``training_check``, ``--check-tolerance``). With
-``--scan-steps N`` also ``make_epoch`` / ``make_train_epoch`` with ``loop="scan"``: one
-``lax.scan`` of N batches per dispatch, on every backend (on-device shuffle, gather and
-uint8 -> float conversion included), reported per step.
+for each ``--precision`` (fp32; bf16 = bfloat16 compute with float32 parameters,
+``models.with_precision``). The timed curve steps double as a training check: each precision
+starts from the same parameters and draws the same t on the same batch, so its retain/forget
+loss trajectory is compared with fp32's, and the report names the fastest precision that
+trains like fp32 (``training_check``, ``--check-tolerance``). With ``--scan-steps N`` also
+``train.make_epoch`` / ``CurveTrainer.epoch`` with ``loop="scan"``: one ``lax.scan`` of N
+batches per dispatch, on every backend (on-device shuffle, gather and uint8 -> float
+conversion included), reported per step.
 
 Each single-step JAX row also carries XLA's account of its compiled program (compile
 seconds, flops and bytes accessed per step, temporary memory, the entry computation's
@@ -55,30 +56,33 @@ import _common  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-import optax  # noqa: E402
 
 from mcu_jax import beta as beta_lib  # noqa: E402
 from mcu_jax import mcu, parallel, train  # noqa: E402
 from mcu_jax.curves import Curve  # noqa: E402
-from mcu_jax.models import get_model, init_model, make_apply, param_count  # noqa: E402
+from mcu_jax.models import get_model, init_model, param_count  # noqa: E402
+from mcu_jax.optim import OptimConfig, make_optimizer  # noqa: E402
 
 NUM_CLASSES = 10
 # Alignment targets of the adaptive beta (percent): a CIFAR-10 PreResNet-110's train / test
 # accuracy. The values only steer jnp.where branches; they do not change the work per step.
 FORGET_TARGET, RETAIN_TARGET = 94.0, 100.0
 CURVE_LR, PLAIN_LR = 0.01, 0.1
+CURVE_OPTIM = OptimConfig(lr=CURVE_LR, momentum=0.9)
+PLAIN_OPTIM = OptimConfig(lr=PLAIN_LR, momentum=0.9, weight_decay=5e-4)
 TRACKED = ("retain_loss", "forget_loss")
 CHECK_WINDOW = 5
 
 
 def build_models(model: str, image_shape, precision: str, seed: int) -> dict:
-  """Module, apply, two random endpoints (theta_o, theta_p) and the BN state of theta_o."""
-  module = get_model(model, NUM_CLASSES, **_common.model_kwargs(precision))
+  """Module, apply (in ``precision``), two random endpoints (theta_o, theta_p) and the BN
+  state of theta_o."""
+  module = get_model(model, NUM_CLASSES)
   k0, k1 = jax.random.split(jax.random.key(seed))
   start, state = init_model(module, k0, (1,) + tuple(image_shape))
   end, _ = init_model(module, k1, (1,) + tuple(image_shape))
-  return {"module": module, "apply": make_apply(module), "start": start, "end": end,
-          "state": state}
+  return {"module": module, "apply": _common.precision_apply(module, precision),
+          "start": start, "end": end, "state": state}
 
 
 def random_batch(batch_size: int, image_shape, forget_fraction: float, seed: int,
@@ -94,51 +98,59 @@ def random_batch(batch_size: int, image_shape, forget_fraction: float, seed: int
 
 
 class Placement:
-  """Where arrays go: one device, or a data-parallel mesh over the first ``count`` devices."""
+  """Where arrays go: a data-parallel mesh over the first ``count`` devices (one device is a
+  mesh of one), as ``mcu.CurveTrainer`` places its state."""
 
   def __init__(self, count: int):
     devices = jax.devices()
     if count < 1 or count > len(devices):
       raise ValueError(f"--device-count {count}: {len(devices)} devices are visible")
     self.count = count
-    self.mesh = parallel.make_mesh(devices[:count]) if count > 1 else None
-    self.device = devices[0]
+    self.mesh = parallel.make_mesh(devices[:count])
 
   def state(self, tree):
-    return parallel.replicate(tree, self.mesh) if self.mesh else jax.device_put(tree, self.device)
+    return parallel.replicate(tree, self.mesh)
 
   def batch(self, tree):
-    if self.mesh:
-      return parallel.shard_batch(jax.tree.map(jnp.asarray, tree), self.mesh)
-    return jax.device_put(tree, self.device)
+    return parallel.shard_batch(jax.tree.map(jnp.asarray, tree), self.mesh)
 
   @property
   def batch_sharding(self):
-    return parallel.batch_sharding(self.mesh) if self.mesh else None
+    return parallel.batch_sharding(self.mesh)
 
 
 def adaptive_beta() -> beta_lib.AdaptiveBeta:
-  return beta_lib.AdaptiveBeta(forget_target=FORGET_TARGET, retain_target=RETAIN_TARGET)
+  return beta_lib.AdaptiveBeta(
+      targets=beta_lib.Targets(retain=RETAIN_TARGET, forget=FORGET_TARGET))
 
 
-def plain_optimizer() -> optax.GradientTransformation:
-  return train.sgd(PLAIN_LR, 1, momentum=0.9, weight_decay=5e-4, cosine=False)
+def plain_state(models: dict, place: Placement) -> train.TrainState:
+  """theta_o's train state with the plain SGD (constant lr) bound to it, placed."""
+  tx = make_optimizer(PLAIN_OPTIM, epochs=1, steps_per_epoch=1)
+  return place.state(train.TrainState.create(params=models["start"], model_state=models["state"],
+                                             tx=tx, rng=jax.random.key(1)))
 
 
 def make_plain_step(apply):
-  """The SGD step of ``train.make_epoch`` on one given batch, jitted on its own."""
+  """The step ``train.make_epoch`` runs per batch (``train.supervised_loss``, then
+  ``TrainState.apply_gradients``), on one given batch, jitted on its own."""
   loss_fn = train.supervised_loss(apply)
-  optimizer = plain_optimizer()
 
   @functools.partial(jax.jit, donate_argnums=(0,))
   def step(state: train.TrainState, batch: dict):
     (_, (model_state, metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state.params, state.model_state, batch, None)
-    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-    return state.replace(params=optax.apply_updates(state.params, updates),
-                         model_state=model_state, opt_state=opt_state,
-                         step=state.step + 1), metrics
+        state.params, state.model_state, batch, state.rng)
+    return state.apply_gradients(grads, model_state), metrics
   return step
+
+
+def curve_trainer(models: dict, place: Placement, batch_size: int,
+                  loop: str = "auto") -> mcu.CurveTrainer:
+  """The curve's trainer: full mask, adaptive beta, SGD lr 0.01 momentum 0.9, on the mesh."""
+  curve = Curve.from_endpoints(models["start"], models["end"])
+  return mcu.CurveTrainer(models["apply"], curve, mask=None, optimizer=CURVE_OPTIM,
+                          beta=adaptive_beta(), batch_size=batch_size, mesh=place.mesh,
+                          loop=loop)
 
 
 def _looped(step, state, *args):
@@ -151,12 +163,13 @@ def _looped(step, state, *args):
   return call
 
 
-def compile_step(jitted, *args) -> tuple[Any, dict]:
-  """(compiled step, XLA's account of it): compile seconds, flops and bytes accessed per
-  step, temporary memory, and the kinds of the entry computation's instructions (fusions,
-  convolutions or cuDNN custom calls, copies, transposes...), a profile without a trace."""
+def compile_step(lowered) -> tuple[Any, dict]:
+  """(compiled step, XLA's account of it) of a lowered step: compile seconds, flops and bytes
+  accessed per step, temporary memory, and the kinds of the entry computation's instructions
+  (fusions, convolutions or cuDNN custom calls, copies, transposes...), a profile without a
+  trace."""
   start = time.perf_counter()
-  compiled = jitted.lower(*args).compile()
+  compiled = lowered.compile()
   seconds = time.perf_counter() - start
   cost = compiled.cost_analysis()
   cost = (cost[0] if isinstance(cost, (list, tuple)) else cost) or {}
@@ -196,31 +209,24 @@ def entry_op_counts(hlo_text: str) -> dict[str, int]:
 def jax_plain(models: dict, batch: dict, place: Placement, steps: int, warmup: int) -> dict:
   batch = dict(batch)
   batch["valid"] = np.ones(len(batch["labels"]), bool)
-  state = place.state(train.init_train_state(models["start"], models["state"],
-                                             plain_optimizer(), jax.random.key(1)))
+  state = plain_state(models, place)
   batch = place.batch(batch)
-  step, stats = compile_step(make_plain_step(models["apply"]), state, batch)
+  step, stats = compile_step(make_plain_step(models["apply"]).lower(state, batch))
   timing = _common.time_calls(_looped(step, state, batch), steps, warmup, jax.block_until_ready)
   return {**timing, **stats}
 
 
-def curve_state(models: dict, optimizer, mask, place: Placement):
-  curve = Curve.from_endpoints(models["start"], models["end"])
-  state = mcu.init_state(curve, optimizer, mask, models["state"], jax.random.key(2))
-  endpoints = mcu.Endpoints(models["start"], models["end"])
-  return place.state(state), place.state(endpoints)
-
-
 def jax_curve(models: dict, batch: dict, place: Placement, steps: int, warmup: int) -> dict:
-  """Timing of the curve step, plus ``trajectory``: the retain and forget losses of every
-  call (warm-up included), fetched after the timing so that recording costs no host sync."""
-  optimizer = optax.sgd(CURVE_LR, momentum=0.9)
-  mask = mcu.full_mask(models["start"])
-  state, endpoints = curve_state(models, optimizer, mask, place)
-  step = mcu.make_train_step(models["apply"], optimizer, endpoints, mask, adaptive_beta())
+  """Timing of the curve step (``CurveTrainer.step``), plus ``trajectory``: the retain and
+  forget losses of every call (warm-up included), fetched after the timing so that recording
+  costs no host sync."""
+  batch = dict(batch)
+  batch["valid"] = np.ones(len(batch["labels"]), bool)
+  trainer = curve_trainer(models, place, len(batch["labels"]))
+  state = trainer.init(models["state"], jax.random.key(2))
   batch = place.batch(batch)
-  compiled, stats = compile_step(step.jitted, state, endpoints, batch)
-  call, losses = _recording(_looped(compiled, state, endpoints, batch), TRACKED)
+  _, stats = compile_step(trainer.lower_step(state, batch))   # trainer.step reuses its cache
+  call, losses = _recording(_looped(trainer.step, state, batch), TRACKED)
   timing = _common.time_calls(call, steps, warmup, jax.block_until_ready)
   timing["trajectory"] = {k: np.asarray(jax.device_get(v), np.float64).tolist()
                           for k, v in losses.items()}
@@ -276,10 +282,9 @@ def fastest_correct_curve(rows: list[dict], check: dict) -> dict | None:
 
 def jax_plain_scan(models: dict, data: dict, batch_size: int, place: Placement, steps: int,
                    warmup: int) -> dict:
-  epoch = train.make_epoch(train.supervised_loss(models["apply"]), plain_optimizer(),
-                           batch_size, batch_sharding=place.batch_sharding, loop="scan")
-  state = place.state(train.init_train_state(models["start"], models["state"],
-                                             plain_optimizer(), jax.random.key(1)))
+  epoch = train.make_epoch(train.supervised_loss(models["apply"]), batch_size,
+                           batch_sharding=place.batch_sharding, loop="scan")
+  state = plain_state(models, place)
   data = {k: v for k, v in data.items() if k != "is_forget"}
   call = _looped(epoch, state, place.state(data))
   return _common.time_calls(call, steps, warmup, jax.block_until_ready)
@@ -287,13 +292,9 @@ def jax_plain_scan(models: dict, data: dict, batch_size: int, place: Placement, 
 
 def jax_curve_scan(models: dict, data: dict, batch_size: int, place: Placement, steps: int,
                    warmup: int) -> dict:
-  optimizer = optax.sgd(CURVE_LR, momentum=0.9)
-  mask = mcu.full_mask(models["start"])
-  state, endpoints = curve_state(models, optimizer, mask, place)
-  epoch = mcu.make_train_epoch(models["apply"], optimizer, mask, adaptive_beta(),
-                               batch_size=batch_size, batch_sharding=place.batch_sharding,
-                               loop="scan")
-  call = _looped(epoch, state, endpoints, place.state(data))
+  trainer = curve_trainer(models, place, batch_size, loop="scan")
+  state = trainer.init(models["state"], jax.random.key(2))
+  call = _looped(trainer.epoch, state, trainer.place(data))
   return _common.time_calls(call, steps, warmup, jax.block_until_ready)
 
 
@@ -400,8 +401,8 @@ def parse_args(argv):
                       help="share of forget examples in a batch (D_f + 50%% of D_r at 10%% "
                            "forgetting: 5000 / 27500)")
   parser.add_argument("--scan-steps", type=int, default=0,
-                      help="also time make_epoch / make_train_epoch as one lax.scan of N steps "
-                           "per call")
+                      help="also time train.make_epoch / CurveTrainer.epoch as one lax.scan "
+                           "of N steps per call")
   parser.add_argument("--skip-plain", action="store_true", help="time only the curve steps")
   parser.add_argument("--check-tolerance", type=float, default=0.1,
                       help="a precision trains correctly when its final retain and forget "
@@ -431,7 +432,7 @@ def main(argv=None) -> dict:
   image_shape = _common.parse_shape(args.image_shape)
   precisions = _common.parse_list(args.precision)
   for p in precisions:
-    _common.model_kwargs(p)
+    _common.check_precision(p)
   depth = _common.preresnet_depth(args.model) if args.reference else None
   if args.reference and image_shape != (32, 32, 3):
     raise ValueError("the reference's PreResNet needs 32,32,3 inputs (3-channel stem, "

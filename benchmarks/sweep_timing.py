@@ -1,7 +1,7 @@
 """Timing of the sweep over t: several t per call (vmap, in chunks) vs one t per call.
 
 Trains nothing. Builds a Bezier curve between two random initialisations of a model (its middle
-bend pushed off the straight line by noise), then times ``mcu_jax.evaluate.sweep`` -- BN
+bend pushed off the straight line by noise), then times ``mcu_jax.sweep.sweep`` -- BN
 recalibration on the training images plus accuracy/loss on retain, forget and test sets, at
 ``--points`` evenly spaced t -- sequentially (``vectorize=False``) and vmapped with each chunk
 size, after a warm-up call that compiles. Checks that every variant gives the sequential
@@ -23,9 +23,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from mcu_jax import data as data_lib
-from mcu_jax import evaluate, report
+from mcu_jax import report
+from mcu_jax import sweep as sweep_lib
 from mcu_jax.curves import Curve
-from mcu_jax.models import get_model, init_model, make_apply, param_count
+from mcu_jax.models import from_linen, get_model, init_model, param_count
 
 
 def build_data(kind: str, num_examples: int, seed: int):
@@ -61,10 +62,10 @@ def build_curve(model: str, num_classes: int, image_shape, seed: int, bend_noise
   keys = jax.random.split(k2, len(leaves))
   bent = [x + bend_noise * jnp.std(x) * jax.random.normal(k, x.shape, x.dtype)
           for x, k in zip(leaves, keys)]
-  return make_apply(module), state, curve.replace(controls=jax.tree.unflatten(treedef, bent)), p0
+  return from_linen(module), state, curve.replace(controls=jax.tree.unflatten(treedef, bent)), p0
 
 
-def max_difference(a: evaluate.SweepResult, b: evaluate.SweepResult) -> dict[str, float]:
+def max_difference(a: sweep_lib.SweepResult, b: sweep_lib.SweepResult) -> dict[str, float]:
   acc = max(float(np.max(np.abs(a.accuracy[k] - b.accuracy[k]))) for k in a.accuracy)
   loss = max(float(np.max(np.abs(a.loss[k] - b.loss[k]))) for k in a.loss)
   path = float(np.max(np.abs(a.path_length - b.path_length)))
@@ -102,8 +103,8 @@ def main(argv=None) -> int:
   ts = np.linspace(0.0, 1.0, args.points)
   recal_images = jax.device_put(recal_images)
   sets = jax.device_put(sets)
-  common = dict(recal_images=recal_images, sets=sets, batch_size=args.batch_size,
-                recal_batch_size=args.recal_batch_size, progress=False)
+  common = dict(batch_size=args.batch_size, recal_batch_size=args.recal_batch_size,
+                keep_states=True, progress=False)   # the BN statistics are compared too
 
   variants = [("sequential", dict(vectorize=False))]
   variants += [(f"vmap chunk={c}", dict(vectorize=True, chunk_size=c)) for c in args.chunks]
@@ -113,14 +114,15 @@ def main(argv=None) -> int:
         f"{ {k: len(v[1]) for k, v in sets.items()} }, {args.points} points", flush=True)
 
   rows, baseline, results = [], None, {}
-  for name, options in variants:
+  for name, variant in variants:
+    options = sweep_lib.SweepOptions(**common, **variant)
     start = time.perf_counter()
-    result = evaluate.sweep(curve, ts, apply, state, **common, **options)
+    result = sweep_lib.sweep(curve, ts, apply, state, sets, recal_images, options)
     first = time.perf_counter() - start
     times = []
     for _ in range(args.repeats):
       start = time.perf_counter()
-      result = evaluate.sweep(curve, ts, apply, state, **common, **options)
+      result = sweep_lib.sweep(curve, ts, apply, state, sets, recal_images, options)
       times.append(time.perf_counter() - start)
     results[name] = result
     baseline = baseline or result

@@ -1,7 +1,7 @@
 """Ablations of MCU on the main table's base models and splits, with RL as the base method.
 
-    python3 experiments/ablations.py                       # the CPU study (configs/fashion_mnist.yaml)
-    python3 experiments/ablations.py --smoke               # tiny digits run (the test)
+    python3 experiments/ablations.py                 # the CPU study (configs/fashion_mnist.yaml)
+    python3 experiments/ablations.py --smoke         # tiny digits run (the test)
     python3 experiments/ablations.py --report-only
 
 RL (random labels) is the base method of every ablation (``ablation.base`` in the config): its
@@ -246,11 +246,12 @@ def time_mask(study, dataset, runs, scenario, seed, repeats: int = 3) -> dict:
 
   The per-cell curve times of table 2 come from different moments of a shared machine; this
   check runs both variants of one (scenario, seed) interleaved, ``repeats`` epochs each, from
-  the same RL theta_p, and reports the median epoch time (compilation excluded)."""
+  the same RL theta_p, and reports the median epoch time (compilation excluded). Each variant
+  is a ``mcu.CurveTrainer`` with the settings of ``pipeline.stage_curve``."""
   import jax
-  import optax
-  from mcu_jax import data, mcu, pipeline, train
+  from mcu_jax import mcu, models, pipeline
   from mcu_jax.curves import Curve
+  from mcu_jax.optim import OptimConfig
   base = study["ablation"].get("base", "rl")
   directory = S.seed_dir(runs, study, scenario, seed) / base
   ctx = S._context(S.run_config(study, dataset, scenario, seed, base), directory, False)
@@ -258,29 +259,34 @@ def time_mask(study, dataset, runs, scenario, seed, repeats: int = 3) -> dict:
   start, model_state = ctx.load_model("original")
   end, _ = ctx.load_model("unlearn")
   curve = Curve.from_endpoints(start, end, settings.num_bends, settings.kind)
-  endpoints = mcu.Endpoints(curve.start, curve.end)
-  arrays = jax.device_put(data.curve_training_set(ctx.dataset.train, ctx.split,
-                                                  settings.retain_ratio, seed=seed + 300))
-  opt = optax.sgd(settings.lr, momentum=settings.momentum or None)
-  policy = pipeline._beta_policy(ctx)
+  curve_data = mcu.curve_data(forget=ctx.arrays(ctx.split.forget),
+                              retain=ctx.arrays(ctx.split.retain),
+                              retain_ratio=settings.retain_ratio, seed=ctx.config.seed + 300)
+  steps = -(-len(curve_data["labels"]) // settings.batch_size)
+  apply = models.with_precision(ctx.apply, settings.precision)
+  optimizer = OptimConfig(lr=settings.lr, momentum=settings.momentum)
+  policy = pipeline.beta_policy(ctx)
   variants, out = {}, {}
-  for name, mask in (("mask", pipeline.load_mask(ctx, start)), ("no mask", mcu.full_mask(start))):
-    state = mcu.init_state(curve, opt, mask, model_state, jax.random.PRNGKey(seed))
-    epoch = mcu.make_train_epoch(ctx.apply, opt, mask, policy, settings.kind,
-                                 settings.batch_size, ctx.preprocess_train)
-    compiled, seconds = train.compile_ahead(epoch, state, endpoints, arrays)
-    variants[name] = [compiled, state]
+  for name, mask in (("mask", pipeline.load_mask(ctx, start)), ("no mask", None)):
+    trainer = mcu.CurveTrainer(apply, curve, mask=mask, optimizer=optimizer, beta=policy,
+                               batch_size=settings.batch_size, steps_per_epoch=steps,
+                               epochs=settings.epochs, preprocess=ctx.preprocess_train,
+                               mesh=ctx.mesh)
+    placed = trainer.place(curve_data)
+    state = trainer.init(model_state, jax.random.PRNGKey(ctx.config.seed + 300))
+    seconds = trainer.compile(state, placed)
+    variants[name] = [trainer, placed, state]
     out[name] = {"compile_seconds": seconds, "epoch_seconds": []}
   for _ in range(repeats):
-    for name, (compiled, state) in variants.items():
+    for name, (trainer, placed, state) in variants.items():
       tic = time.perf_counter()
-      state, metrics = compiled(state, endpoints, arrays)
+      state, metrics = trainer.epoch(state, placed)
       jax.block_until_ready(metrics)
       out[name]["epoch_seconds"].append(time.perf_counter() - tic)
-      variants[name][1] = state
+      variants[name][2] = state
   for name in out:
     out[name]["median_epoch_seconds"] = float(np.median(out[name]["epoch_seconds"]))
-  out["steps_per_epoch"] = -(-int(arrays["labels"].shape[0]) // settings.batch_size)
+  out["steps_per_epoch"] = steps
   out["mask_seconds"] = ctx.record("mask")["seconds"]
   out["scenario"], out["seed"] = scenario, seed
   return out

@@ -5,9 +5,11 @@ kernel HWIO, output NHWC). Its ``ConvCanonicalization`` pass, which rewrites oth
 into that layout with explicit transposes, walks only the module's *entry* computation
 (``module->entry_computation()`` in xla/service/cpu/conv_canonicalization.cc), so convolutions
 inside a while loop keep their layout. The backward convolutions JAX emits (input gradient
-``b01f_01oi->b01f``, filter gradient ``f01b_i01o->01bf``) are not canonical, and mcu_jax trains
-every epoch as one ``lax.scan`` (a while loop): on this 2-core CPU a small_cnn training step
-took 2.5 s inside the scan and 0.06-0.16 s outside it (``experiments/README.md``).
+``b01f_01oi->b01f``, filter gradient ``f01b_i01o->01bf``) are not canonical, and mcu_jax used
+to train every epoch as one ``lax.scan`` (a while loop): on this 2-core CPU a small_cnn training
+step took 2.5 s inside the scan and 0.06-0.16 s outside it (``experiments/README.md``). On the
+CPU mcu_jax now runs epochs and gradient sums as a host loop over one jitted step
+(``mcu_jax.loops``), so the backward convolutions sit at a program's top level.
 
 ``install()`` wraps ``jax._src.lax.convolution.conv_general_dilated`` (the function JAX's own
 transpose and batching rules call) so that every convolution is emitted as transpose ->

@@ -1,9 +1,9 @@
 """Main table: every base unlearning method alone vs. the same method + MCU at the chosen t.
 
-    python3 experiments/main_table.py                      # the CPU study (configs/fashion_mnist.yaml)
+    python3 experiments/main_table.py                # the CPU study (configs/fashion_mnist.yaml)
     python3 experiments/main_table.py --config experiments/configs/cifar10.yaml
-    python3 experiments/main_table.py --smoke              # tiny digits run (the test)
-    python3 experiments/main_table.py --report-only        # tables from the finished cells
+    python3 experiments/main_table.py --smoke        # tiny digits run (the test)
+    python3 experiments/main_table.py --report-only  # tables from the finished cells
 
 For each scenario (random forgetting of 10 % of the training set; class-wise forgetting of one
 class), each seed and each base method: UA, RA, TA, MIA-Efficacy, the loss-attack AUC, Avg. Gap
@@ -137,7 +137,8 @@ def tables(study, cells) -> tuple[dict, str]:
   overall = S.paired_tests(all_before, all_after)
   record["tests"]["pooled_all_scenarios"] = overall
   lines += ["## Paired test over both scenarios", "",
-            f"Avg. Gap, MCU minus base, pooled over scenarios × methods × seeds: n = {overall['n']}, "
+            "Avg. Gap, MCU minus base, pooled over scenarios × methods × seeds: "
+            f"n = {overall['n']}, "
             f"mean difference {overall['mean_diff']:+.2f} points, MCU lower in "
             f"{overall['improved']} pairs and higher in {overall['worse']}; Wilcoxon signed-rank "
             f"p = {overall['wilcoxon_p']:.3g}, paired t-test p = {overall['ttest_p']:.3g} "

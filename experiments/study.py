@@ -278,7 +278,8 @@ def cell_record(directory: Path) -> dict | None:
   for row in picked:    # Avg. Gap over UA, RA, TA only (the SVC MIA can saturate, see README)
     row["Gap3"] = float(np.mean([abs(row[k] - picked[1][k]) for k in ("UA", "RA", "TA")]))
   return {
-      "original": picked[0], "retrain": picked[1], "base": picked[2], "mcu": picked[3], "chosen_t": sweep["chosen_t"], "gap_at_t": sweep["gap"],
+      "original": picked[0], "retrain": picked[1], "base": picked[2], "mcu": picked[3],
+      "chosen_t": sweep["chosen_t"], "gap_at_t": sweep["gap"],
       "region": region, "region_length": float(sum(b - a for a, b in region)),
       "targets": sweep["targets"], "sweep": sweep["sweep"], "sweep_seconds": sweep["seconds"],
       "curve_seconds": curve.get("curve_seconds", 0.0), "curve_trained": curve["trained"],

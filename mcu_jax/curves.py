@@ -20,24 +20,27 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mcu_jax.validation import InvalidArgument
+
 PyTree = Any
 KINDS = ("bezier", "polychain")
 
 
 def _check_num_bends(num_bends: int) -> None:
   if not isinstance(num_bends, (int, np.integer)) or num_bends < 2:
-    raise ValueError(f"num_bends must be an integer >= 2 (start and end), got {num_bends!r}")
+    raise InvalidArgument(f"num_bends must be an integer >= 2 (start and end), got "
+                          f"{num_bends!r}")
 
 
 def check_t(t) -> None:
-  """Raises ValueError if ``t`` is concrete and has a value outside [0, 1]. Tracers pass."""
+  """Raises InvalidArgument if ``t`` is concrete and has a value outside [0, 1]. Tracers pass."""
   try:
     values = np.asarray(t, dtype=np.float64)
   except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError, TypeError):
     return
   if values.size and (not np.all(np.isfinite(values)) or values.min() < 0.0 or values.max() > 1.0):
     shown = values.tolist() if values.ndim else float(values)
-    raise ValueError(f"t must lie in [0, 1], got {shown}")
+    raise InvalidArgument(f"t must lie in [0, 1], got {shown}")
 
 
 def bezier_coefficients(t: jax.Array, num_bends: int) -> jax.Array:
@@ -68,24 +71,24 @@ _COEFFICIENTS: dict[str, Callable[[jax.Array, int], jax.Array]] = {
 def coefficients(kind: str, t: jax.Array, num_bends: int) -> jax.Array:
   """Coefficients of curve ``kind`` at ``t``: shape (num_bends,)."""
   if kind not in _COEFFICIENTS:
-    raise ValueError(f"unknown curve kind {kind!r}; known kinds: {', '.join(KINDS)}")
+    raise InvalidArgument(f"unknown curve kind {kind!r}; known kinds: {', '.join(KINDS)}")
   return _COEFFICIENTS[kind](t, num_bends)
 
 
 def check_same_tree(a: PyTree, b: PyTree, names: tuple[str, str] = ("start", "end")) -> None:
-  """Raises ValueError naming the first difference in structure, shape or dtype."""
+  """Raises InvalidArgument naming the first difference in structure, shape or dtype."""
   leaves_a, tree_a = jax.tree_util.tree_flatten_with_path(a)
   leaves_b, tree_b = jax.tree_util.tree_flatten_with_path(b)
   if tree_a != tree_b:
-    raise ValueError(
+    raise InvalidArgument(
         f"{names[0]} and {names[1]} have different pytree structures:\n  {tree_a}\n  {tree_b}")
   for (path, x), (_, y) in zip(leaves_a, leaves_b):
     where = jax.tree_util.keystr(path) or "<root>"
     if jnp.shape(x) != jnp.shape(y):
-      raise ValueError(f"{names[0]} and {names[1]} differ in shape at {where}: "
+      raise InvalidArgument(f"{names[0]} and {names[1]} differ in shape at {where}: "
                        f"{jnp.shape(x)} vs {jnp.shape(y)}")
     if jnp.result_type(x) != jnp.result_type(y):
-      raise ValueError(f"{names[0]} and {names[1]} differ in dtype at {where}: "
+      raise InvalidArgument(f"{names[0]} and {names[1]} differ in dtype at {where}: "
                        f"{jnp.result_type(x)} vs {jnp.result_type(y)}")
 
 
@@ -131,7 +134,7 @@ class Curve:
     """
     _check_num_bends(num_bends)
     if kind not in KINDS:
-      raise ValueError(f"unknown curve kind {kind!r}; known kinds: {', '.join(KINDS)}")
+      raise InvalidArgument(f"unknown curve kind {kind!r}; known kinds: {', '.join(KINDS)}")
     check_same_tree(start, end)
     return cls(start=start, controls=line_controls(start, end, num_bends), end=end, kind=kind)
 

@@ -108,27 +108,6 @@ def class_forget_split(labels: np.ndarray, classes) -> ForgetSplit:
   return ForgetSplit(np.flatnonzero(is_forget), np.flatnonzero(~is_forget), "class", classes)
 
 
-def curve_training_set(train: Dataset, split: ForgetSplit, retain_ratio: float = 0.5,
-                       seed: int = 0) -> dict[str, np.ndarray]:
-  """All of D_f plus a random ``retain_ratio`` share of D_r, with an ``is_forget`` flag.
-
-  Returns a dict of ``images`` (M, H, W, C) uint8, ``labels`` (M,) int32 and ``is_forget``
-  (M,) bool; the curve's epoch function shuffles it on the device.
-  """
-  if not 0.0 < retain_ratio <= 1.0:
-    raise ValueError(f"retain_ratio must lie in (0, 1], got {retain_ratio!r}")
-  if len(split.forget) == 0:
-    raise ValueError("the forget set is empty")
-  count = max(1, int(round(retain_ratio * len(split.retain))))
-  retain = np.sort(np.random.default_rng(seed).choice(split.retain, count, replace=False))
-  indices = np.concatenate([split.forget, retain])
-  return {
-      "images": train.images[indices],
-      "labels": train.labels[indices].astype(np.int32),
-      "is_forget": np.concatenate([np.ones(len(split.forget), bool), np.zeros(count, bool)]),
-  }
-
-
 # --------------------------------------------------------------------------------------------
 # IDX files (MNIST format)
 

@@ -1,18 +1,24 @@
-"""Epoch loops over on-device data: one ``lax.scan``, or a host loop over one jitted step.
+"""The one CPU policy, and the epoch loops it chooses between.
 
-An epoch shuffles on the device, cuts the permutation into batches and runs a step per batch.
-Two equivalent drivers:
+XLA:CPU differs from GPU/TPU in two ways that matter here, and every hot loop of mcu_jax asks
+this module rather than deciding for itself:
 
-* ``"scan"``: the whole epoch is one jitted ``lax.scan`` (one dispatch per epoch). Best on
-  GPU and TPU.
+* backward convolutions inside while loops run 10-40x slower than at the top level of a
+  program (jax-ml/jax#12868): on the CPU an epoch (and a sum over batches) is a host loop over
+  one jitted step, elsewhere one ``lax.scan`` (``resolve_loop``);
+* vmapping over parameters turns convolutions into grouped convolutions, which XLA:CPU runs
+  4-6x slower (benchmarks/sweep_timing.py): on the CPU several models (the sweep's t, a
+  population) are evaluated one at a time, elsewhere vmapped (``resolve_vectorize``).
+
+An epoch (``make_epoch``) shuffles on the device, cuts the permutation into batches and runs a
+step per batch, with one of two equivalent drivers:
+
+* ``"scan"``: the whole epoch is one jitted ``lax.scan`` (one dispatch per epoch);
 * ``"python"``: one jitted, donated step per batch, dispatched from a Python loop without any
-  host synchronisation (metrics stay on the device and are stacked at the end). XLA:CPU runs
-  backward convolutions inside while loops 10-40x slower than the same convolutions at the
-  top level of a program (jax-ml/jax#12868; measured in benchmarks/RESULTS.md), so this is
-  the driver on CPU.
+  host synchronisation (metrics stay on the device and are stacked at the end).
 
-``"auto"`` picks ``"python"`` on the CPU backend and ``"scan"`` elsewhere. Both drivers draw
-the same random numbers, so they give the same results up to float reassociation.
+``"auto"`` picks per the policy above. Both drivers draw the same random numbers, so they give
+the same results up to float reassociation.
 
 ``make_batch_sum`` applies the same choice to a sum over pre-cut batches (the masks' gradient
 accumulation).
@@ -26,18 +32,31 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mcu_jax.validation import InvalidArgument
+
 PyTree = Any
 # body(state, *inputs, indices, valid, key) -> (state, metrics); inputs end with the data dict.
 Body = Callable[..., tuple[PyTree, dict]]
 LOOPS = ("auto", "scan", "python")
 
 
+def on_cpu() -> bool:
+  """Whether the default backend is XLA:CPU."""
+  return jax.default_backend() == "cpu"
+
+
 def resolve_loop(loop: str) -> str:
+  """``loop`` with "auto" made concrete: "python" on the CPU, "scan" elsewhere."""
   if loop not in LOOPS:
-    raise ValueError(f"loop must be one of {', '.join(LOOPS)}, got {loop!r}")
+    raise InvalidArgument(f"loop: expected one of {', '.join(map(repr, LOOPS))}, got {loop!r}")
   if loop == "auto":
-    return "python" if jax.default_backend() == "cpu" else "scan"
+    return "python" if on_cpu() else "scan"
   return loop
+
+
+def resolve_vectorize(vectorize: bool | None) -> bool:
+  """Whether to vmap over several models: ``vectorize``, or when None, not on the CPU."""
+  return (not on_cpu()) if vectorize is None else bool(vectorize)
 
 
 def epoch_batches(key: jax.Array, num_examples: int, batch_size: int

@@ -2,8 +2,8 @@
 
 Both masks are computed once, from gradients summed over a whole data set, on the host: they
 are small decisions over a handful of scores, not a hot loop. The gradient accumulation that
-feeds them is ``loops.make_batch_sum``: one jitted ``lax.scan`` over the batches, or on CPU a
-host loop over one jitted step.
+feeds them is ``loops.make_batch_sum`` (the CPU policy of ``mcu_jax.loops``). ``compute_mask``
+is the mask step of MCU: the gradients of theta_o on D_r and D_f, then ``mcu_mask``.
 
 Ordering rule for ties (both masks): scores are ranked in descending order with a stable sort
 over the tree's leaves in ``jax.tree.leaves`` order (element order within a leaf), so of two
@@ -11,14 +11,19 @@ equal scores the one met first wins.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
+import time
 from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mcu_jax import loops
+from mcu_jax import data, loops, objectives, parallel, train
+from mcu_jax.curves import check_same_tree
+from mcu_jax.preprocess import Preprocess, default_preprocess
+from mcu_jax.validation import InvalidArgument, check_number, check_pair
 
 PyTree = Any
 
@@ -56,13 +61,11 @@ def summed_ce_gradients_fn(apply, preprocess, loop: str = "auto"):
   each batch's mean cross-entropy, the model in inference mode, no augmentation (the
   reference's generate_weight_mask.py and SalUn's generate_mask.py).
 
-  ``batches`` holds ``images`` (steps, B, H, W, C) uint8, ``labels`` (steps, B) and ``valid``
+  ``batches`` holds ``images`` (steps, B, ...) inputs, ``labels`` (steps, B) and ``valid``
   (steps, B) bool, e.g. from ``mcu_jax.data.padded_batches``. ``fn`` is jitted (or a host loop
   over a jitted step on CPU, see ``loops.make_batch_sum``) and supports
   ``fn.lower(...).compile()``. Build it once and reuse it: each new function compiles anew.
   """
-  from mcu_jax import objectives
-
   def batch_loss(params, model_state, batch):
     logits, _ = apply(params, model_state, preprocess(None, batch["images"]), False)
     return objectives.masked_mean(objectives.cross_entropy(logits, batch["labels"]),
@@ -77,13 +80,8 @@ def layer_saliency(grads: PyTree) -> PyTree:
 
 
 def _check_fraction(name: str, value: float, low_closed: bool, high_closed: bool) -> None:
-  is_number = isinstance(value, (int, float, np.floating, np.integer)) and not isinstance(
-      value, bool)
-  low_ok = is_number and (value >= 0.0 if low_closed else value > 0.0)
-  high_ok = is_number and (value <= 1.0 if high_closed else value < 1.0)
-  if not (low_ok and high_ok):
-    interval = ("[" if low_closed else "(") + "0, 1" + ("]" if high_closed else ")")
-    raise ValueError(f"{name} must lie in {interval}, got {value!r}")
+  check_number(name, value, low=0.0, high=1.0, low_open=not low_closed,
+               high_open=not high_closed)
 
 
 def _descending_order(scores: np.ndarray) -> np.ndarray:
@@ -114,7 +112,6 @@ def mcu_mask(retain_grads: PyTree, forget_grads: PyTree, k: float = 0.5,
   """
   _check_fraction("k", k, low_closed=False, high_closed=True)
   _check_fraction("kr", kr, low_closed=True, high_closed=False)
-  from mcu_jax.curves import check_same_tree
   check_same_tree(retain_grads, forget_grads, ("retain_grads", "forget_grads"))
 
   leaves, treedef = jax.tree.flatten(retain_grads)
@@ -124,7 +121,7 @@ def mcu_mask(retain_grads: PyTree, forget_grads: PyTree, k: float = 0.5,
   forget_scores = np.array(jax.device_get(jax.tree.leaves(layer_saliency(forget_grads))))
 
   if int(k * total) == 0:
-    raise ValueError(f"k = {k} selects no parameter out of {total}: floor(k * N) is 0")
+    raise InvalidArgument(f"k: {k} selects no parameter out of {total} (floor(k * N) is 0)")
   excluded = np.zeros(len(leaves), dtype=bool)
   count = 0
   for i in _descending_order(retain_scores):
@@ -155,8 +152,8 @@ def salun_mask(forget_grads: PyTree, ratio: float = 0.5) -> PyTree:
   flat = np.concatenate([np.abs(np.asarray(jax.device_get(g), np.float32)).ravel()
                          for g in leaves])
   if int(flat.size * ratio) == 0:
-    raise ValueError(f"ratio = {ratio} selects no weight out of {flat.size}: "
-                     "floor(ratio * N) is 0")
+    raise InvalidArgument(f"ratio: {ratio} selects no weight out of {flat.size} "
+                          "(floor(ratio * N) is 0)")
   chosen = np.zeros(flat.size, dtype=bool)
   chosen[_descending_order(flat)[:int(flat.size * ratio)]] = True
   masks, offset = [], 0
@@ -171,3 +168,56 @@ def mask_fraction(mask: PyTree, like: PyTree) -> float:
   trained = sum(float(np.sum(np.broadcast_to(np.asarray(m), np.shape(p))))
                 for m, p in zip(jax.tree.leaves(mask), jax.tree.leaves(like)))
   return trained / sum(np.size(p) for p in jax.tree.leaves(like))
+
+
+@dataclasses.dataclass
+class MaskResult:
+  """What ``compute_mask`` returns.
+
+  Attributes:
+    mask: one Python bool per tensor, like the params (True = the tensor trains).
+    fraction: share of the parameters that train.
+    seconds: wall seconds of the gradient sums and the ranking (compilation excluded).
+    compile_seconds: ahead-of-time compilation of the gradient sums.
+  """
+  mask: PyTree
+  fraction: float
+  seconds: float
+  compile_seconds: float
+
+
+def batched(inputs, labels, batch_size: int) -> dict:
+  """(inputs, labels) as padded batches ``images`` (steps, B, ...), ``labels``, ``valid``."""
+  return data.padded_batches({"images": inputs, "labels": labels},
+                             min(int(batch_size), int(np.shape(labels)[0])))
+
+
+def compute_mask(apply, params: PyTree, model_state: PyTree, *, forget, retain, k: float = 0.5,
+                 kr: float = 0.0, batch_size: int = 128,
+                 preprocess: Preprocess = default_preprocess, mesh=None,
+                 loop: str = "auto") -> MaskResult:
+  """MCU's mask of ``params`` (theta_o): summed CE gradients on ``retain`` and ``forget`` in
+  inference mode, batches of ``batch_size`` in order (the reference's
+  generate_weight_mask.py), then ``mcu_mask(k=k, kr=kr)``.
+
+  ``forget``, ``retain``: (inputs, labels) pairs. ``mesh``: a device mesh the params and
+  batches are replicated on (default: all devices). ``loop``: the driver of the gradient sums
+  (``mcu_jax.loops``).
+  """
+  _check_fraction("k", k, low_closed=False, high_closed=True)
+  _check_fraction("kr", kr, low_closed=True, high_closed=False)
+  mesh = parallel.make_mesh() if mesh is None else mesh
+  gradients_fn = summed_ce_gradients_fn(apply, preprocess, loop)
+  params, model_state = parallel.replicate((params, model_state), mesh)
+  batches, compiled, compile_seconds = {}, {}, 0.0
+  for name, pair in (("retain", retain), ("forget", forget)):
+    batches[name] = parallel.replicate(batched(*check_pair(name, pair), batch_size), mesh)
+    compiled[name], seconds = train.compile_ahead(gradients_fn, params, model_state,
+                                                  batches[name])
+    compile_seconds += seconds
+  start = time.perf_counter()
+  grads = {name: fn(params, model_state, batches[name]) for name, fn in compiled.items()}
+  mask = mcu_mask(grads["retain"], grads["forget"], k=k, kr=kr)
+  seconds = time.perf_counter() - start
+  return MaskResult(mask=mask, fraction=mask_fraction(mask, params), seconds=seconds,
+                    compile_seconds=compile_seconds)

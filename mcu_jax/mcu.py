@@ -1,98 +1,43 @@
-"""Training the curve: the jitted MCU step and epoch.
+"""Training the curve: MCU's loss on the one trainer, and ``train_curve``, the curve step.
 
-One step: split rng -> t ~ U(t_min, t_max) -> phi(t) from (start, controls, end) -> forward on
-the mixed batch in training mode -> per-subset CE and accuracy -> beta (stop-gradient) ->
-grad of L_r - beta L_f w.r.t. the controls only -> mask -> optax update of the masked
-tensors. Endpoints are arguments, never differentiated; frozen tensors are returned untouched,
-so they stay bit-identical.
+One step: t ~ U(t_min, t_max) from the step's key -> phi(t) from (start, controls, end) ->
+forward on the mixed batch in training mode -> per-subset CE and accuracy -> beta (a policy of
+``mcu_jax.beta``, stop-gradient) -> grad of L_r - beta L_f w.r.t. the controls only -> the
+masked optimizer's update. The controls are the trainer's params; the fixed endpoints travel as
+jit arguments, never differentiated; frozen tensors stay bit-identical.
 
-A mask leaf is either a Python bool (per tensor: static, frozen tensors cost no optimizer state
-and XLA drops their weight gradients) or a boolean array of the tensor's shape (per weight).
+``CurveTrainer`` binds what belongs together once (model, curve, mask, optimizer, beta, batch
+size, preprocessing, mesh)::
+
+    trainer = CurveTrainer(apply, curve, mask=mask, beta=AdaptiveBeta(targets=targets))
+    state = trainer.init(model_state, jax.random.key(0))
+    state, metrics = trainer.epoch(state, data)     # data = curve_data(forget, retain)
+    trained = trainer.curve(state)
+
+``train_curve`` runs it for a number of epochs with a progress bar and optional checkpoints.
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+import dataclasses
+from typing import Any
 
-import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from mcu_jax import beta as beta_lib
-from mcu_jax import loops, objectives
-from mcu_jax.curves import Curve, check_same_tree, combine, coefficients
-from mcu_jax.models import Apply  # noqa: F401  (re-exported: the apply convention)
+from mcu_jax import objectives, parallel, train
+from mcu_jax.checkpoint import Checkpointer
+from mcu_jax.curves import Curve, check_same_tree, coefficients, combine
+from mcu_jax.models.adapters import Apply
+from mcu_jax.optim import OptimConfig, check_mask, make_optimizer
+from mcu_jax.preprocess import Preprocess, default_preprocess
+from mcu_jax.validation import InvalidArgument, check_number, check_pair, check_positive
 
 PyTree = Any
-Preprocess = Callable[[jax.Array, jax.Array], jax.Array]
 
-
-@flax.struct.dataclass
-class Endpoints:
-  """The fixed bends: start = theta_o, end = theta_p (parameter pytrees of one structure)."""
-  start: PyTree
-  end: PyTree
-
-
-@flax.struct.dataclass
-class CurveState:
-  """Everything the curve step updates.
-
-  Attributes:
-    controls: middle bends, leaves of shape (num_bends - 2, *param_shape).
-    opt_state: the masked optimizer's state.
-    model_state: non-trainable collections (``batch_stats``) from the last training forward.
-    rng: PRNG key for t (and augmentation in ``make_train_epoch``).
-    step: int32 scalar, steps taken.
-    beta: float32 scalar, beta used in the last step.
-  """
-  controls: PyTree
-  opt_state: optax.OptState
-  model_state: PyTree
-  rng: jax.Array
-  step: jax.Array
-  beta: jax.Array
-
-
-def _is_static(m) -> bool:
-  return isinstance(m, (bool, np.bool_))
-
-
-def _check_mask(mask: PyTree, params: PyTree) -> None:
-  mask_tree, params_tree = jax.tree.structure(mask), jax.tree.structure(params)
-  if mask_tree != params_tree:
-    raise ValueError(f"mask and params have different pytree structures:\n  {mask_tree}\n"
-                     f"  {params_tree}")
-  for path_m, p in zip(jax.tree_util.tree_flatten_with_path(mask)[0], jax.tree.leaves(params)):
-    path, m = path_m
-    if not _is_static(m) and (np.shape(m) != np.shape(p) or jnp.result_type(m) != jnp.bool_):
-      raise ValueError(f"mask leaf at {jax.tree_util.keystr(path)} must be a Python bool or a "
-                       f"bool array of shape {np.shape(p)}, got {type(m).__name__} "
-                       f"{np.shape(m)} {getattr(m, 'dtype', '')}")
-
-
-def masked_optimizer(optimizer: optax.GradientTransformation,
-                     mask: PyTree) -> optax.GradientTransformation:
-  """``optimizer`` on tensors whose mask leaf is not ``False``; no state for the others."""
-  labels = jax.tree.map(lambda m: "freeze" if _is_static(m) and not m else "train", mask)
-  return optax.multi_transform({"train": optimizer, "freeze": optax.set_to_zero()}, labels)
-
-
-def _mask_gradients(grads: PyTree, mask: PyTree) -> PyTree:
-  def leaf(g, m):
-    if _is_static(m):
-      return g if m else jnp.zeros_like(g)
-    return jnp.where(m, g, jnp.zeros_like(g))
-  return jax.tree.map(leaf, grads, mask)
-
-
-def _apply_masked_updates(controls: PyTree, updates: PyTree, mask: PyTree) -> PyTree:
-  def leaf(p, u, m):
-    if _is_static(m):
-      return (p + u).astype(p.dtype) if m else p
-    return jnp.where(m, (p + u).astype(p.dtype), p)
-  return jax.tree.map(leaf, controls, updates, mask)
+CURVE_OPTIM = OptimConfig(lr=0.01, momentum=0.9)
+"""The reference's curve optimizer: SGD lr 0.01, momentum 0.9, no weight decay, constant."""
 
 
 def full_mask(params: PyTree) -> PyTree:
@@ -100,141 +45,212 @@ def full_mask(params: PyTree) -> PyTree:
   return jax.tree.map(lambda _: True, params)
 
 
-def as_beta_policy(beta) -> beta_lib.BetaPolicy:
-  if isinstance(beta, (beta_lib.FixedBeta, beta_lib.AdaptiveBeta)):
-    return beta
-  if isinstance(beta, (int, float)):
-    return beta_lib.FixedBeta(float(beta))
-  raise TypeError(f"beta must be a number, FixedBeta or AdaptiveBeta, got {type(beta).__name__}")
+def curve_loss(apply: Apply, policy: beta_lib.BetaPolicy, kind: str, num_bends: int,
+               t_range: tuple[float, float] = (0.0, 1.0)) -> train.LossFn:
+  """MCU's per-batch loss ``loss_fn(controls, model_state, batch, rng, start, end)``.
 
-
-def init_state(curve: Curve, optimizer: optax.GradientTransformation, mask: PyTree,
-               model_state: PyTree, rng: jax.Array) -> CurveState:
-  """The state before the first step; ``model_state`` is e.g. the start model's batch_stats.
-
-  Arrays are copied, since steps donate the state's buffers.
+  ``batch`` holds ``images`` (B, ...) float, ``labels`` (B,), ``is_forget`` (B,) bool and
+  ``valid`` (B,) bool. Metrics: t, beta, loss, forget/retain loss and accuracy (percent) and
+  counts.
   """
-  _check_mask(mask, curve.start)
-  controls, model_state = jax.tree.map(jnp.copy, (curve.controls, model_state))
-  return CurveState(
-      controls=controls,
-      opt_state=masked_optimizer(optimizer, mask).init(controls),
-      model_state=model_state,
-      rng=rng,
-      step=jnp.zeros((), jnp.int32),
-      beta=jnp.zeros((), jnp.float32),
-  )
-
-
-def make_step_fn(apply: Apply, optimizer: optax.GradientTransformation, mask: PyTree,
-                 beta=beta_lib.FixedBeta(0.2), kind: str = "bezier",
-                 t_range: tuple[float, float] = (0.0, 1.0)):
-  """The pure step ``step(state, endpoints, batch) -> (state, metrics)``; not jitted.
-
-  ``batch`` holds ``images`` (B, H, W, C) float, ``labels`` (B,) int, ``is_forget`` (B,) bool
-  and optionally ``valid`` (B,) bool. ``metrics`` holds scalars: t, beta, loss, forget_loss,
-  retain_loss, forget_acc, retain_acc (percent), forget_count, retain_count.
-  """
-  policy = as_beta_policy(beta)
-  tx = masked_optimizer(optimizer, mask)
   t_min, t_max = t_range
-  if not 0.0 <= t_min <= t_max <= 1.0:
-    raise ValueError(f"t_range must satisfy 0 <= t_min <= t_max <= 1, got {t_range}")
 
-  def step(state: CurveState, endpoints: Endpoints, batch: dict):
-    rng, t_rng = jax.random.split(state.rng)
-    t = jax.random.uniform(t_rng, (), jnp.float32, t_min, t_max)
-    num_bends = jax.tree.leaves(state.controls)[0].shape[0] + 2
-    coeffs = coefficients(kind, t, num_bends)
-
-    def loss_fn(controls):
-      params = combine(coeffs, endpoints.start, controls, endpoints.end)
-      logits, model_state = apply(params, state.model_state, batch["images"], True)
-      metrics = objectives.subset_metrics(logits, batch)
-      b = jax.lax.stop_gradient(policy(metrics["forget_acc"], metrics["retain_acc"]))
-      loss = objectives.unlearning_loss(metrics["retain_loss"], metrics["forget_loss"], b)
-      return loss, (metrics, b, model_state)
-
-    (loss, (metrics, b, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state.controls)
-    grads = _mask_gradients(grads, mask)
-    updates, opt_state = tx.update(grads, state.opt_state, state.controls)
-    new_state = CurveState(
-        controls=_apply_masked_updates(state.controls, updates, mask),
-        opt_state=opt_state,
-        model_state=model_state,
-        rng=rng,
-        step=state.step + 1,
-        beta=b,
-    )
-    return new_state, {"t": t, "beta": b, "loss": loss, **metrics}
-
-  return step
+  def loss_fn(controls, model_state, batch, rng, start, end):
+    t = jax.random.uniform(rng, (), jnp.float32, t_min, t_max)
+    params = combine(coefficients(kind, t, num_bends), start, controls, end)
+    logits, new_state = apply(params, model_state, batch["images"], True)
+    metrics = objectives.subset_metrics(logits, batch)
+    b = jax.lax.stop_gradient(policy(metrics))
+    loss = objectives.unlearning_loss(metrics["retain_loss"], metrics["forget_loss"], b)
+    return loss, (new_state, {"t": t, "beta": b, "loss": loss, **metrics})
+  return loss_fn
 
 
-def make_train_step(apply: Apply, optimizer: optax.GradientTransformation,
-                    endpoints: Endpoints, mask: PyTree, beta=beta_lib.FixedBeta(0.2),
-                    kind: str = "bezier", t_range: tuple[float, float] = (0.0, 1.0),
-                    donate: bool = True):
-  """One jitted MCU step ``step(state, batch) -> (state, metrics)`` over fixed endpoints.
+def curve_data(forget, retain, retain_ratio: float = 0.5, seed: int = 0) -> dict:
+  """The curve's training set: all of ``forget`` plus a random ``retain_ratio`` share of
+  ``retain`` (drawn with ``numpy.random.default_rng(seed)``, kept in order), flagged.
+
+  ``forget``, ``retain``: (inputs, labels) pairs. Returns host arrays ``images`` (M, ...),
+  ``labels`` (M,) int32 and ``is_forget`` (M,) bool, forget examples first.
+  """
+  xf, yf = check_pair("forget", forget)
+  xr, yr = check_pair("retain", retain)
+  check_number("retain_ratio", retain_ratio, low=0.0, high=1.0, low_open=True)
+  if np.shape(xf)[1:] != np.shape(xr)[1:]:
+    raise InvalidArgument(f"retain: expected inputs shaped like forget's {np.shape(xf)[1:]}, "
+                          f"got {np.shape(xr)[1:]}")
+  count = max(1, int(round(retain_ratio * len(yr))))
+  chosen = np.sort(np.random.default_rng(seed).choice(len(yr), count, replace=False))
+  return {
+      "images": np.concatenate([np.asarray(xf), np.asarray(xr)[chosen]]),
+      "labels": np.concatenate([np.asarray(yf), np.asarray(yr)[chosen]]).astype(np.int32),
+      "is_forget": np.concatenate([np.ones(len(yf), bool), np.zeros(count, bool)]),
+  }
+
+
+class CurveTrainer:
+  """The curve's trainer with everything that belongs together bound once.
 
   Args:
-    apply: ``apply(params, state, x, train) -> (logits, new_state)``; see mcu_jax.models.
-    optimizer: an optax optimizer for the controls (masked here).
-    endpoints: the fixed start and end parameter pytrees.
-    mask: per-tensor Python bools or per-weight bool arrays, structured like the params.
-    beta: a number, ``FixedBeta`` or ``AdaptiveBeta``.
-    kind: "bezier" or "polychain".
+    apply: the model (``mcu_jax.models.Apply``) as training should run it (e.g. bf16).
+    curve: the curve; its endpoints are fixed, its controls are the initial trained params.
+    mask: per-tensor Python bools or per-weight bool arrays like the params (True = trains);
+      None trains every tensor.
+    optimizer: an ``OptimConfig`` (default: the reference's, ``CURVE_OPTIM``).
+    beta: a policy of ``mcu_jax.beta`` or a number (fixed beta).
+    batch_size: examples per step (must divide by the mesh's devices).
+    steps_per_epoch: for the optimizer's schedule (only a cosine one needs it).
+    epochs: for the optimizer's schedule.
+    preprocess: ``preprocess(key, inputs)``; training passes a key.
     t_range: t is drawn uniformly from this interval.
-    donate: donate the incoming state's buffers to the output (don't reuse the old state).
-
-  The endpoints travel as jit arguments, not closed-over constants, so large models do not
-  end up embedded in the compiled program. The step runs under whatever sharding its inputs
-  carry (see mcu_jax.parallel).
+    mesh: a ``jax.sharding.Mesh``: endpoints and state replicated, batches split over it.
+    loop: the epoch driver ("auto": ``mcu_jax.loops``' CPU policy).
   """
-  check_same_tree(endpoints.start, endpoints.end)
-  _check_mask(mask, endpoints.start)
-  jitted = jax.jit(make_step_fn(apply, optimizer, mask, beta, kind, t_range),
-                   donate_argnums=(0,) if donate else ())
 
-  def step(state: CurveState, batch: dict):
-    return jitted(state, endpoints, batch)
+  def __init__(self, apply: Apply, curve: Curve, *, mask: PyTree | None = None,
+               optimizer: OptimConfig = CURVE_OPTIM, beta=beta_lib.FixedBeta(0.2),
+               batch_size: int = 128, steps_per_epoch: int = 1, epochs: int = 1,
+               preprocess: Preprocess = default_preprocess,
+               t_range: tuple[float, float] = (0.0, 1.0), mesh=None, loop: str = "auto"):
+    if not isinstance(curve, Curve):
+      raise InvalidArgument(f"curve: expected a mcu_jax.Curve, got {type(curve).__name__}")
+    check_same_tree(curve.start, curve.end, ("theta_o", "theta_p"))
+    if not 0.0 <= t_range[0] <= t_range[1] <= 1.0:
+      raise InvalidArgument(f"t_range: expected 0 <= t_min <= t_max <= 1, got {t_range}")
+    check_positive("batch_size", batch_size, integer=True)
+    if not isinstance(optimizer, OptimConfig):
+      raise InvalidArgument(f"optimizer: expected an OptimConfig, got {type(optimizer).__name__}")
+    self.mask = full_mask(curve.start) if mask is None else mask
+    check_mask(self.mask, curve.start)
+    self.mesh = parallel.make_mesh() if mesh is None else mesh
+    if batch_size % self.mesh.devices.size:
+      raise InvalidArgument(f"batch_size: expected a multiple of the mesh's "
+                            f"{self.mesh.devices.size} devices, got {batch_size}")
+    self.policy = beta_lib.as_policy(beta)
+    self.batch_size = int(batch_size)
+    self.tx = make_optimizer(optimizer, epochs=epochs, steps_per_epoch=steps_per_epoch,
+                             mask=self.mask)
+    self._curve = curve
+    self._endpoints = parallel.replicate((curve.start, curve.end), self.mesh)
+    self._loss = curve_loss(apply, self.policy, curve.kind, curve.num_bends, t_range)
+    self._epoch = train.make_epoch(self._loss, self.batch_size, preprocess=preprocess,
+                                   batch_sharding=parallel.batch_sharding(self.mesh), loop=loop)
 
-  step.jitted = jitted
-  return step
+  def init(self, model_state: PyTree, rng: jax.Array) -> train.TrainState:
+    """The state before the first step: params = the curve's controls (copied)."""
+    state = train.TrainState.create(params=self._curve.controls, model_state=model_state,
+                                    tx=self.tx, rng=rng)
+    return parallel.replicate(state, self.mesh)
+
+  def place(self, data: dict) -> dict:
+    """``data`` (host arrays) replicated on the mesh, as ``epoch`` wants it."""
+    for key in ("images", "labels", "is_forget"):
+      if key not in data:
+        raise InvalidArgument(f"data: expected keys images, labels, is_forget; {key!r} is missing "
+                              f"(build it with mcu_jax.mcu.curve_data)")
+    return parallel.replicate(dict(data), self.mesh)
+
+  def epoch(self, state: train.TrainState, data: dict):
+    """One epoch over ``data`` (from ``place``): (state, per-step metrics). Donates ``state``."""
+    return self._epoch(state, *self._endpoints, data)
+
+  def compile(self, state: train.TrainState, data: dict) -> float:
+    """Compiles the epoch ahead of time for ``state`` and ``data``; returns the seconds."""
+    self._epoch, seconds = train.compile_ahead(self._epoch, state, *self._endpoints, data)
+    return seconds
+
+  def _jitted_step(self):
+    if not hasattr(self, "_step"):
+      def step(state, start, end, batch):
+        batch = dict(batch)
+        if "valid" not in batch:
+          batch["valid"] = jnp.ones(batch["labels"].shape, bool)
+        rng, key = jax.random.split(state.rng)
+        (_, (model_state, metrics)), grads = jax.value_and_grad(self._loss, has_aux=True)(
+            state.params, state.model_state, batch, key, start, end)
+        return state.apply_gradients(grads, model_state).replace(rng=rng), metrics
+      self._step = jax.jit(step, donate_argnums=(0,))
+    return self._step
+
+  def _place_batch(self, batch: dict) -> dict:
+    return {k: v if isinstance(v, jax.Array) else parallel.shard_batch(v, self.mesh)
+            for k, v in batch.items()}
+
+  def step(self, state: train.TrainState, batch: dict):
+    """One jitted step on a preprocessed ``batch`` (``images`` float, ``labels``,
+    ``is_forget`` and optionally ``valid``): (state, metrics). Donates ``state``. Host arrays
+    are split over the mesh (on several hosts: each process passes its share)."""
+    return self._jitted_step()(state, *self._endpoints, self._place_batch(batch))
+
+  def lower_step(self, state: train.TrainState, batch: dict) -> jax.stages.Lowered:
+    """The step lowered for ``state`` and ``batch`` (``.compile()`` it, or read XLA's cost
+    analysis); ``step`` then reuses the same compilation cache."""
+    return self._jitted_step().lower(state, *self._endpoints, self._place_batch(batch))
+
+  def curve(self, state: train.TrainState) -> Curve:
+    """The curve with ``state``'s controls."""
+    return self._curve.replace(controls=state.params)
 
 
-def normalize_uint8(key: jax.Array, images: jax.Array) -> jax.Array:
-  """Default preprocessing: uint8 -> float32 in [0, 1]. Ignores ``key``."""
-  del key
-  return images.astype(jnp.float32) / 255.0
+@dataclasses.dataclass
+class TrainedCurve:
+  """What ``train_curve`` returns.
 
-
-def make_train_epoch(apply: Apply, optimizer: optax.GradientTransformation, mask: PyTree,
-                     beta=beta_lib.FixedBeta(0.2), kind: str = "bezier", batch_size: int = 128,
-                     preprocess: Preprocess = normalize_uint8,
-                     t_range: tuple[float, float] = (0.0, 1.0), batch_sharding=None,
-                     loop: str = "auto"):
-  """An epoch ``epoch(state, endpoints, data) -> (state, metrics)`` over on-device data.
-
-  ``data`` holds ``images`` (N, H, W, C) uint8, ``labels`` (N,), ``is_forget`` (N,) bool, on
-  the device. Each epoch shuffles on the device, gathers batches, applies ``preprocess(key,
-  images)`` (augmentation and normalisation) and runs the step. ``metrics`` leaves have shape
-  (steps,). ``batch_sharding``, when given, constrains every batch (e.g. over a device mesh).
-  ``loop``: "scan" (one jitted lax.scan), "python" (a jitted step per batch) or "auto"; see
-  ``mcu_jax.loops``.
+  Attributes:
+    curve: the curve with trained controls.
+    history: one dict per epoch (``train.fit``'s: epoch, seconds, train_<metric> means).
+    seconds: wall seconds of the epochs (compilation excluded).
+    compile_seconds: ahead-of-time compilation of the epoch.
+    model_state: the model state after the last training forward.
   """
-  step_fn = make_step_fn(apply, optimizer, mask, beta, kind, t_range)
+  curve: Curve
+  history: list[dict]
+  seconds: float
+  compile_seconds: float
+  model_state: PyTree
 
-  def body(state, endpoints, data, idx, ok, key):
-    batch = {
-        "images": preprocess(key, data["images"][idx]),
-        "labels": data["labels"][idx],
-        "is_forget": data["is_forget"][idx],
-        "valid": ok,
-    }
-    if batch_sharding is not None:
-      batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
-    return step_fn(state, endpoints, batch)
 
-  return loops.make_epoch(body, batch_size, loop)
+def train_curve(apply: Apply, curve: Curve, model_state: PyTree, *, forget, retain,
+                mask: PyTree | None = None, beta=beta_lib.FixedBeta(0.2), epochs: int = 10,
+                optimizer: OptimConfig = CURVE_OPTIM, batch_size: int = 128,
+                retain_ratio: float = 0.5, seed: int = 0,
+                preprocess: Preprocess = default_preprocess, mesh=None,
+                checkpointer: Checkpointer | None = None, progress: bool = False,
+                desc: str = "curve") -> TrainedCurve:
+  """Trains ``curve``'s controls with L(D_r) - beta L(D_f) at random t (the curve step).
+
+  The data are all of ``forget`` plus a ``retain_ratio`` share of ``retain`` (``curve_data``
+  with ``seed``); the state's PRNG key is ``jax.random.PRNGKey(seed)``. With a
+  ``checkpointer`` every epoch is saved and a rerun resumes from the latest one.
+
+  Args:
+    apply: the model as training should run it (``models.with_precision`` for bf16).
+    curve: the curve to train (``Curve.from_endpoints(theta_o, theta_p)``).
+    model_state: the state the training forwards start from (theta_o's).
+    forget, retain: (inputs, labels) pairs.
+    mask, beta, optimizer, batch_size, mesh: see ``CurveTrainer``.
+    epochs: passes over the curve's data.
+    retain_ratio: share of ``retain`` in the curve's data.
+    seed: the data subset's and the training's seed.
+    preprocess: ``preprocess(key, inputs)``.
+    checkpointer, progress, desc: see ``train.fit``.
+  """
+  check_positive("epochs", epochs, integer=True)
+  data = curve_data(forget, retain, retain_ratio, seed)
+  steps = -(-len(data["labels"]) // batch_size)
+  trainer = CurveTrainer(apply, curve, mask=mask, optimizer=optimizer, beta=beta,
+                         batch_size=batch_size, steps_per_epoch=steps, epochs=epochs,
+                         preprocess=preprocess, mesh=mesh)
+  data = trainer.place(data)
+  state = trainer.init(model_state, jax.random.PRNGKey(seed))
+  compile_seconds = trainer.compile(state, data)
+  state, history = train.fit(state, lambda s, d: trainer.epoch(s, d), data, epochs,
+                             checkpointer=checkpointer, resume=True, desc=desc,
+                             progress=progress)
+  return TrainedCurve(curve=trainer.curve(state), history=history,
+                      seconds=float(sum(h["seconds"] for h in history)),
+                      compile_seconds=compile_seconds, model_state=state.model_state)
+
+
+__all__ = ["CURVE_OPTIM", "full_mask", "curve_loss", "curve_data", "CurveTrainer",
+           "TrainedCurve", "train_curve"]

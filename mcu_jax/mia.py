@@ -15,7 +15,8 @@ import numpy as np
 
 from mcu_jax import objectives
 from mcu_jax.evaluate import predict_logits
-from mcu_jax.mcu import Apply, Preprocess, normalize_uint8
+from mcu_jax.models.adapters import Apply
+from mcu_jax.preprocess import Preprocess, default_preprocess
 
 PyTree = Any
 
@@ -89,14 +90,14 @@ def _outputs(apply, params, state, images, labels, batch_size, preprocess):
 
 
 def model_confidences(apply: Apply, params: PyTree, state: PyTree, images, labels,
-                      batch_size: int = 512, preprocess: Preprocess = normalize_uint8
+                      batch_size: int = 512, preprocess: Preprocess = default_preprocess
                       ) -> np.ndarray:
   """softmax(logits)[label] of every example in inference mode: float64 (N,)."""
   return _outputs(apply, params, state, images, labels, batch_size, preprocess)[0]
 
 
 def unlearning_metrics(apply: Apply, params: PyTree, state: PyTree, *, forget, retain, test,
-                       batch_size: int = 512, preprocess: Preprocess = normalize_uint8,
+                       batch_size: int = 512, preprocess: Preprocess = default_preprocess,
                        seed: int = 0) -> dict[str, float]:
   """The standard metrics of an unlearned model (SalUn's protocol), in percent.
 

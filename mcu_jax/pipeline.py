@@ -35,13 +35,13 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
-from mcu_jax import augment, checkpoint, data, evaluate, masks, mcu, mia, models, parallel
-from mcu_jax import report, train, unlearn
-from mcu_jax.beta import AdaptiveBeta, FixedBeta
+from mcu_jax import batchnorm, checkpoint, data, evaluate, masks, mcu, mia, models, parallel
+from mcu_jax import preprocess, report, sweep, train, unlearn
+from mcu_jax import beta as beta_lib
 from mcu_jax.config import RunConfig, TrainConfig
 from mcu_jax.curves import Curve, point
+from mcu_jax.optim import OptimConfig, make_optimizer
 
 STAGES = ("train", "retrain", "unlearn", "mask", "curve", "sweep", "report")
 # Records that depend on each stage's outputs (by record name; "original" is stage "train").
@@ -241,10 +241,10 @@ def make_context(config: RunConfig, run_dir, *, progress=True, resume=False, for
   mean, std = data.normalization_stats(dataset.train)
   return Context(
       config=config, run_dir=run_dir, dataset=dataset, split=split, module=module,
-      apply=models.make_apply(module),
-      preprocess_train=augment.make_preprocess(mean, std, augment=config.augment,
-                                               flip=config.augment),
-      preprocess_eval=augment.make_preprocess(mean, std, augment=False),
+      apply=models.from_linen(module),
+      preprocess_train=preprocess.make_preprocess(mean, std, augment=config.augment,
+                                                  flip=config.augment),
+      preprocess_eval=preprocess.make_preprocess(mean, std, augment=False),
       progress=progress, resume=resume, force=force, mesh=mesh)
 
 
@@ -265,14 +265,18 @@ def _supervised(ctx: Context, stage: str, settings: TrainConfig, indices, seed: 
   ctx.begin(stage)
   images, labels = ctx.arrays(indices)
   arrays = parallel.replicate({"images": images, "labels": labels}, ctx.mesh)
-  steps = settings.epochs * -(-len(labels) // settings.batch_size)
-  opt = train.sgd(settings.lr, steps, settings.momentum, settings.weight_decay)
+  steps = -(-len(labels) // settings.batch_size)
+  optim = OptimConfig(lr=settings.lr, momentum=settings.momentum,
+                      weight_decay=settings.weight_decay, cosine=True, schedule_unit="step")
+  opt = make_optimizer(optim, epochs=settings.epochs, steps_per_epoch=steps)
   image_shape = (1,) + images.shape[1:]
   params, model_state = models.init_model(ctx.module, jax.random.PRNGKey(seed), image_shape)
-  state = parallel.replicate(
-      train.init_train_state(params, model_state, opt, jax.random.PRNGKey(seed + 1)), ctx.mesh)
-  epoch = train.make_epoch(train.supervised_loss(ctx.apply), opt, settings.batch_size,
-                           ctx.preprocess_train, parallel.batch_sharding(ctx.mesh))
+  state = parallel.replicate(train.TrainState.create(
+      params=params, model_state=model_state, tx=opt, rng=jax.random.PRNGKey(seed + 1)),
+      ctx.mesh)
+  epoch = train.make_epoch(train.supervised_loss(ctx.apply), settings.batch_size,
+                           preprocess=ctx.preprocess_train,
+                           batch_sharding=parallel.batch_sharding(ctx.mesh))
   with ctx.checkpointer(stage) as checkpointer:
     epoch, compile_seconds = train.compile_ahead(epoch, state, arrays)
     state, history = train.fit(
@@ -319,7 +323,8 @@ def stage_unlearn(ctx: Context) -> dict:
                          train=ctx.dataset.train, split=ctx.split,
                          preprocess=ctx.preprocess_train, config=ctx.config.unlearn.options,
                          rng=jax.random.PRNGKey(ctx.config.seed + 200),
-                         progress=ctx.progress, init=init, checkpointer=checkpointer)
+                         progress=ctx.progress, init=init, checkpointer=checkpointer,
+                         mesh=ctx.mesh)
   ctx.save_model("unlearn", result.params, result.model_state)
   record = {"method": method, "config": dataclasses.asdict(result.config),
             "rte_seconds": result.rte_seconds, "compile_seconds": result.compile_seconds,
@@ -335,27 +340,17 @@ def stage_mask(ctx: Context) -> dict:
   settings = ctx.config.mask
   params, model_state = ctx.load_model("original")
   ctx.begin("mask")
-  compile_seconds = 0.0
-  start = time.perf_counter()
   if settings.enabled:
     ctx.log(f"[mask] k={settings.k} kr={settings.kr}")
-    gradients_fn = masks.summed_ce_gradients_fn(ctx.apply, ctx.preprocess_eval)
-    batches, compiled = {}, {}
-    for name, indices in (("retain", ctx.split.retain), ("forget", ctx.split.forget)):
-      images, labels = ctx.arrays(indices)
-      batches[name] = parallel.replicate(data.padded_batches(
-          {"images": images, "labels": labels}, min(ctx.config.curve.batch_size, len(labels))),
-          ctx.mesh)
-      compiled[name], seconds = train.compile_ahead(gradients_fn, params, model_state,
-                                                    batches[name])
-      compile_seconds += seconds
-    start = time.perf_counter()
-    grads = {name: fn(params, model_state, batches[name]) for name, fn in compiled.items()}
-    mask = masks.mcu_mask(grads["retain"], grads["forget"], k=settings.k, kr=settings.kr)
+    found = masks.compute_mask(ctx.apply, params, model_state,
+                               forget=ctx.arrays(ctx.split.forget),
+                               retain=ctx.arrays(ctx.split.retain), k=settings.k, kr=settings.kr,
+                               batch_size=ctx.config.curve.batch_size,
+                               preprocess=ctx.preprocess_eval, mesh=ctx.mesh)
+    mask, seconds, compile_seconds = found.mask, found.seconds, found.compile_seconds
   else:
     ctx.log("[mask] disabled: every tensor trains")
-    mask = mcu.full_mask(params)
-  seconds = time.perf_counter() - start
+    mask, seconds, compile_seconds = mcu.full_mask(params), 0.0, 0.0
   flags = {jax.tree_util.keystr(path): flag
            for path, flag in jax.tree_util.tree_flatten_with_path(mask)[0]}
   record = {"flags": flags, "fraction": masks.mask_fraction(mask, params),
@@ -373,14 +368,20 @@ def load_mask(ctx: Context, params) -> Any:
   return jax.tree.unflatten(jax.tree.structure(params), [bool(flags[p]) for p in paths])
 
 
-def _beta_policy(ctx: Context):
+def alignment_targets(ctx: Context) -> beta_lib.Targets:
+  """The alignment targets from the original model's record."""
+  original = ctx.record("original")
+  return beta_lib.alignment_targets(train_acc=original["train_acc"],
+                                    test_acc=original["test_acc"], scenario=ctx.split.kind)
+
+
+def beta_policy(ctx: Context) -> beta_lib.BetaPolicy:
+  """The curve's beta: fixed, or adaptive towards the alignment targets."""
   settings = ctx.config.curve
   if settings.beta != "adaptive":
-    return FixedBeta(float(settings.beta))
-  original = ctx.record("original")
-  retain_target, forget_target = evaluate.alignment_targets(
-      original["train_acc"], original["test_acc"], ctx.split.kind)
-  return AdaptiveBeta(forget_target, retain_target, settings.beta_low, settings.beta_high)
+    return beta_lib.FixedBeta(float(settings.beta))
+  return beta_lib.AdaptiveBeta(targets=alignment_targets(ctx), low=settings.beta_low,
+                               high=settings.beta_high)
 
 
 def load_curve(ctx: Context) -> tuple[Curve, Any]:
@@ -410,42 +411,25 @@ def stage_curve(ctx: Context) -> dict:
     _write_json(ctx.run_dir / "curve.json", record)
     return record
   mask = load_mask(ctx, start)
-  policy = _beta_policy(ctx)
+  policy = beta_policy(ctx)
   ctx.log(f"[curve] {settings.epochs} epochs, beta={policy}, {settings.precision}")
-  arrays = data.curve_training_set(ctx.dataset.train, ctx.split, settings.retain_ratio,
-                                   seed=ctx.config.seed + 300)
-  arrays = parallel.replicate(arrays, ctx.mesh)
-  opt = optax.sgd(settings.lr, momentum=settings.momentum or None)
-  state = parallel.replicate(
-      mcu.init_state(curve, opt, mask, model_state, jax.random.PRNGKey(ctx.config.seed + 400)),
-      ctx.mesh)
-  endpoints = parallel.replicate(mcu.Endpoints(curve.start, curve.end), ctx.mesh)
-  epoch = mcu.make_train_epoch(_curve_apply(ctx), opt, mask, policy, settings.kind,
-                               settings.batch_size, ctx.preprocess_train,
-                               batch_sharding=parallel.batch_sharding(ctx.mesh))
   with ctx.checkpointer("curve") as checkpointer:
-    epoch, compile_seconds = train.compile_ahead(epoch, state, endpoints, arrays)
-    state, history = train.fit(state, lambda s, d: epoch(s, endpoints, d), arrays,
-                               settings.epochs, checkpointer=checkpointer, resume=True,
-                               desc="curve", progress=ctx.progress)
-  checkpoint.save_tree(ctx.run_dir / "curve" / "controls", state.controls, force=True)
+    trained = mcu.train_curve(
+        models.with_precision(ctx.apply, settings.precision), curve, model_state,
+        forget=ctx.arrays(ctx.split.forget), retain=ctx.arrays(ctx.split.retain), mask=mask,
+        beta=policy, epochs=settings.epochs,
+        optimizer=OptimConfig(lr=settings.lr, momentum=settings.momentum),
+        batch_size=settings.batch_size, retain_ratio=settings.retain_ratio,
+        seed=ctx.config.seed + 300, preprocess=ctx.preprocess_train, mesh=ctx.mesh,
+        checkpointer=checkpointer, progress=ctx.progress)
+  checkpoint.save_tree(ctx.run_dir / "curve" / "controls", trained.curve.controls, force=True)
   mask_seconds = ctx.record("mask")["seconds"]
-  curve_seconds = sum(h["seconds"] for h in history)
-  record = {"trained": True, "history": history, "curve_seconds": curve_seconds,
-            "compile_seconds": compile_seconds, "rte_seconds": mask_seconds + curve_seconds,
+  record = {"trained": True, "history": trained.history, "curve_seconds": trained.seconds,
+            "compile_seconds": trained.compile_seconds,
+            "rte_seconds": mask_seconds + trained.seconds,
             "beta_policy": repr(policy), "precision": settings.precision}
   _write_json(ctx.run_dir / "curve.json", record)
   return record
-
-
-def _curve_apply(ctx: Context):
-  """The model for curve training: ``curve.precision=bf16`` computes in bfloat16 while the
-  controls, the endpoints and the optimizer stay float32. Evaluation always runs the model
-  as configured."""
-  if ctx.config.curve.precision == "fp32":
-    return ctx.apply
-  return models.make_apply(ctx.module.clone(
-      dtype=models.compute_dtype(ctx.config.curve.precision)))
 
 
 def _recalibration_images(ctx: Context):
@@ -459,24 +443,22 @@ def _recalibration_images(ctx: Context):
 
 def _recalibrated(ctx: Context, params, model_state):
   """BN statistics of ``params`` recomputed as the exact average over one pass."""
-  return evaluate.recalibrate_batch_stats(ctx.apply, params, model_state,
-                                          _recalibration_images(ctx),
-                                          ctx.config.curve.batch_size, ctx.preprocess_eval)
+  return batchnorm.recalibrate_batch_stats(ctx.apply, params, model_state,
+                                           _recalibration_images(ctx),
+                                           ctx.config.curve.batch_size, ctx.preprocess_eval)
 
 
-def _targets(ctx: Context) -> tuple[float, float]:
-  """(retain target, forget target): alignment (original model) or the retrained model's."""
+def _targets(ctx: Context) -> beta_lib.Targets:
+  """The sweep's targets: alignment (original model) or the retrained model's accuracies."""
   if ctx.config.sweep.targets == "alignment":
-    original = ctx.record("original")
-    return evaluate.alignment_targets(original["train_acc"], original["test_acc"],
-                                      ctx.split.kind)
+    return alignment_targets(ctx)
   params, model_state = ctx.load_model("retrain")
   model_state = _recalibrated(ctx, params, model_state)
   sets = ctx.eval_sets()
   acc = lambda name: evaluate.accuracy_and_loss(
       ctx.apply, params, model_state, *ctx.on_device(name, *sets[name]),
       ctx.config.eval_batch_size, ctx.preprocess_eval)[0]
-  return acc("retain"), acc("forget")
+  return beta_lib.Targets(retain=acc("retain"), forget=acc("forget"))
 
 
 def stage_sweep(ctx: Context) -> dict:
@@ -486,24 +468,25 @@ def stage_sweep(ctx: Context) -> dict:
   settings = ctx.config.sweep
   curve, model_state = load_curve(ctx)
   ctx.begin("sweep")
-  ts = np.linspace(0.0, 1.0, settings.points)
   ctx.log(f"[sweep] {settings.points} points")
   sets = {name: ctx.on_device(name, *arrays) for name, arrays in ctx.eval_sets().items()}
+  targets = _targets(ctx)
+  options = sweep.SweepOptions(batch_size=ctx.config.eval_batch_size,
+                               recal_batch_size=ctx.config.curve.batch_size,
+                               preprocess=ctx.preprocess_eval, chunk_size=settings.chunk_size,
+                               progress=ctx.progress)
   start = time.perf_counter()
-  result = evaluate.sweep(curve, ts, ctx.apply, model_state,
-                          recal_images=_recalibration_images(ctx), sets=sets,
-                          batch_size=ctx.config.eval_batch_size,
-                          recal_batch_size=ctx.config.curve.batch_size,
-                          preprocess=ctx.preprocess_eval, chunk_size=settings.chunk_size,
-                          keep_states=False, progress=ctx.progress)
+  result, choice = sweep.sweep_and_select(ctx.apply, curve, model_state, sets=sets,
+                                          targets=targets,
+                                          recal_inputs=_recalibration_images(ctx),
+                                          points=settings.points,
+                                          t_search=tuple(settings.t_search), options=options)
   seconds = time.perf_counter() - start
-  retain_target, forget_target = _targets(ctx)
-  lo, hi = settings.t_search
-  choice = evaluate.select_t(result, retain_target, forget_target, lo=lo, hi=hi)
   record = {"sweep": result.to_dict(), "seconds": seconds, "chosen_t": choice.t,
             "gap": choice.gap, "region": [list(r) for r in choice.region],
-            "targets": {"kind": settings.targets, "retain": retain_target,
-                        "forget": forget_target}}
+            "at_bound": choice.at_bound,
+            "targets": {"kind": settings.targets, "retain": targets.retain,
+                        "forget": targets.forget}}
   _write_json(ctx.run_dir / "sweep.json", record)
   return record
 
@@ -559,7 +542,8 @@ def stage_report(ctx: Context) -> dict:
     _sync("report")
     return {"rows": rows, "chosen_t": t, "table": table}
   sweep_png = report.plot_sweep(
-      _SweepView(sweep_record["sweep"]), targets=(targets["retain"], targets["forget"]),
+      sweep.SweepResult.from_dict(sweep_record["sweep"]),
+      targets=(targets["retain"], targets["forget"]),
       region=sweep_record["region"], chosen_t=t, path=ctx.run_dir / "sweep.png",
       title=f"{ctx.config.model} on {ctx.config.dataset}: {method} + MCU")
   methods_png = report.plot_methods(rows, path=ctx.run_dir / "methods.png",
@@ -569,7 +553,9 @@ def stage_report(ctx: Context) -> dict:
       f"# MCU run: {ctx.config.model} on {ctx.config.dataset}",
       "",
       f"Forgetting: {ctx.split.kind}, |D_f| = {len(ctx.split.forget)}, "
-      f"|D_r| = {len(ctx.split.retain)}. Base method: {method}. Chosen t = {t:.3f} "
+      f"|D_r| = {len(ctx.split.retain)}. Base method: {method}. Chosen t = {t:.3f}"
+      + (f" (on the {sweep_record['at_bound']} bound of t_search {ctx.config.sweep.t_search})"
+         if sweep_record.get("at_bound") else "") + " "
       f"(gap {sweep_record['gap']:.2f} to the {targets['kind']} targets: retain "
       f"{targets['retain']:.2f}, forget {targets['forget']:.2f}); effective region: "
       f"{', '.join(f'[{a:.2f}, {b:.2f}]' for a, b in sweep_record['region']) or 'empty'}.",
@@ -595,15 +581,6 @@ def stage_report(ctx: Context) -> dict:
   report.write_json(ctx.run_dir / "report.json", record)
   _sync("report")
   return record
-
-
-class _SweepView:
-  """A SweepResult-like view of a sweep record read back from JSON."""
-
-  def __init__(self, record: dict):
-    self.ts = np.asarray(record["ts"])
-    self.accuracy = {k: np.asarray(v) for k, v in record["accuracy"].items()}
-    self.loss = {k: np.asarray(v) for k, v in record["loss"].items()}
 
 
 STAGE_FUNCTIONS = {

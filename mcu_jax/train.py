@@ -1,12 +1,18 @@
-"""The shared trainer: a jitted epoch over an on-device array data set, for any per-batch loss.
+"""The one trainer: a train state, a jitted epoch for any per-batch loss, and ``fit``.
 
-Training the original model, retraining on D_r and every base unlearning method are the same
-loop with a different loss and a different view of the data; only ``loss_fn`` changes.
+Training the original model, retraining on D_r, every base unlearning method and the MCU curve
+are the same loop with a different loss and a different view of the data::
 
-``loss_fn(params, model_state, batch, rng) -> (loss, (new_model_state, metrics))`` where
-``batch`` holds ``images`` (B, H, W, C) float, ``labels`` (B,), ``valid`` (B,) bool and any
-extra per-example arrays of the data dict (``is_forget``, ...), and ``metrics`` is a dict of
-scalars.
+    state = TrainState.create(params=params, model_state=model_state, tx=tx, rng=key)
+    epoch = make_epoch(loss_fn, batch_size, preprocess=preprocess)
+    state, history = fit(state, epoch, data, num_epochs)
+
+``loss_fn(params, model_state, batch, rng, *consts) -> (loss, (new_model_state, metrics))``:
+``batch`` holds ``images`` (B, ...) preprocessed inputs, ``labels`` (B,), ``valid`` (B,) bool
+and any extra per-example arrays of the data dict (``is_forget``, ...); ``metrics`` is a dict
+of scalars; ``consts`` are arrays the loss needs besides the trained params (the curve's fixed
+endpoints), passed to the jitted epoch as arguments so that they are not baked into the
+compiled program. ``params`` is whatever trains: a model's parameters, or the curve's controls.
 """
 from __future__ import annotations
 
@@ -21,39 +27,48 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from mcu_jax import objectives
+from mcu_jax import loops, objectives
 from mcu_jax.checkpoint import Checkpointer
-from mcu_jax import loops
-from mcu_jax.mcu import Preprocess, normalize_uint8
+from mcu_jax.preprocess import Preprocess, default_preprocess
 
 PyTree = Any
-LossFn = Callable[[PyTree, PyTree, dict, jax.Array], tuple[jax.Array, tuple[PyTree, dict]]]
+LossFn = Callable[..., tuple[jax.Array, tuple[PyTree, dict]]]
 
 
 @flax.struct.dataclass
 class TrainState:
+  """What a training step updates, with the optimizer bound to it (as flax's TrainState).
+
+  Attributes:
+    params: the trained pytree.
+    model_state: non-trainable model variables (BatchNorm statistics), ``{}`` if none.
+    opt_state: ``tx``'s state.
+    rng: PRNG key of the coming epochs (shuffling, augmentation, the loss's randomness).
+    step: int32 scalar, updates taken.
+    tx: the optimizer (static).
+  """
   params: PyTree
   model_state: PyTree
   opt_state: optax.OptState
   rng: jax.Array
   step: jax.Array
+  tx: optax.GradientTransformation = flax.struct.field(pytree_node=False)
 
+  @classmethod
+  def create(cls, *, params: PyTree, model_state: PyTree, tx: optax.GradientTransformation,
+             rng: jax.Array) -> "TrainState":
+    """The state before the first step. Arrays are copied: epochs donate the state's buffers,
+    and the caller's ``params`` must survive them."""
+    params, model_state = jax.tree.map(jnp.copy, (params, model_state))
+    return cls(params=params, model_state=model_state, opt_state=tx.init(params), rng=rng,
+               step=jnp.zeros((), jnp.int32), tx=tx)
 
-def init_train_state(params: PyTree, model_state: PyTree, optimizer: optax.GradientTransformation,
-                     rng: jax.Array) -> TrainState:
-  """The state before the first step. Arrays are copied: epochs donate the state's buffers,
-  and the caller's ``params`` must survive them."""
-  params, model_state = jax.tree.map(jnp.copy, (params, model_state))
-  return TrainState(params, model_state, optimizer.init(params), rng, jnp.zeros((), jnp.int32))
-
-
-def sgd(learning_rate: float, total_steps: int, momentum: float = 0.9,
-        weight_decay: float = 5e-4, cosine: bool = True) -> optax.GradientTransformation:
-  """SGD with momentum, coupled L2 weight decay (as torch.optim.SGD) and a cosine schedule."""
-  schedule = (optax.cosine_decay_schedule(learning_rate, max(total_steps, 1)) if cosine
-              else learning_rate)
-  return optax.chain(optax.add_decayed_weights(weight_decay) if weight_decay else optax.identity(),
-                     optax.sgd(schedule, momentum=momentum or None))
+  def apply_gradients(self, grads: PyTree, model_state: PyTree) -> "TrainState":
+    """One optimizer update; tensors whose update is exactly zero by a static mask stay
+    bit-identical (``optax.apply_updates`` adds 0)."""
+    updates, opt_state = self.tx.update(grads, self.opt_state, self.params)
+    return self.replace(params=optax.apply_updates(self.params, updates),
+                        model_state=model_state, opt_state=opt_state, step=self.step + 1)
 
 
 def supervised_loss(apply) -> LossFn:
@@ -69,36 +84,30 @@ def supervised_loss(apply) -> LossFn:
   return loss_fn
 
 
-def make_epoch(loss_fn: LossFn, optimizer: optax.GradientTransformation, batch_size: int,
-               preprocess: Preprocess = normalize_uint8, batch_sharding=None,
-               params_mask: PyTree | None = None, loop: str = "auto"):
-  """An epoch ``epoch(state, data) -> (state, metrics)``: shuffle, batch, step.
+def make_epoch(loss_fn: LossFn, batch_size: int, *, preprocess: Preprocess = default_preprocess,
+               batch_sharding=None, loop: str = "auto"):
+  """An epoch ``epoch(state, *consts, data) -> (state, metrics)``: shuffle, batch, step.
 
-  ``data`` is a dict of on-device arrays with a common leading axis: ``images`` uint8 NHWC,
-  ``labels`` and any per-example extras. ``metrics`` leaves have shape (steps,).
-  ``params_mask`` (bool arrays like params) restricts updates to the True weights (SalUn).
-  ``loop``: "scan", "python" or "auto" (see ``mcu_jax.loops``).
+  ``data`` is a dict of on-device arrays with a common leading axis: ``images`` (N, ...),
+  ``labels`` and any per-example extras. Each step splits its key for ``preprocess`` (the
+  augmentation) and for ``loss_fn``. ``metrics`` leaves have shape (steps,).
+  ``batch_sharding``, when given, constrains every batch (e.g. split over a device mesh).
+  ``loop``: "scan", "python" or "auto" (``mcu_jax.loops``). The epoch donates ``state``.
   """
-  def train_step(state: TrainState, batch: dict, key: jax.Array):
-    (loss, (model_state, metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state.params, state.model_state, batch, key)
-    if params_mask is not None:
-      grads = jax.tree.map(lambda g, m: jnp.where(m, g, 0.0), grads, params_mask)
-    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-    if params_mask is not None:
-      updates = jax.tree.map(lambda u, m: jnp.where(m, u, 0.0), updates, params_mask)
-    params = optax.apply_updates(state.params, updates)
-    return state.replace(params=params, model_state=model_state, opt_state=opt_state,
-                         step=state.step + 1), metrics
+  def train_step(state: TrainState, batch: dict, key: jax.Array, consts):
+    (_, (model_state, metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params, state.model_state, batch, key, *consts)
+    return state.apply_gradients(grads, model_state), metrics
 
-  def body(state, data, idx, ok, key):
+  def body(state, *inputs):
+    *consts, data, idx, ok, key = inputs
     aug_key, loss_key = jax.random.split(key)
     batch = {name: value[idx] for name, value in data.items()}
     batch["images"] = preprocess(aug_key, batch["images"])
     batch["valid"] = ok
     if batch_sharding is not None:
       batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
-    return train_step(state, batch, loss_key)
+    return train_step(state, batch, loss_key, consts)
 
   return loops.make_epoch(body, batch_size, loop)
 

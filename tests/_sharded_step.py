@@ -5,12 +5,12 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from mcu_jax import beta as beta_lib
 from _tiny_curve import tiny_problem
 from mcu_jax import loops, mcu, parallel
 from mcu_jax.curves import Curve
+from mcu_jax.optim import OptimConfig
 
 
 def main():
@@ -18,28 +18,26 @@ def main():
   apply, start, end, state, batches = tiny_problem(5)
   mask = jax.tree.map(lambda _: True, start)
   mask["Conv_0"]["kernel"] = False
-  opt = optax.sgd(0.05, momentum=0.9)
   curve = Curve.from_endpoints(start, end)
+  policy = beta_lib.AdaptiveBeta(targets=beta_lib.Targets(retain=60.0, forget=50.0))
 
-  def run(place_state, place_batch):
-    endpoints = place_state(mcu.Endpoints(start, end))
-    st = place_state(mcu.init_state(curve, opt, mask, state, jax.random.PRNGKey(2)))
-    step = mcu.make_train_step(apply, opt, endpoints, mask, beta_lib.AdaptiveBeta(50.0, 60.0))
+  def run(mesh):
+    trainer = mcu.CurveTrainer(apply, curve, mask=mask, beta=policy, batch_size=16, mesh=mesh,
+                               optimizer=OptimConfig(lr=0.05, momentum=0.9))
+    st = trainer.init(state, jax.random.PRNGKey(2))
     metrics = []
     for batch in batches:
-      st, m = step(st, place_batch(batch))
+      st, m = trainer.step(st, batch)
       metrics.append({k: float(v) for k, v in m.items()})
     return st, metrics
 
   one = jax.devices()[0]
-  single, single_metrics = run(lambda x: jax.device_put(x, one),
-                               lambda b: jax.device_put(b, one))
+  single, single_metrics = run(parallel.make_mesh([one]))
   mesh = parallel.make_mesh()
-  sharded, sharded_metrics = run(lambda x: parallel.replicate(x, mesh),
-                                 lambda b: parallel.shard_batch(b, mesh))
-  leaf = jax.tree.leaves(sharded.controls)[0]
-  diffs = [float(jnp.max(jnp.abs(a - jax.device_put(b, one))))
-           for a, b in zip(jax.tree.leaves(single.controls), jax.tree.leaves(sharded.controls))]
+  sharded, sharded_metrics = run(mesh)
+  leaf = jax.tree.leaves(sharded.params)[0]
+  diffs = [float(jnp.max(jnp.abs(jax.device_put(a, one) - jax.device_put(b, one))))
+           for a, b in zip(jax.tree.leaves(single.params), jax.tree.leaves(sharded.params))]
   try:
     parallel.shard_batch({"x": np.zeros((6, 2))}, mesh)
     error = None

@@ -15,4 +15,4 @@ def tiny_problem(num_batches: int):
   batches = [{"images": rng.uniform(size=(16, 8, 8, 1)).astype(np.float32),
               "labels": rng.integers(0, 10, 16).astype(np.int32),
               "is_forget": np.arange(16) % 3 == 0} for _ in range(num_batches)]
-  return models.make_apply(module), start, end, state, batches
+  return models.from_linen(module), start, end, state, batches

@@ -11,16 +11,7 @@ import pytest
 
 from mcu_jax import checkpoint, cli
 
-FAST = ["--no-progress", "--set", "train.epochs=3", "--set", "curve.epochs=2",
-        "--set", "unlearn.options={epochs: 1}", "--set", "sweep.points=6",
-        "--set", "model_options={width: 8}"]
-
-
-@pytest.fixture(scope="module")
-def demo_dir(tmp_path_factory):
-  run_dir = tmp_path_factory.mktemp("demo") / "run"
-  assert cli.main(["demo", "--run-dir", str(run_dir), *FAST]) == 0
-  return run_dir
+from conftest import FAST
 
 
 def test_demo_writes_every_report_file_and_metric(demo_dir, capsys):

@@ -1,4 +1,4 @@
-"""Data sources, IDX files, splits and their persistence, augmentation, on-device data."""
+"""Data sources, IDX files, splits and their persistence, on-device data."""
 from __future__ import annotations
 
 import gzip
@@ -7,11 +7,10 @@ import sys
 
 import chex
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mcu_jax import augment, data, parallel
+from mcu_jax import data, parallel
 
 
 @pytest.fixture(scope="module")
@@ -289,93 +288,6 @@ def test_channel_stats():
   np.testing.assert_allclose(std, x.std(axis=(0, 1, 2)), rtol=1e-12)
   with pytest.raises(ValueError):
     data.channel_stats(images.astype(np.float32))
-
-
-# ---------------------------------------------------------------------------- augmentation
-
-def _batch(shape=(8, 6, 5, 3), seed=0):
-  return jnp.asarray(np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8))
-
-
-def test_crop_and_flip_shapes_dtypes_determinism():
-  images = _batch()
-  key1, key2 = jax.random.key(1), jax.random.key(2)
-  crop = jax.jit(augment.random_crop, static_argnums=2)
-  flip = jax.jit(augment.random_flip)
-  for fn in (lambda k: crop(k, images, 2), lambda k: flip(k, images)):
-    out = fn(key1)
-    chex.assert_shape(out, images.shape)
-    chex.assert_type(out, jnp.uint8)
-    chex.assert_trees_all_equal(out, fn(key1))
-    assert not np.array_equal(out, fn(key2))
-
-
-def test_crop_is_a_shifted_window():
-  images = _batch((16, 6, 5, 1))
-  out = np.asarray(augment.random_crop(jax.random.key(0), images, 1))
-  padded = np.pad(np.asarray(images), ((0, 0), (1, 1), (1, 1), (0, 0)))
-  shifts = set()
-  for i in range(len(out)):
-    hits = [(dy, dx) for dy in range(3) for dx in range(3)
-            if np.array_equal(out[i], padded[i, dy:dy + 6, dx:dx + 5])]
-    assert hits, f"example {i} is not a window of its padded image"
-    shifts.add(hits[0])
-  assert len(shifts) > 1      # offsets are drawn per example
-
-
-def test_crop_padding_zero_is_identity():
-  images = _batch()
-  chex.assert_trees_all_equal(augment.random_crop(jax.random.key(0), images, 0), images)
-  with pytest.raises(ValueError):
-    augment.random_crop(jax.random.key(0), images, -1)
-
-
-def test_flip_twice_is_identity_and_per_example():
-  images = _batch((32, 4, 5, 2))
-  key = jax.random.key(3)
-  once = augment.random_flip(key, images)
-  chex.assert_trees_all_equal(augment.random_flip(key, once), images)
-  flipped = [not np.array_equal(once[i], images[i]) for i in range(32)]
-  assert 0 < sum(flipped) < 32
-  for i in range(32):
-    expected = images[i, :, ::-1] if flipped[i] else images[i]
-    np.testing.assert_array_equal(once[i], expected)
-
-
-def test_normalize():
-  images = _batch((2, 3, 3, 3))
-  mean, std = (0.1, 0.2, 0.3), (0.5, 0.25, 1.0)
-  out = jax.jit(augment.normalize, static_argnums=(1, 2))(images, mean, std)
-  chex.assert_type(out, jnp.float32)
-  expected = (np.asarray(images, np.float32) / 255.0 - np.array(mean)) / np.array(std)
-  np.testing.assert_allclose(out, expected, rtol=1e-6)
-  with pytest.raises(ValueError, match="channels"):
-    augment.normalize(_batch((2, 3, 3, 1)), mean, std)   # 3 means for 1 channel
-
-
-def test_make_preprocess():
-  images = _batch()
-  mean, std = (0.5, 0.4, 0.3), (0.2, 0.2, 0.2)
-  pre = augment.make_preprocess(mean, std, padding=2)
-  evaluate = jax.jit(lambda x: pre(None, x))
-  out = evaluate(images)
-  chex.assert_shape(out, images.shape)
-  chex.assert_type(out, jnp.float32)
-  chex.assert_trees_all_close(out, augment.normalize(images, mean, std), atol=1e-6)
-  train = jax.jit(pre)
-  a, b = train(jax.random.key(0), images), train(jax.random.key(1), images)
-  chex.assert_type(a, jnp.float32)
-  chex.assert_trees_all_equal(a, train(jax.random.key(0), images))
-  assert not np.allclose(a, b) and not np.allclose(a, out)
-  off = augment.make_preprocess(mean, std, augment=False)
-  chex.assert_trees_all_close(off(jax.random.key(0), images), out, atol=1e-6)
-  # Hashable by value, so jit caches keyed on it (evaluate's static preprocess) are reused.
-  assert pre == augment.make_preprocess(list(mean), np.array(std), padding=2)
-  assert hash(pre) == hash(augment.make_preprocess(mean, std, padding=2))
-  digits_pre = augment.make_preprocess(0.3, 0.37, flip=False, padding=1)
-  chex.assert_shape(digits_pre(jax.random.key(0), _batch((4, 8, 8, 1))), (4, 8, 8, 1))
-  with pytest.raises(ValueError):
-    augment.make_preprocess(mean, (0.2, 0.0, 0.2))
 
 
 # ---------------------------------------------------------------------------- arrays/device

@@ -13,11 +13,10 @@ from pathlib import Path
 import chex
 import jax
 import numpy as np
-import optax
 import pytest
 
 from mcu_jax import beta as beta_lib
-from mcu_jax import mcu, models
+from mcu_jax import mcu, models, parallel
 from mcu_jax.curves import Curve
 
 pytestmark = pytest.mark.gpu
@@ -26,7 +25,7 @@ BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
 def _setup():
   module = models.get_model("preresnet20", 10)
-  apply = models.make_apply(module)
+  apply = models.from_linen(module)
   start, state = models.init_model(module, jax.random.PRNGKey(0), (1, 32, 32, 3))
   end, _ = models.init_model(module, jax.random.PRNGKey(1), (1, 32, 32, 3))
   rng = np.random.default_rng(0)
@@ -41,17 +40,13 @@ def _train(device, loop: str, epochs: int = 2):
   precision (no TF32), so devices agree up to reassociation."""
   apply, start, end, state, data = _setup()
   with jax.default_device(device), jax.default_matmul_precision("highest"):
-    start, end, state, data = jax.device_put((start, end, state, data), device)
-    mask = jax.tree.map(lambda _: True, start)
-    opt = optax.sgd(0.01, momentum=0.9)
-    st = mcu.init_state(Curve.from_endpoints(start, end), opt, mask, state,
-                        jax.random.PRNGKey(2))
-    epoch = mcu.make_train_epoch(apply, opt, mask, beta_lib.AdaptiveBeta(50.0, 60.0),
-                                 batch_size=32, loop=loop)
-    endpoints = mcu.Endpoints(start, end)
+    policy = beta_lib.AdaptiveBeta(targets=beta_lib.Targets(retain=60.0, forget=50.0))
+    trainer = mcu.CurveTrainer(apply, Curve.from_endpoints(start, end), beta=policy,
+                               batch_size=32, mesh=parallel.make_mesh([device]), loop=loop)
+    st, placed = trainer.init(state, jax.random.PRNGKey(2)), trainer.place(data)
     for _ in range(epochs):
-      st, metrics = epoch(st, endpoints, data)
-    return jax.device_get((st.controls, metrics))
+      st, metrics = trainer.epoch(st, placed)
+    return jax.device_get((st.params, metrics))
 
 
 def test_gpu_curve_epochs_match_cpu():

@@ -1,19 +1,21 @@
+"""The curve trainer: masked, bit-exact where frozen, the loss's gradient, real training."""
 import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 from mcu_jax import beta as beta_lib
 from mcu_jax import data, mcu, models, objectives, train
 from mcu_jax.curves import Curve, point
+from mcu_jax.optim import OptimConfig, make_optimizer
+from mcu_jax.validation import InvalidArgument
 
 
 @pytest.fixture(scope="module")
 def setup():
   module = models.get_model("small_cnn", 10, width=4)
-  apply = models.make_apply(module)
+  apply = models.from_linen(module)
   start, state = models.init_model(module, jax.random.PRNGKey(0), (1, 8, 8, 1))
   end, _ = models.init_model(module, jax.random.PRNGKey(1), (1, 8, 8, 1))
   rng = np.random.default_rng(0)
@@ -32,28 +34,28 @@ def mixed_mask(start):
   return mask
 
 
-def run_steps(setup, mask, num_steps=20, beta=beta_lib.FixedBeta(0.3), batch=None):
+def run_steps(setup, mask, num_steps=20, beta=beta_lib.FixedBeta(0.3), batch=None,
+              optimizer=OptimConfig(lr=0.05, momentum=0.9)):
   apply, start, end, state, default_batch = setup
   batch = default_batch if batch is None else batch
   curve = Curve.from_endpoints(start, end)
-  endpoints = mcu.Endpoints(*jax.tree.map(jnp.copy, (start, end)))
-  opt = optax.sgd(0.05, momentum=0.9)
-  st = mcu.init_state(curve, opt, mask, state, jax.random.PRNGKey(2))
-  step = mcu.make_train_step(apply, opt, endpoints, mask, beta)
+  trainer = mcu.CurveTrainer(apply, curve, mask=mask, optimizer=optimizer, beta=beta)
+  st = trainer.init(state, jax.random.PRNGKey(2))
   history = []
   for _ in range(num_steps):
-    st, metrics = step(st, batch)
+    st, metrics = trainer.step(st, batch)
     history.append(jax.device_get(metrics))
-  return curve, endpoints, st, history
+  return curve, trainer, st, history
 
 
 def test_frozen_tensors_and_endpoints_bit_identical(setup):
   _, start, end, _, _ = setup
   mask = mixed_mask(start)
-  curve, endpoints, st, history = run_steps(setup, mask)
-  chex.assert_trees_all_equal(endpoints.start, start)
-  chex.assert_trees_all_equal(endpoints.end, end)
-  before, after = curve.controls, st.controls
+  curve, trainer, st, history = run_steps(setup, mask)
+  trained = trainer.curve(st)
+  chex.assert_trees_all_equal(trained.start, start)
+  chex.assert_trees_all_equal(trained.end, end)
+  before, after = curve.controls, st.params
   np.testing.assert_array_equal(after["BatchNorm_0"]["scale"], before["BatchNorm_0"]["scale"])
   np.testing.assert_array_equal(after["Conv_0"]["kernel"], before["Conv_0"]["kernel"])
   elementwise = np.broadcast_to(np.asarray(mask["Dense_0"]["kernel"]),
@@ -72,12 +74,10 @@ def test_frozen_tensors_and_endpoints_bit_identical(setup):
 
 
 def test_frozen_tensors_hold_no_optimizer_state(setup):
-  _, start, _, _, _ = setup
-  mask = mixed_mask(start)
-  opt = optax.sgd(0.1, momentum=0.9)
-  state = mcu.masked_optimizer(opt, mask).init(
-      Curve.from_endpoints(start, start).controls)
-  sizes = sum(x.size for x in jax.tree.leaves(state))
+  apply, start, end, state, _ = setup
+  trainer = mcu.CurveTrainer(apply, Curve.from_endpoints(start, end), mask=mixed_mask(start))
+  opt_state = trainer.init(state, jax.random.PRNGKey(0)).opt_state
+  sizes = sum(x.size for x in jax.tree.leaves(opt_state) if jnp.ndim(x) > 0)
   total = sum(x.size for x in jax.tree.leaves(start))
   frozen = start["BatchNorm_0"]["scale"].size + start["Conv_0"]["kernel"].size
   assert sizes == total - frozen
@@ -86,23 +86,22 @@ def test_frozen_tensors_hold_no_optimizer_state(setup):
 def test_batch_without_forget_examples_is_finite(setup):
   apply, start, end, state, batch = setup
   no_forget = dict(batch, is_forget=jnp.zeros_like(batch["is_forget"]))
-  _, _, st, history = run_steps(setup, jax.tree.map(lambda _: True, start), num_steps=3,
-                                beta=beta_lib.AdaptiveBeta(90.0, 99.0), batch=no_forget)
+  policy = beta_lib.AdaptiveBeta(targets=beta_lib.Targets(retain=99.0, forget=90.0))
+  _, _, st, history = run_steps(setup, None, num_steps=3, beta=policy, batch=no_forget)
   for h in history:
     assert all(np.isfinite(v) for v in h.values())
     assert h["forget_loss"] == 0.0 and h["beta"] == 0.0
-  assert all(np.isfinite(x).all() for x in jax.tree.leaves(st.controls))
+  assert all(np.isfinite(x).all() for x in jax.tree.leaves(st.params))
 
 
-def test_step_gradient_matches_finite_difference_direction(setup):
+def test_step_gradient_matches_the_loss_at_the_drawn_t(setup):
   """The step's update is -lr * grad of L_r - beta L_f w.r.t. the controls at the drawn t."""
   apply, start, end, state, batch = setup
-  mask = jax.tree.map(lambda _: True, start)
   curve = Curve.from_endpoints(start, end)
-  opt = optax.sgd(1.0)
-  st = mcu.init_state(curve, opt, mask, state, jax.random.PRNGKey(5))
-  step = mcu.make_train_step(apply, opt, mcu.Endpoints(start, end), mask, 0.4, donate=False)
-  new, metrics = step(st, batch)
+  trainer = mcu.CurveTrainer(apply, curve, optimizer=OptimConfig(lr=1.0, momentum=0.0),
+                             beta=0.4)
+  st = trainer.init(state, jax.random.PRNGKey(5))
+  new, metrics = trainer.step(st, batch)
   t = metrics["t"]
 
   def loss(controls):
@@ -112,20 +111,50 @@ def test_step_gradient_matches_finite_difference_direction(setup):
     return m["retain_loss"] - 0.4 * m["forget_loss"]
 
   grads = jax.grad(loss)(curve.controls)
-  chex.assert_trees_all_close(jax.tree.map(lambda a, b: a - b, curve.controls, new.controls),
+  chex.assert_trees_all_close(jax.tree.map(lambda a, b: a - b, curve.controls, new.params),
                               grads, atol=1e-5, rtol=1e-4)
 
 
-def test_bad_mask_raises(setup):
+def test_bad_arguments_raise(setup):
   apply, start, end, _, _ = setup
+  curve = Curve.from_endpoints(start, end)
   bad = jax.tree.map(lambda _: True, start)
   bad["Dense_0"]["kernel"] = jnp.ones((2, 2), bool)
-  with pytest.raises(ValueError, match=r"mask leaf at \['Dense_0'\]\['kernel'\]"):
-    mcu.make_train_step(apply, optax.sgd(0.1), mcu.Endpoints(start, end), bad)
-  with pytest.raises(ValueError, match="structures"):
-    mcu.make_train_step(apply, optax.sgd(0.1), mcu.Endpoints(start, end), {"x": True})
-  with pytest.raises(ValueError, match="t_range"):
-    mcu.make_step_fn(apply, optax.sgd(0.1), jax.tree.map(lambda _: True, start), t_range=(0.5, 1.2))
+  with pytest.raises(InvalidArgument, match=r"mask\['Dense_0'\]\['kernel'\]: expected a Python "
+                                            r"bool or a bool array of shape \(8, 10\)"):
+    mcu.CurveTrainer(apply, curve, mask=bad)
+  with pytest.raises(InvalidArgument, match="expected a mask built for these params"):
+    mcu.CurveTrainer(apply, curve, mask={"x": True})
+  with pytest.raises(InvalidArgument, match="t_range"):
+    mcu.CurveTrainer(apply, curve, t_range=(0.5, 1.2))
+  with pytest.raises(InvalidArgument, match="curve: expected a mcu_jax.Curve"):
+    mcu.CurveTrainer(apply, (start, end))
+  with pytest.raises(InvalidArgument, match="beta: expected 'adaptive', a number"):
+    mcu.CurveTrainer(apply, curve, beta=[0.2])
+  with pytest.raises(InvalidArgument, match="optimizer: expected an OptimConfig"):
+    mcu.CurveTrainer(apply, curve, optimizer=make_optimizer(OptimConfig(), epochs=1,
+                                                            steps_per_epoch=1))
+  trainer = mcu.CurveTrainer(apply, curve)
+  with pytest.raises(InvalidArgument, match="data: expected keys images, labels, is_forget; "
+                                            "'is_forget' is missing"):
+    trainer.place({"images": np.zeros((4, 8, 8, 1), np.uint8), "labels": np.zeros(4, np.int32)})
+
+
+def test_curve_data_is_all_of_forget_and_a_seeded_share_of_retain():
+  rng = np.random.default_rng(0)
+  xf, yf = rng.integers(0, 256, (7, 2, 2, 1), dtype=np.uint8), np.arange(7) % 3
+  xr, yr = rng.integers(0, 256, (20, 2, 2, 1), dtype=np.uint8), np.arange(20) % 3
+  d = mcu.curve_data((xf, yf), (xr, yr), retain_ratio=0.5, seed=4)
+  assert d["is_forget"].tolist() == [True] * 7 + [False] * 10
+  np.testing.assert_array_equal(d["images"][:7], xf)
+  chosen = np.sort(np.random.default_rng(4).choice(20, 10, replace=False))
+  np.testing.assert_array_equal(d["images"][7:], xr[chosen])
+  np.testing.assert_array_equal(d["labels"][7:], yr[chosen])
+  assert d["labels"].dtype == np.int32
+  with pytest.raises(InvalidArgument, match=r"retain_ratio: must lie in \(0.0, 1.0\]"):
+    mcu.curve_data((xf, yf), (xr, yr), retain_ratio=0.0)
+  with pytest.raises(InvalidArgument, match="forget: expected a non-empty set"):
+    mcu.curve_data((xf[:0], yf[:0]), (xr, yr))
 
 
 @pytest.fixture(scope="module")
@@ -140,9 +169,10 @@ def digits_models(digits_original):
     loss, aux = train.supervised_loss(apply)(params, model_state, batch, rng)
     return -loss, aux
 
-  ga_opt = optax.sgd(0.02, momentum=0.9)
-  ga = train.init_train_state(ts.params, ts.model_state, ga_opt, jax.random.PRNGKey(2))
-  ga_epoch = train.make_epoch(ascent, ga_opt, 32)
+  ga_opt = make_optimizer(OptimConfig(lr=0.02, momentum=0.9), epochs=2, steps_per_epoch=1)
+  ga = train.TrainState.create(params=ts.params, model_state=ts.model_state, tx=ga_opt,
+                               rng=jax.random.PRNGKey(2))
+  ga_epoch = train.make_epoch(ascent, 32)
   for _ in range(2):
     ga, _ = ga_epoch(ga, forget)
   return tt, split, module, ts, ga
@@ -154,25 +184,23 @@ def digits_curves(digits_models):
   epochs with float32 and with bfloat16 compute (float32 controls), same seeds."""
   tt, split, module, original, ga = digits_models
   curve = Curve.from_endpoints(original.params, ga.params)
-  cdata = {k: jnp.asarray(v) for k, v in data.curve_training_set(tt.train, split, 0.5, 0).items()}
-  mask = jax.tree.map(lambda _: True, original.params)
-  opt = optax.sgd(0.01, momentum=0.9)
+  forget = (tt.train.images[split.forget], tt.train.labels[split.forget])
+  retain = (tt.train.images[split.retain], tt.train.labels[split.retain])
+  cdata = {k: jnp.asarray(v) for k, v in mcu.curve_data(forget, retain, 0.5, 0).items()}
   trained = {}
-  for precision, dtype in (("fp32", jnp.float32), ("bf16", jnp.bfloat16)):
-    apply = models.make_apply(module.clone(dtype=dtype))
-    state = mcu.init_state(curve, opt, mask, original.model_state, jax.random.PRNGKey(3))
-    epoch = mcu.make_train_epoch(apply, opt, mask, beta_lib.FixedBeta(0.2), batch_size=64)
-    for _ in range(6):
-      state, metrics = epoch(state, mcu.Endpoints(curve.start, curve.end), cdata)
-    assert np.isfinite(np.asarray(metrics["loss"])).all()
-    trained[precision] = curve.replace(controls=state.controls)
+  for precision in ("fp32", "bf16"):
+    apply = models.with_precision(models.from_linen(module), precision)
+    result = mcu.train_curve(apply, curve, original.model_state, forget=forget, retain=retain,
+                             beta=0.2, epochs=6, batch_size=64, seed=0)
+    assert np.isfinite([h["train_loss"] for h in result.history]).all()
+    trained[precision] = result.curve
   return curve, trained, cdata
 
 
 def _subset_losses(module, model_state, cdata, params):
   """(retain, forget) mean CE of the curve data, float32 compute. Train-mode forward over
   the whole set: BN uses that set's own statistics."""
-  logits, _ = models.make_apply(module)(params, model_state,
+  logits, _ = models.from_linen(module)(params, model_state,
                                         cdata["images"].astype(jnp.float32) / 255, True)
   m = objectives.subset_metrics(logits, {"labels": cdata["labels"],
                                          "is_forget": cdata["is_forget"]})
@@ -197,6 +225,7 @@ def test_bf16_compute_trains_like_fp32_on_digits(digits_models, digits_curves):
   changed relative to the straight line."""
   module, original = digits_models[2], digits_models[3]
   curve, trained, cdata = digits_curves
+  chex.assert_trees_all_equal_dtypes(trained["bf16"].controls, curve.controls)   # float32
   for t in (0.3, 0.5, 0.7):
     line = np.array(_subset_losses(module, original.model_state, cdata, point(curve, t)))
     fp32 = np.array(_subset_losses(module, original.model_state, cdata,
@@ -204,36 +233,34 @@ def test_bf16_compute_trains_like_fp32_on_digits(digits_models, digits_curves):
     bf16 = np.array(_subset_losses(module, original.model_state, cdata,
                                    point(trained["bf16"], t)))
     assert np.all(np.abs(bf16 - fp32) <= 0.02 * np.abs(fp32 - line)), (t, line, fp32, bf16)
+    assert np.any(bf16 != fp32)         # really computed in bfloat16
 
 
 def test_scan_and_python_loops_agree(setup):
   apply, start, end, state, _ = setup
   rng = np.random.default_rng(3)
-  arrays = {"images": jnp.asarray(rng.integers(0, 256, (50, 8, 8, 1)), jnp.uint8),
-            "labels": jnp.asarray(rng.integers(0, 10, 50), jnp.int32),
-            "is_forget": jnp.asarray(np.arange(50) % 5 == 0)}
+  arrays = {"images": rng.integers(0, 256, (50, 8, 8, 1)).astype(np.uint8),
+            "labels": rng.integers(0, 10, 50).astype(np.int32),
+            "is_forget": np.arange(50) % 5 == 0}
   curve = Curve.from_endpoints(start, end)
-  mask = jax.tree.map(lambda _: True, start)
-  opt = optax.sgd(0.05, momentum=0.9)
-  endpoints = mcu.Endpoints(start, end)
+  policy = beta_lib.AdaptiveBeta(targets=beta_lib.Targets(retain=60.0, forget=50.0))
   results = {}
   for loop in ("scan", "python"):
-    st = mcu.init_state(curve, opt, mask, state, jax.random.PRNGKey(4))
-    epoch = mcu.make_train_epoch(apply, opt, mask, beta_lib.AdaptiveBeta(50.0, 60.0),
-                                 batch_size=16, loop=loop)
+    trainer = mcu.CurveTrainer(apply, curve, optimizer=OptimConfig(lr=0.05, momentum=0.9),
+                               beta=policy, batch_size=16, loop=loop)
+    st, placed = trainer.init(state, jax.random.PRNGKey(4)), trainer.place(arrays)
     if loop == "python":
-      epoch, _ = train.compile_ahead(epoch, st, endpoints, arrays)
+      trainer.compile(st, placed)
     for _ in range(2):
-      st, metrics = epoch(st, endpoints, arrays)
+      st, metrics = trainer.epoch(st, placed)
     results[loop] = (st, metrics)
-  chex.assert_trees_all_close(results["scan"][0].controls, results["python"][0].controls,
+  chex.assert_trees_all_close(results["scan"][0].params, results["python"][0].params,
                               atol=1e-5, rtol=1e-5)
   chex.assert_trees_all_close(results["scan"][1], results["python"][1], atol=1e-5, rtol=1e-5)
   assert results["python"][1]["t"].shape == (4,)
 
 
 def test_unknown_loop_raises(setup):
-  apply, start, _, _, _ = setup
-  with pytest.raises(ValueError, match="loop must be one of"):
-    mcu.make_train_epoch(apply, optax.sgd(0.1), jax.tree.map(lambda _: True, start),
-                         loop="while")
+  apply, start, end, _, _ = setup
+  with pytest.raises(InvalidArgument, match="loop: expected one of 'auto', 'scan', 'python'"):
+    mcu.CurveTrainer(apply, Curve.from_endpoints(start, end), loop="while")

@@ -6,8 +6,8 @@ import optax
 import pytest
 
 from mcu_jax import data, evaluate, mia
-from mcu_jax.mcu import normalize_uint8
-from mcu_jax.models import get_model, init_model, make_apply
+from mcu_jax.preprocess import normalize_uint8
+from mcu_jax.models import from_linen, get_model, init_model
 
 
 def _member_conf(rng, n):       # a memorising model: true-label confidence close to 1
@@ -74,7 +74,7 @@ def overfit_mlp():
   digits = data.load_digits(seed=0)
   train_x, train_y = digits.train.images[:60], digits.train.labels[:60]
   module = get_model("mlp", 10, hidden=(32,))
-  apply = make_apply(module)
+  apply = from_linen(module)
   params, state = init_model(module, jax.random.key(0), (1, 8, 8, 1))
   tx = optax.adam(1e-2)
   x, y = normalize_uint8(None, jnp.asarray(train_x)), jnp.asarray(train_y)

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mcu_jax.models import (get_model, init_model, make_apply, model_names, param_count,
+from mcu_jax.models import (from_linen, get_model, init_model, model_names, param_count,
                             preresnet, resnet, vgg)
 
 KEY = jax.random.PRNGKey(0)
@@ -126,7 +126,7 @@ def preresnet20_grey():
 
 def test_grey_input_runs_and_train_mode_updates_batch_stats(preresnet20_grey):
   module, params, state = preresnet20_grey
-  apply = make_apply(module)
+  apply = from_linen(module)
   x = jax.random.normal(jax.random.PRNGKey(1), (4, 8, 8, 1)) * 2.0 + 1.0
   logits, same = apply(params, state, x, False)
   chex.assert_shape(logits, (4, 10))
@@ -165,7 +165,7 @@ def test_big_models_run_on_grey_digits_sized_input(name):
   module = get_model(name, 10)
   variables, _ = shapes_of(module, (2, 8, 8, 1))
   variables = draw_variables(variables)
-  apply = make_apply(module)
+  apply = from_linen(module)
   x = jnp.asarray(np.random.default_rng(1).normal(size=(2, 8, 8, 1)), jnp.float32)
   params, state = variables.pop("params"), variables
   logits, _ = apply(params, state, x, False)

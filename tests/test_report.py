@@ -5,7 +5,9 @@ import os
 import numpy as np
 import pytest
 
-from mcu_jax import evaluate as ev
+from mcu_jax.beta import Targets
+from mcu_jax.choice import select_t
+from mcu_jax.sweep import SweepResult
 from mcu_jax import report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -59,14 +61,15 @@ def _sweep_result():
   ts = np.linspace(0.0, 1.0, 20)
   accuracy = {"retain": 99.0 - 8.0 * np.sin(np.pi * ts) ** 2 - 3.0 * ts,
               "forget": 99.0 - 30.0 * ts ** 1.5, "test": 90.0 - 5.0 * ts}
-  return ev.SweepResult(ts=ts, accuracy=accuracy, loss={k: 0 * v for k, v in accuracy.items()},
-                        path_length=ts)
+  return SweepResult(ts=ts, accuracy=accuracy, loss={k: 0 * v for k, v in accuracy.items()},
+                     path_length=ts)
 
 
 def test_plot_sweep(tmp_path):
   result = _sweep_result()
   targets = (97.0, 85.0)
-  choice = ev.select_t(result, *targets)
+  with pytest.warns(UserWarning, match="lower bound"):
+    choice = select_t(result, Targets(*targets))
   path = report.plot_sweep(result, targets, choice.region, choice.t, tmp_path / "sweep.png",
                            title="synthetic sweep")
   _assert_png(path)

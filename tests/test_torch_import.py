@@ -19,7 +19,7 @@ torch = pytest.importorskip("torch", reason="torch is needed to build the refere
 from torch import nn  # noqa: E402
 
 from mcu_jax import checkpoint, torch_import  # noqa: E402
-from mcu_jax.models import get_model, make_apply, param_count  # noqa: E402
+from mcu_jax.models import from_linen, get_model, param_count  # noqa: E402
 
 VGG16 = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))
 RTOL = 1e-4
@@ -142,7 +142,7 @@ def randomise(model, seed):
 
 def flax_logits(model_name, params, state, x_nchw, num_classes=10, **kwargs):
   module = get_model(model_name, num_classes, **kwargs)
-  apply = make_apply(module)
+  apply = from_linen(module)
   x = np.ascontiguousarray(x_nchw.numpy().transpose(0, 2, 3, 1))
   logits = jax.jit(lambda p, s, x: apply(p, s, x, False)[0])(params, state, x)
   return np.asarray(logits)

@@ -5,13 +5,14 @@ import jax.numpy as jnp
 import pytest
 
 from mcu_jax import checkpoint, data, evaluate, models, train
+from mcu_jax.optim import OptimConfig, make_optimizer
 
 
 @pytest.fixture(scope="module")
 def digits():
   tt = data.load_digits()
   module = models.get_model("small_cnn", 10, width=8)
-  return tt, models.make_apply(module), models.init_model(module, jax.random.PRNGKey(0),
+  return tt, models.from_linen(module), models.init_model(module, jax.random.PRNGKey(0),
                                                           (1, 8, 8, 1))
 
 
@@ -22,9 +23,11 @@ STEPS = -(-1437 // BATCH)  # digits' training split has 1,437 images
 def make_run(digits, epochs):
   tt, apply, (params, state) = digits
   arrays = {"images": jnp.asarray(tt.train.images), "labels": jnp.asarray(tt.train.labels)}
-  opt = train.sgd(0.1, epochs * STEPS)
-  st = train.init_train_state(params, state, opt, jax.random.PRNGKey(1))
-  return st, train.make_epoch(train.supervised_loss(apply), opt, BATCH), arrays
+  opt = make_optimizer(OptimConfig(lr=0.1, momentum=0.9, weight_decay=5e-4, cosine=True,
+                                   schedule_unit="step"), epochs=epochs, steps_per_epoch=STEPS)
+  st = train.TrainState.create(params=params, model_state=state, tx=opt,
+                               rng=jax.random.PRNGKey(1))
+  return st, train.make_epoch(train.supervised_loss(apply), BATCH), arrays
 
 
 def test_fit_trains_and_reports(digits):

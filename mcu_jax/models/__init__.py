@@ -1,9 +1,9 @@
-"""Flax models, looked up by name, and the adapter to the library's apply convention.
+"""Models: the zoo of Flax Linen modules looked up by name, and the adapters from any JAX model.
 
-Every function in mcu_jax that runs a model takes ``apply(params, state, x, train) ->
-(logits, new_state)``, where ``state`` holds the non-trainable collections (``batch_stats``)
-and is ``{}`` for models without any. ``make_apply`` builds it from a Flax module whose
-``__call__`` takes ``train: bool``.
+The library's model convention is ``Apply`` (``apply(params, model_state, inputs, train) ->
+(logits, new_model_state)``); ``from_function``, ``from_linen`` and ``from_nnx`` make one from
+a plain function, a Linen module or an NNX model (see ``mcu_jax.models.adapters``).
+``get_model(name, num_classes)`` builds a registered module, ``init_model`` its variables.
 """
 from __future__ import annotations
 
@@ -13,16 +13,16 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mcu_jax.models.adapters import (COMPUTE_DTYPES, Apply, CastApply, FunctionApply,
+                                     LinenApply, NnxApply, check_model_state, compute_dtype,
+                                     from_function, from_linen, from_nnx, to_nnx,
+                                     with_precision)
 from mcu_jax.models.preresnet import PreResNet20, PreResNet56, PreResNet110, PreResNet164
 from mcu_jax.models.resnet import ResNet18
 from mcu_jax.models.small import MLP, SmallCNN
 from mcu_jax.models.vgg import VGG16BN
 
 PyTree = Any
-Apply = Callable[[PyTree, PyTree, jax.Array, bool], tuple[jax.Array, PyTree]]
-
-# Precision names -> the modules' computation dtype; parameters stay float32 either way.
-COMPUTE_DTYPES = {"fp32": jnp.float32, "bf16": jnp.bfloat16}
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {
     "small_cnn": SmallCNN,
@@ -54,28 +54,6 @@ def get_model(name: str, num_classes: int, **kwargs) -> nn.Module:
   return _REGISTRY[name](num_classes=num_classes, **kwargs)
 
 
-def compute_dtype(precision: str):
-  """The computation dtype of a precision name ("fp32", "bf16"); unknown names raise."""
-  if precision not in COMPUTE_DTYPES:
-    raise ValueError(f"unknown precision {precision!r}; use {' or '.join(COMPUTE_DTYPES)}")
-  return COMPUTE_DTYPES[precision]
-
-
-def make_apply(module: nn.Module) -> Apply:
-  """``apply(params, state, x, train) -> (logits, new_state)`` for a Flax module.
-
-  In training mode the mutable collections in ``state`` (BatchNorm's running statistics) are
-  updated and returned; in inference mode ``state`` comes back unchanged.
-  """
-  def apply(params, state, x, train):
-    variables = {"params": params, **state}
-    if train and state:
-      logits, updates = module.apply(variables, x, train=True, mutable=list(state))
-      return logits, {**state, **updates}
-    return module.apply(variables, x, train=train), state
-  return apply
-
-
 def init_model(module: nn.Module, rng: jax.Array, input_shape: tuple[int, ...]
                ) -> tuple[PyTree, PyTree]:
   """(params, state) of ``module`` for NHWC inputs of ``input_shape`` (batch axis included)."""
@@ -88,3 +66,12 @@ def init_model(module: nn.Module, rng: jax.Array, input_shape: tuple[int, ...]
 
 def param_count(params: PyTree) -> int:
   return sum(int(x.size) for x in jax.tree.leaves(params))
+
+
+__all__ = [
+    "Apply", "from_function", "from_linen", "from_nnx", "to_nnx", "with_precision",
+    "check_model_state", "compute_dtype", "COMPUTE_DTYPES", "FunctionApply", "LinenApply",
+    "NnxApply", "CastApply", "register", "model_names", "get_model", "init_model",
+    "param_count", "MLP", "SmallCNN", "ResNet18", "PreResNet20", "PreResNet56", "PreResNet110",
+    "PreResNet164", "VGG16BN",
+]

@@ -6,8 +6,9 @@ Usage::
                          split=split, preprocess=preprocess, rng=jax.random.PRNGKey(0))
     theta_p = (result.params, result.model_state); result.rte_seconds; result.history
 
-Every method is a per-batch loss over a view of the data, run by the shared trainer
-(``train.make_epoch``: one jitted ``lax.scan`` per epoch; ``train.fit``: progress bar, history,
+Every method is a per-batch loss over a view of the data, run by the one trainer
+(``train.make_epoch``: one jitted epoch, a ``lax.scan`` or on the CPU a host loop over one
+jitted step, its batches split over the device mesh; ``train.fit``: progress bar, history,
 checkpoint/resume). ``METHODS`` is the registry, ``default_config(name)`` gives a method's
 hyperparameters (a frozen, validated dataclass; ``config.replace(epochs=1)`` or a dict of
 fields to override), ``run`` executes one. RTE = the trainer's per-epoch seconds plus the
@@ -110,12 +111,12 @@ from mcu_jax.unlearn.configs import (FTConfig, GAConfig, L1SparseConfig, MethodC
                                      SalUnConfig, ScrubConfig)
 from mcu_jax.unlearn.methods import (METHODS, Method, UnlearnResult, check_split,
                                      default_config, distill_kl, get_method, l1_penalty,
-                                     make_optimizer, method_names, negate_task_vector,
+                                     method_names, negate_task_vector,
                                      random_wrong_labels, run)
 
 __all__ = [
     "METHODS", "Method", "UnlearnResult", "run", "default_config", "get_method",
-    "method_names", "check_split", "make_optimizer", "l1_penalty", "distill_kl",
+    "method_names", "check_split", "l1_penalty", "distill_kl",
     "negate_task_vector", "random_wrong_labels", "MethodConfig", "RetrainConfig", "FTConfig",
     "GAConfig", "NegGradPlusConfig", "RLConfig", "SalUnConfig", "L1SparseConfig",
     "NegTVConfig", "ScrubConfig",

@@ -1,82 +1,50 @@
 """Hyperparameters of the base unlearning methods: one frozen, validated dataclass per method.
 
-Every config shares the optimiser fields of ``MethodConfig`` (SGD with momentum, coupled weight
-decay as ``torch.optim.SGD``, an optional cosine schedule stepped once per epoch as the
-reference's ``CosineAnnealingLR``); the subclasses add the method's own knobs. Defaults and their
-sources are tabulated in ``mcu_jax.unlearn``'s docstring. Invalid values raise ``ValueError``
-(wrong types ``TypeError``) at construction, so a bad config fails before any compilation.
+Every config embeds the optimizer fields of ``mcu_jax.optim.OptimConfig`` (SGD with momentum,
+coupled weight decay as ``torch.optim.SGD``) and adds ``epochs`` and ``batch_size``; the
+methods' defaults are the reference's (weight decay 1e-4, cosine annealing stepped once per
+epoch, as its ``CosineAnnealingLR``). The subclasses add each method's own knobs. Defaults and
+their sources are tabulated in ``mcu_jax.unlearn``'s docstring. Invalid values raise
+``InvalidArgument`` (a ValueError and a TypeError) at construction, so a bad config fails
+before any compilation.
 """
 from __future__ import annotations
 
 import dataclasses
-import math
-import numbers
 
-
-def _is_int(value) -> bool:
-  return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def _is_real(value) -> bool:
-  return isinstance(value, numbers.Real) and not isinstance(value, bool)
+from mcu_jax.optim import OptimConfig
+from mcu_jax.validation import InvalidArgument, check_choice, check_number
 
 
 def _check_int(owner: str, name: str, value, low: int) -> None:
-  if not _is_int(value):
-    raise TypeError(f"{owner}.{name} must be an integer, got {type(value).__name__} {value!r}")
-  if value < low:
-    raise ValueError(f"{owner}.{name} must be >= {low}, got {value!r}")
+  check_number(f"{owner}.{name}", value, low=low, integer=True)
 
 
-def _check_real(owner: str, name: str, value, *, low: float | None = None,
-                high: float | None = None, low_open: bool = False,
-                high_open: bool = False) -> None:
-  if not _is_real(value):
-    raise TypeError(f"{owner}.{name} must be a real number, got {type(value).__name__} "
-                    f"{value!r}")
-  if not math.isfinite(float(value)):
-    raise ValueError(f"{owner}.{name} must be finite, got {value!r}")
-  bad_low = low is not None and (value <= low if low_open else value < low)
-  bad_high = high is not None and (value >= high if high_open else value > high)
-  if bad_low or bad_high:
-    interval = (("(" if low_open else "[") + ("-inf" if low is None else f"{low:g}") + ", "
-                + ("inf" if high is None else f"{high:g}") + (")" if high_open else "]"))
-    raise ValueError(f"{owner}.{name} must lie in {interval}, got {value!r}")
+def _check_real(owner: str, name: str, value, **bounds) -> None:
+  check_number(f"{owner}.{name}", value, **bounds)
 
 
 @dataclasses.dataclass(frozen=True)
-class MethodConfig:
-  """Optimiser and schedule shared by every method.
+class MethodConfig(OptimConfig):
+  """Optimizer, schedule and data settings shared by every method.
 
   Attributes:
     epochs: passes over the method's training data (SCRUB: outer epochs, see ``ScrubConfig``).
-    lr: initial learning rate.
-    momentum: SGD momentum in [0, 1) (0 = plain SGD).
-    weight_decay: coupled L2 decay added to the gradient (``torch.optim.SGD`` semantics).
     batch_size: examples per step.
-    cosine: cosine annealing of ``lr`` to 0 over ``epochs``, constant within an epoch (the
-      reference's ``CosineAnnealingLR(T_max=epochs)`` stepped per epoch); else constant.
+    lr, momentum, weight_decay, cosine, schedule_unit: the optimizer (``OptimConfig``); the
+      cosine anneals ``lr`` to 0 over ``epochs``, constant within an epoch by default (the
+      reference's ``CosineAnnealingLR(T_max=epochs)`` stepped per epoch).
   """
   epochs: int = 10
-  lr: float = 0.01
-  momentum: float = 0.9
-  weight_decay: float = 1e-4
   batch_size: int = 128
+  weight_decay: float = 1e-4
   cosine: bool = True
 
   def __post_init__(self):
+    super().__post_init__()
     owner = type(self).__name__
     _check_int(owner, "epochs", self.epochs, 1)
-    _check_real(owner, "lr", self.lr, low=0.0, low_open=True)
-    _check_real(owner, "momentum", self.momentum, low=0.0, high=1.0, high_open=True)
-    _check_real(owner, "weight_decay", self.weight_decay, low=0.0)
     _check_int(owner, "batch_size", self.batch_size, 1)
-    if not isinstance(self.cosine, bool):
-      raise TypeError(f"{owner}.cosine must be a bool, got {type(self.cosine).__name__}")
-
-  def replace(self, **changes) -> "MethodConfig":
-    """A copy with ``changes`` applied (and validated)."""
-    return dataclasses.replace(self, **changes)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -152,8 +120,8 @@ class L1SparseConfig(MethodConfig):
     _check_real(owner, "alpha", self.alpha, low=0.0)
     _check_int(owner, "no_l1_epochs", self.no_l1_epochs, 0)
     if self.no_l1_epochs >= self.epochs:
-      raise ValueError(f"{owner}.no_l1_epochs must be < epochs ({self.epochs}), got "
-                       f"{self.no_l1_epochs}")
+      raise InvalidArgument(f"{owner}.no_l1_epochs: must be < epochs ({self.epochs}), got "
+                            f"{self.no_l1_epochs}")
 
 
 NEGTV_BATCH_STATS = ("formula", "original", "recalibrate")
@@ -172,7 +140,7 @@ class NegTVConfig(MethodConfig):
       the whole state_dict, buffers included; a running variance can come out negative when
       fine-tuning more than doubles it), ``"original"`` (theta_o's statistics) or
       ``"recalibrate"`` (recomputed for the result over one pass of D_r,
-      ``evaluate.recalibrate_batch_stats``; counted in the RTE).
+      ``batchnorm.recalibrate_batch_stats``; counted in the RTE).
   """
   coef: float = 0.9
   batch_stats: str = "formula"
@@ -181,9 +149,7 @@ class NegTVConfig(MethodConfig):
     super().__post_init__()
     owner = type(self).__name__
     _check_real(owner, "coef", self.coef, low=0.0, low_open=True)
-    if self.batch_stats not in NEGTV_BATCH_STATS:
-      raise ValueError(f"{owner}.batch_stats must be one of {NEGTV_BATCH_STATS}, got "
-                       f"{self.batch_stats!r}")
+    check_choice(f"{owner}.batch_stats", self.batch_stats, NEGTV_BATCH_STATS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -218,7 +184,8 @@ class ScrubConfig(MethodConfig):
     owner = type(self).__name__
     _check_int(owner, "msteps", self.msteps, 0)
     if self.msteps > self.epochs:
-      raise ValueError(f"{owner}.msteps must be <= epochs ({self.epochs}), got {self.msteps}")
+      raise InvalidArgument(f"{owner}.msteps: must be <= epochs ({self.epochs}), got "
+                            f"{self.msteps}")
     _check_real(owner, "gamma", self.gamma, low=0.0)
     _check_real(owner, "alpha", self.alpha, low=0.0)
     _check_real(owner, "temperature", self.temperature, low=0.0, low_open=True)

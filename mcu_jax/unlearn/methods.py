@@ -1,8 +1,9 @@
 """The base unlearning methods, each a loss over a view of the data run by the shared trainer.
 
-Every method builds its on-device data dict (``data.subset_arrays`` / ``forget_retain_data``),
-a per-batch ``loss_fn``, an optimiser (``make_optimizer``) and hands them to
-``train.make_epoch`` + ``train.fit``: the hot loop is always one jitted ``lax.scan`` epoch.
+Every method builds its data dict (``data.subset_arrays`` / ``forget_retain_data``), a
+per-batch ``loss_fn``, an optimiser (``mcu_jax.optim.make_optimizer``) and hands them to
+``train.make_epoch`` + ``train.fit``: the hot loop is one jitted epoch (``mcu_jax.loops``),
+its batches split over the device mesh.
 The epoch is compiled ahead of time (``jit(...).lower(...).compile()``) so that compilation is
 measured apart from the unlearning time (RTE); see ``UnlearnResult``.
 
@@ -21,11 +22,14 @@ import numpy as np
 import optax
 
 from mcu_jax import data as data_lib
-from mcu_jax import masks, objectives
+from mcu_jax import batchnorm, masks, objectives, parallel
 from mcu_jax import train as train_lib
 from mcu_jax.checkpoint import Checkpointer
-from mcu_jax.mcu import Apply, Preprocess
+from mcu_jax.models.adapters import Apply
+from mcu_jax.optim import make_optimizer
+from mcu_jax.preprocess import Preprocess
 from mcu_jax.unlearn import configs as cfgs
+from mcu_jax.validation import InvalidArgument
 
 PyTree = Any
 Evaluate = Callable[[PyTree, PyTree], Mapping[str, float]]
@@ -84,6 +88,7 @@ class _Context:
   evaluate: Evaluate | None
   init_params: Any
   desc: str
+  mesh: Any
 
 
 @dataclasses.dataclass
@@ -98,14 +103,6 @@ class _Outcome:
 
 # ---------------------------------------------------------------------------------------------
 # Optimiser.
-
-
-def _schedule(config: cfgs.MethodConfig, epoch_of_step: Callable[[jax.Array], jax.Array]):
-  """The learning rate: cosine over epochs, constant within an epoch, or constant."""
-  if not config.cosine:
-    return float(config.lr)
-  cosine = optax.cosine_decay_schedule(float(config.lr), config.epochs)
-  return lambda count: cosine(epoch_of_step(count))
 
 
 def l1_penalty(alpha_of_step: Callable[[jax.Array], jax.Array]) -> optax.GradientTransformation:
@@ -126,27 +123,6 @@ def l1_penalty(alpha_of_step: Callable[[jax.Array], jax.Array]) -> optax.Gradien
   return optax.GradientTransformation(init_fn, update_fn)
 
 
-def make_optimizer(config: cfgs.MethodConfig, steps_per_epoch: int | None = None, *,
-                   epoch_of_step: Callable[[jax.Array], jax.Array] | None = None,
-                   penalty: optax.GradientTransformation | None = None
-                   ) -> optax.GradientTransformation:
-  """SGD as ``torch.optim.SGD``: (penalty gradient) + coupled weight decay, momentum, lr.
-
-  The cosine schedule maps the update count to an epoch with ``epoch_of_step`` (default:
-  ``count // steps_per_epoch``) and anneals over ``config.epochs`` epochs, as the reference's
-  ``CosineAnnealingLR`` stepped once per epoch.
-  """
-  if epoch_of_step is None:
-    if steps_per_epoch is None or steps_per_epoch < 1:
-      raise ValueError("make_optimizer needs steps_per_epoch >= 1 or epoch_of_step")
-    epoch_of_step = lambda count: count // steps_per_epoch
-  parts = [] if penalty is None else [penalty]
-  if config.weight_decay:
-    parts.append(optax.add_decayed_weights(float(config.weight_decay)))
-  parts.append(optax.sgd(_schedule(config, epoch_of_step), momentum=config.momentum or None))
-  return optax.chain(*parts)
-
-
 # ---------------------------------------------------------------------------------------------
 # Shared plumbing.
 
@@ -165,20 +141,32 @@ def _plain_view(state: train_lib.TrainState) -> tuple[PyTree, PyTree]:
   return state.params, state.model_state
 
 
+def _place(ctx: _Context, tree: PyTree) -> PyTree:
+  return parallel.replicate(tree, ctx.mesh)
+
+
+def _make_epoch(ctx: _Context, loss_fn: train_lib.LossFn, batch_size: int):
+  if batch_size % ctx.mesh.devices.size:
+    raise InvalidArgument(f"batch_size: expected a multiple of the mesh's "
+                          f"{ctx.mesh.devices.size} devices, got {batch_size}")
+  return train_lib.make_epoch(loss_fn, batch_size, preprocess=ctx.preprocess,
+                              batch_sharding=parallel.batch_sharding(ctx.mesh))
+
+
 def _train(ctx: _Context, config: cfgs.MethodConfig, loss_fn: train_lib.LossFn, arrays: dict,
            params: PyTree, model_state: PyTree, rng: jax.Array, *,
            params_mask: PyTree | None = None, penalty_for_steps=None):
-  """Runs ``config.epochs`` jitted epochs of ``loss_fn`` over ``arrays`` from (params, state).
-
-  Returns (TrainState, history, compile_seconds).
+  """Runs ``config.epochs`` jitted epochs of ``loss_fn`` over ``arrays`` from (params, state),
+  with the batches split over the mesh. Returns (TrainState, history, compile_seconds).
   """
-  data = jax.device_put(arrays)
+  data = _place(ctx, arrays)
   steps = _steps(int(arrays["labels"].shape[0]), config.batch_size)
   penalty = None if penalty_for_steps is None else penalty_for_steps(steps)
-  optimizer = make_optimizer(config, steps, penalty=penalty)
-  state = train_lib.init_train_state(params, model_state, optimizer, rng)
-  epoch = train_lib.make_epoch(loss_fn, optimizer, config.batch_size, ctx.preprocess,
-                               params_mask=params_mask)
+  optimizer = make_optimizer(config, epochs=config.epochs, steps_per_epoch=steps,
+                             mask=params_mask, penalty=penalty)
+  state = _place(ctx, train_lib.TrainState.create(params=params, model_state=model_state,
+                                                  tx=optimizer, rng=rng))
+  epoch = _make_epoch(ctx, loss_fn, config.batch_size)
   compiled, compile_seconds = train_lib.compile_ahead(epoch, state, data)
   state, history = train_lib.fit(state, compiled, data, config.epochs,
                                  evaluate=_wrap_evaluate(ctx, _plain_view),
@@ -369,7 +357,7 @@ def _run_rl(ctx: _Context, config: cfgs.RLConfig) -> _Outcome:
 
 def _run_salun(ctx: _Context, config: cfgs.SalUnConfig) -> _Outcome:
   num_classes = _check_classes(ctx)
-  batches = jax.device_put(data_lib.padded_batches(_forget_arrays(ctx), config.batch_size))
+  batches = _place(ctx, data_lib.padded_batches(_forget_arrays(ctx), config.batch_size))
   grads_fn, grads_compile = train_lib.compile_ahead(
       masks.summed_ce_gradients_fn(ctx.apply, ctx.preprocess), ctx.params, ctx.model_state,
       batches)
@@ -454,11 +442,10 @@ def _run_negtv(ctx: _Context, config: cfgs.NegTVConfig) -> _Outcome:
   elif config.batch_stats == "original":
     finish_state = lambda params: ctx.model_state
   else:
-    from mcu_jax import evaluate  # deferred: only this option needs it
     apply, preprocess, batch_size = ctx.apply, ctx.preprocess, config.batch_size
-    recalibrate = jax.jit(lambda params, model_state, images: evaluate.recalibrate_batch_stats(
+    recalibrate = jax.jit(lambda params, model_state, images: batchnorm.recalibrated(
         apply, params, model_state, images, batch_size, preprocess))
-    retain_images = jax.device_put(ctx.train.images[ctx.split.retain])
+    retain_images = _place(ctx, ctx.train.images[ctx.split.retain])
     recalibrate_c, seconds = train_lib.compile_ahead(recalibrate, ctx.params, ctx.model_state,
                                                      retain_images)
     compile_s += seconds
@@ -473,8 +460,8 @@ def _run_negtv(ctx: _Context, config: cfgs.NegTVConfig) -> _Outcome:
 
 
 def _run_scrub(ctx: _Context, config: cfgs.ScrubConfig) -> _Outcome:
-  forget = jax.device_put(_forget_arrays(ctx))
-  retain = jax.device_put(_retain_arrays(ctx))
+  forget = _place(ctx, _forget_arrays(ctx))
+  retain = _place(ctx, _retain_arrays(ctx))
   steps_f = _steps(int(forget["labels"].shape[0]), config.forget_batch_size)
   steps_r = _steps(int(retain["labels"].shape[0]), config.batch_size)
   both = steps_f + steps_r
@@ -483,14 +470,16 @@ def _run_scrub(ctx: _Context, config: cfgs.ScrubConfig) -> _Outcome:
   def epoch_of_step(count):
     return jnp.where(count < boundary, count // both, config.msteps + (count - boundary) // steps_r)
 
-  optimizer = make_optimizer(config, epoch_of_step=epoch_of_step)
+  optimizer = make_optimizer(config, epochs=config.epochs, steps_per_epoch=both,
+                             epoch_of_step=epoch_of_step)
   model_state = {"student": ctx.model_state, "teacher": (ctx.params, ctx.model_state)}
-  state = train_lib.init_train_state(ctx.params, model_state, optimizer, ctx.rng)
-  max_epoch = train_lib.make_epoch(scrub_max_loss(ctx.apply, config.temperature), optimizer,
-                                   config.forget_batch_size, ctx.preprocess)
-  min_epoch = train_lib.make_epoch(
-      scrub_min_loss(ctx.apply, config.temperature, config.gamma, config.alpha), optimizer,
-      config.batch_size, ctx.preprocess)
+  state = _place(ctx, train_lib.TrainState.create(params=ctx.params, model_state=model_state,
+                                                  tx=optimizer, rng=ctx.rng))
+  max_epoch = _make_epoch(ctx, scrub_max_loss(ctx.apply, config.temperature),
+                          config.forget_batch_size)
+  min_epoch = _make_epoch(
+      ctx, scrub_min_loss(ctx.apply, config.temperature, config.gamma, config.alpha),
+      config.batch_size)
   max_c, max_compile = (train_lib.compile_ahead(max_epoch, state, forget) if config.msteps
                         else (None, 0.0))
   min_c, min_compile = train_lib.compile_ahead(min_epoch, state, retain)
@@ -617,7 +606,8 @@ def run(method: str, *, apply: Apply, params: PyTree, model_state: PyTree,
         train: data_lib.Dataset, split: data_lib.ForgetSplit, preprocess: Preprocess,
         rng, config: cfgs.MethodConfig | Mapping[str, Any] | None = None,
         progress: bool = True, checkpointer: Checkpointer | None = None,
-        evaluate: Evaluate | None = None, init_params=None, init=None) -> UnlearnResult:
+        evaluate: Evaluate | None = None, init_params=None, init=None,
+        mesh=None) -> UnlearnResult:
   """Runs base unlearning method ``method`` on the original model and returns theta_p.
 
   Args:
@@ -626,7 +616,7 @@ def run(method: str, *, apply: Apply, params: PyTree, model_state: PyTree,
     params, model_state: the original model theta_o (left untouched: the trainer copies).
     train: the training set the split indexes.
     split: D_f / D_r as index arrays into ``train``.
-    preprocess: ``fn(key, uint8 images) -> float`` as the original model was trained with
+    preprocess: ``fn(key, inputs) -> float`` as the original model was trained with
       (augmentation with a key, normalisation only with ``key=None``).
     rng: PRNG key (or int seed) for shuffling, augmentation, random labels, retrain's init.
     config: the method's config (``default_config(method)`` when None), or a dict of its fields.
@@ -639,6 +629,8 @@ def run(method: str, *, apply: Apply, params: PyTree, model_state: PyTree,
       (params, model_state)`` (e.g. ``functools.partial(models.init_model, module,
       input_shape=...)``); required by retrain, ignored by the other methods.
     init: an alias of ``init_params`` (give one of the two).
+    mesh: a ``jax.sharding.Mesh`` (default: all devices): data and state replicated on it,
+      every batch split over it; the same program runs on 1 or N devices.
 
   Returns:
     An ``UnlearnResult`` (see there for what the RTE counts).
@@ -651,8 +643,10 @@ def run(method: str, *, apply: Apply, params: PyTree, model_state: PyTree,
     if init_params is not None:
       raise ValueError("give init_params or its alias init, not both")
     init_params = init
+  mesh = parallel.make_mesh() if mesh is None else mesh
+  params, model_state = parallel.replicate((params, model_state), mesh)
   ctx = _Context(apply, params, model_state, train, split, preprocess, _as_key(rng),
-                 bool(progress), checkpointer, evaluate, init_params, spec.name)
+                 bool(progress), checkpointer, evaluate, init_params, spec.name, mesh)
   outcome = spec.impl(ctx, config)
   train_seconds = float(sum(record["seconds"] for record in outcome.history))
   return UnlearnResult(

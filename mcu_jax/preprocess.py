@@ -1,18 +1,61 @@
-"""Data augmentation and normalisation as pure, jittable functions over a batch.
+"""Preprocessing: what turns stored inputs into the float arrays a model sees.
 
-All functions take NHWC batches. ``random_crop`` and ``random_flip`` keep the dtype (uint8 in,
-uint8 out), so augmentation runs on the compact on-device data before the float conversion.
-``make_preprocess`` builds a ``Preprocess`` (``fn(key, images_uint8) -> float32``, see
-``mcu_jax.mcu``): with a key it augments, with ``key=None`` (evaluation) it only normalises.
+A ``Preprocess`` is ``fn(key, inputs) -> float inputs``. Training calls it with a PRNG key
+(augmentation may use it); evaluation calls it with ``key=None`` (no randomness). Every
+function in mcu_jax that feeds a model takes one.
+
+* ``default_preprocess``: uint8 -> float32 / 255; floating inputs pass unchanged (they are
+  never rescaled). The default everywhere.
+* ``normalize_uint8``: uint8 -> float32 / 255, and an error for anything else.
+* ``make_preprocess``: per-channel ``(x / 255 - mean) / std`` of uint8 NHWC images, with
+  random crop and flip when given a key (``Preprocessor``, hashable so that jitted functions
+  reuse their compilation).
+
+``random_crop`` and ``random_flip`` keep the dtype (uint8 in, uint8 out), so augmentation runs
+on the compact on-device data before the float conversion.
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from mcu_jax.validation import InvalidArgument
+
+Preprocess = Callable[[jax.Array | None, jax.Array], jax.Array]
+
+
+def _require_uint8(inputs, who: str) -> None:
+  if jnp.result_type(inputs) != jnp.uint8:
+    raise InvalidArgument(f"{who} takes uint8 images (it divides by 255), got "
+                    f"{jnp.result_type(inputs)} inputs; float inputs are never rescaled: use "
+                    "default_preprocess, or a preprocess of your own")
+
+
+def default_preprocess(key: jax.Array | None, inputs: jax.Array) -> jax.Array:
+  """uint8 inputs -> float32 in [0, 1]; floating inputs unchanged. Ignores ``key``.
+
+  Any other dtype raises InvalidArgument: an integer array could be pixels or token ids, and
+  guessing would be a silent wrong answer.
+  """
+  del key
+  dtype = jnp.result_type(inputs)
+  if dtype == jnp.uint8:
+    return jnp.asarray(inputs).astype(jnp.float32) / 255.0
+  if jnp.issubdtype(dtype, jnp.floating):
+    return jnp.asarray(inputs)
+  raise InvalidArgument(f"inputs must be uint8 images or floating features, got {dtype}; pass a "
+                  "preprocess that maps them to floats")
+
+
+def normalize_uint8(key: jax.Array | None, images: jax.Array) -> jax.Array:
+  """uint8 images -> float32 in [0, 1]; any other dtype raises InvalidArgument. Ignores ``key``."""
+  del key
+  _require_uint8(images, "normalize_uint8")
+  return jnp.asarray(images).astype(jnp.float32) / 255.0
 
 
 def random_crop(key: jax.Array, images: jax.Array, padding: int) -> jax.Array:
@@ -56,7 +99,10 @@ def _per_channel(values, channels: int, what: str):
 
 
 def normalize(images: jax.Array, mean, std) -> jax.Array:
-  """uint8 images -> float32 ``(x / 255 - mean) / std``, per channel (or one value for all)."""
+  """uint8 images -> float32 ``(x / 255 - mean) / std``, per channel (or one value for all).
+
+  Other dtypes raise InvalidArgument (float inputs are never rescaled)."""
+  _require_uint8(images, "normalize")
   channels = images.shape[-1]
   mean = _per_channel(mean, channels, "mean")
   std = _per_channel(std, channels, "std")

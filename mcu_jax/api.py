@@ -1,0 +1,219 @@
+"""``unlearn_curve``: from (theta_o, theta_p, data) to the unlearned model in one call.
+
+It composes the three public steps of MCU, which the CLI's stages also call:
+
+1. ``masks.compute_mask``: the tensors of theta_o most salient for D_f (k, kr);
+2. ``mcu.train_curve``: the curve's control point trained on L(D_r) - beta L(D_f) at random t,
+   beta adapted towards the alignment targets;
+3. ``sweep.sweep_and_select``: phi(t) at evenly spaced t with BatchNorm recalibrated on D_r,
+   and the t whose retain and forget accuracies come closest to the targets.
+
+Example (any JAX model; see ``mcu_jax.models`` for the adapters)::
+
+    apply = mcu_jax.models.from_function(mlp)           # or from_linen(module) / from_nnx(model)
+    result = mcu_jax.unlearn_curve(apply, theta_o, theta_p, forget=(xf, yf), retain=(xr, yr),
+                                   test=(xt, yt))
+    result.t, result.metrics["forget_acc"]
+    params, model_state = result.at(0.9)
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+import warnings
+from typing import Any, Callable
+
+import jax
+import numpy as np
+
+from mcu_jax import batchnorm, evaluate, masks, mcu, parallel
+from mcu_jax import beta as beta_lib
+from mcu_jax.choice import Choice, bound_warning
+from mcu_jax.curves import Curve, check_same_tree, point
+from mcu_jax.models.adapters import Apply, check_model_state, with_precision
+from mcu_jax.optim import OptimConfig, check_mask
+from mcu_jax.preprocess import Preprocess, default_preprocess
+from mcu_jax.sweep import SweepOptions, SweepResult, sweep_and_select
+from mcu_jax.validation import (InvalidArgument, check_choice, check_pair, check_positive,
+                                dtype_of)
+
+PyTree = Any
+
+
+@dataclasses.dataclass(frozen=True)
+class MCUResult:
+  """The unlearned model and everything that produced it.
+
+  Attributes:
+    t: the chosen point of the curve.
+    params: phi(t), a pytree like theta_o.
+    model_state: its model state, BatchNorm statistics recomputed on the recalibration set.
+    metrics: ``{set}_acc`` (percent) and ``{set}_loss`` (mean CE) of that model on forget,
+      retain and (if given) test.
+    curve: the trained curve (``point(curve, t)`` is phi(t)).
+    mask: the tensor mask the curve trained with (True = trained).
+    sweep: the ``SweepResult`` along the curve.
+    choice: the ``Choice`` of t (gap, effective region, a flag when t hugs a bound).
+    targets: the ``Targets`` the curve aimed at.
+    history: per-epoch metrics of the curve training.
+    seconds: wall seconds of "mask", "curve" and "sweep" (compilation excluded for the first
+      two, included for the sweep).
+  """
+  t: float
+  params: PyTree = dataclasses.field(repr=False)
+  model_state: PyTree = dataclasses.field(repr=False)
+  metrics: dict
+  curve: Curve = dataclasses.field(repr=False)
+  mask: PyTree = dataclasses.field(repr=False)
+  sweep: SweepResult = dataclasses.field(repr=False)
+  choice: Choice
+  targets: beta_lib.Targets
+  history: list = dataclasses.field(repr=False)
+  seconds: dict
+  _at: Callable[[float], tuple[PyTree, PyTree]] = dataclasses.field(repr=False, compare=False)
+
+  def at(self, t: float) -> tuple[PyTree, PyTree]:
+    """(params, model_state) of phi(t) for any t in [0, 1], BatchNorm recalibrated."""
+    return self._at(t)
+
+
+def _check_inputs(forget, retain, test):
+  sets = {"forget": check_pair("forget", forget), "retain": check_pair("retain", retain)}
+  if test is not None:
+    sets["test"] = check_pair("test", test)
+  # One preprocessing serves every set: uint8 images (divided by 255) and float features
+  # (passed unchanged) must not be mixed.
+  kind = lambda x: "uint8" if dtype_of(x) == np.uint8 else dtype_of(x).kind
+  shape, first = np.shape(sets["forget"][0])[1:], sets["forget"][0]
+  for name, (inputs, _) in sets.items():
+    if np.shape(inputs)[1:] != shape or kind(inputs) != kind(first):
+      raise InvalidArgument(f"{name}: expected inputs of shape (N, {', '.join(map(str, shape))})"
+                            f" and dtype like forget's {dtype_of(first)}, got "
+                            f"{np.shape(inputs)} {dtype_of(inputs)}")
+  return sets
+
+
+def _targets(apply, theta_o, model_state, sets, scenario, batch_size, preprocess):
+  """The alignment targets from theta_o's accuracy on D_f + D_r and on test."""
+  if scenario == "random" and "test" not in sets:
+    raise InvalidArgument("test: random forgetting aims D_f at the original model's test "
+                          "accuracy; pass test=(inputs, labels) or targets=Targets(...)")
+  train_inputs = np.concatenate([np.asarray(sets["forget"][0]), np.asarray(sets["retain"][0])])
+  train_labels = np.concatenate([np.asarray(sets["forget"][1]), np.asarray(sets["retain"][1])])
+  acc = lambda inputs, labels: evaluate.accuracy_and_loss(
+      apply, theta_o, model_state, inputs, labels, batch_size, preprocess)[0]
+  test_acc = acc(*sets["test"]) if scenario == "random" else 0.0
+  return beta_lib.alignment_targets(train_acc=acc(train_inputs, train_labels),
+                                    test_acc=test_acc, scenario=scenario)
+
+
+def unlearn_curve(apply: Apply, theta_o: PyTree, theta_p: PyTree, *, forget, retain,
+                  test=None, model_state: PyTree | None = None, scenario: str = "random",
+                  targets: beta_lib.Targets | None = None, mask: bool | PyTree = True,
+                  k: float = 0.5, kr: float = 0.0, beta="adaptive", beta_low: float = 0.01,
+                  beta_high: float = 0.5, train: bool = True, epochs: int = 10,
+                  lr: float = 0.01, momentum: float = 0.9, batch_size: int = 128,
+                  retain_ratio: float = 0.5, num_bends: int = 3, kind: str = "bezier",
+                  points: int = 20, t_search: tuple[float, float] = (0.75, 1.0),
+                  recalibrate_on: str = "retain", chunk_size: int | None = None,
+                  eval_batch_size: int = 512, seed: int = 0, mesh=None,
+                  precision: str = "fp32", preprocess: Preprocess = default_preprocess,
+                  checkpointer=None, progress: bool = False) -> MCUResult:
+  """MCU between ``theta_o`` and ``theta_p``: mask, curve training, sweep and choice of t.
+
+  Defaults are the reference's hyperparameters. Option names are the CLI's config keys
+  (``mask.k``, ``curve.lr``, ``sweep.points``, ...).
+
+  Args:
+    apply: the model (``mcu_jax.models.from_function/from_linen/from_nnx``).
+    theta_o: the original model's params; theta_p: the pre-unlearned model's (any base
+      method), a pytree of the same structure, shapes and dtypes.
+    forget, retain, test: (inputs, labels) pairs of NumPy or JAX arrays; inputs (N, ...) are
+      uint8 images or float features (whatever ``preprocess`` takes), labels (N,) integers.
+      ``test`` is needed for random forgetting's targets unless ``targets`` is given.
+    model_state: theta_o's model state (``{}`` or None for a stateless model). theta_p's own
+      statistics are not needed: every point's are recomputed.
+    scenario: "random" (forget target = theta_o's test accuracy) or "class" (0).
+    targets: explicit ``Targets(retain=..., forget=...)`` in percent instead.
+    mask: True: MCU's mask from ``k`` and ``kr``; False: every tensor trains; or a pytree of
+      bools like the params.
+    beta: "adaptive" (towards the targets, weights ``beta_low``/``beta_high``) or a number.
+    train: False keeps the straight line (the ablation baseline).
+    epochs, lr, momentum, batch_size, retain_ratio: the curve training (SGD, constant lr).
+    num_bends, kind: the curve ("bezier" or "polychain").
+    points, t_search: the sweep's evenly spaced t in [0, 1] and the window t is chosen in.
+    recalibrate_on: BatchNorm statistics from "retain" (D_r) or "train" (D_f + D_r, the
+      reference's choice).
+    chunk_size, eval_batch_size: how the sweep evaluates (``SweepOptions``).
+    seed: seeds the curve's retain subset and its training randomness.
+    mesh: a ``jax.sharding.Mesh`` (default: all devices); batches are split over it.
+    precision: "fp32" or "bf16" (bfloat16 compute while training the curve).
+    preprocess: ``preprocess(key, inputs) -> float inputs``.
+    checkpointer: a ``mcu_jax.checkpoint.Checkpointer`` for resumable curve training.
+    progress: progress bars (off by default).
+  """
+  sets = _check_inputs(forget, retain, test)
+  check_same_tree(theta_o, theta_p, ("theta_o", "theta_p"))
+  check_choice("scenario", scenario, ("random", "class"))
+  check_choice("recalibrate_on", recalibrate_on, ("retain", "train"))
+  check_positive("eval_batch_size", eval_batch_size, integer=True)
+  model_state = {} if model_state is None else model_state
+  sample = jax.eval_shape(lambda x: preprocess(None, x), jax.ShapeDtypeStruct(
+      (1,) + np.shape(sets["forget"][0])[1:], dtype_of(sets["forget"][0])))
+  check_model_state(apply, theta_o, model_state, sample)
+  mesh = parallel.make_mesh() if mesh is None else mesh
+  if targets is None:
+    targets = _targets(apply, theta_o, model_state, sets, scenario, eval_batch_size, preprocess)
+  targets = beta_lib.as_targets(targets)
+  policy = beta_lib.as_policy(beta, targets, beta_low, beta_high)
+  seconds = {"mask": 0.0, "curve": 0.0}
+
+  if mask is True:
+    found = masks.compute_mask(apply, theta_o, model_state, forget=sets["forget"],
+                               retain=sets["retain"], k=k, kr=kr, batch_size=batch_size,
+                               preprocess=preprocess, mesh=mesh)
+    mask, seconds["mask"] = found.mask, found.seconds
+  elif mask is False:
+    mask = mcu.full_mask(theta_o)
+  else:
+    check_mask(mask, theta_o)
+  curve = Curve.from_endpoints(theta_o, theta_p, num_bends, kind)
+  history = []
+  if train:
+    trained = mcu.train_curve(
+        with_precision(apply, precision), curve, model_state, forget=sets["forget"],
+        retain=sets["retain"], mask=mask, beta=policy, epochs=epochs,
+        optimizer=OptimConfig(lr=lr, momentum=momentum), batch_size=batch_size,
+        retain_ratio=retain_ratio, seed=seed, preprocess=preprocess, mesh=mesh,
+        checkpointer=checkpointer, progress=progress)
+    curve, history, seconds["curve"] = trained.curve, trained.history, trained.seconds
+
+  recal_inputs = np.asarray(sets["retain"][0])
+  if recalibrate_on == "train":
+    recal_inputs = np.concatenate([np.asarray(sets["forget"][0]), recal_inputs])
+  options = SweepOptions(batch_size=eval_batch_size, recal_batch_size=batch_size,
+                         preprocess=preprocess, chunk_size=chunk_size, progress=progress)
+  start = time.perf_counter()
+  swept, choice = sweep_and_select(apply, curve, model_state, sets=sets, targets=targets,
+                                   recal_inputs=recal_inputs, points=points,
+                                   t_search=t_search, options=options, warn=False)
+  if choice.at_bound is not None:
+    warnings.warn(bound_warning(choice), stacklevel=2)
+  seconds["sweep"] = time.perf_counter() - start
+
+  def at(t: float) -> tuple[PyTree, PyTree]:
+    params = point(curve, t)
+    return params, batchnorm.recalibrate_batch_stats(apply, params, model_state, recal_inputs,
+                                                     batch_size, preprocess)
+
+  params, state = at(choice.t)
+  metrics = {}
+  for name, (inputs, labels) in sets.items():
+    metrics[f"{name}_acc"], metrics[f"{name}_loss"] = evaluate.accuracy_and_loss(
+        apply, params, state, inputs, labels, eval_batch_size, preprocess)
+  return MCUResult(t=choice.t, params=params, model_state=state, metrics=metrics, curve=curve,
+                   mask=mask, sweep=swept, choice=choice, targets=targets, history=history,
+                   seconds=seconds, _at=at)
+
+
+__all__ = ["unlearn_curve", "MCUResult"]

@@ -1,0 +1,236 @@
+"""The sweep over t: phi(t) at many t, each with recalibrated BatchNorm statistics.
+
+For every t: phi(t) = ``point(curve, t)``; its BatchNorm statistics recomputed exactly on the
+recalibration inputs (``mcu_jax.batchnorm``; the reference's eval_curve.py uses its training
+set, mcu_jax's pipeline D_r); then accuracy and mean cross-entropy in inference mode on every
+named set; and the L2 distance from phi of the previous t, summed into the path length.
+``sweep_and_select`` adds the choice of t (``mcu_jax.choice``). Several t are evaluated at once
+(vmap) on accelerators and one at a time on the CPU (``loops.resolve_vectorize``).
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import warnings
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mcu_jax import batchnorm, choice, evaluate, loops
+from mcu_jax.beta import Targets
+from mcu_jax.curves import Curve, point
+from mcu_jax.models.adapters import Apply
+from mcu_jax.preprocess import Preprocess, default_preprocess
+from mcu_jax.validation import InvalidArgument, check_pair, check_positive
+
+PyTree = Any
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepOptions:
+  """How the sweep evaluates each t.
+
+  Attributes:
+    batch_size: inference batch size.
+    recal_batch_size: batch size of the BatchNorm recalibration pass (the reference's loader
+      uses 128).
+    preprocess: ``preprocess(None, inputs) -> float`` (evaluation: no key).
+    momentum: BatchNorm momentum, or None to infer it (``batchnorm.recalibrate_batch_stats``).
+    chunk_size: how many t one vmapped call evaluates (None: all at once); giving it implies
+      vmapping. The last chunk is padded by repeating its last t, so chunks compile once.
+    vectorize: vmap over t (True), one t per call (False; same results), or None: the CPU
+      policy of ``mcu_jax.loops``.
+    keep_states: keep every t's recalibrated model state in the result.
+    progress: a progress bar over chunks.
+  """
+  batch_size: int = 512
+  recal_batch_size: int = 128
+  preprocess: Preprocess = default_preprocess
+  momentum: float | None = None
+  chunk_size: int | None = None
+  vectorize: bool | None = None
+  keep_states: bool = False
+  progress: bool = False
+
+  def __post_init__(self):
+    check_positive("batch_size", self.batch_size, integer=True)
+    check_positive("recal_batch_size", self.recal_batch_size, integer=True)
+    if self.chunk_size is not None:
+      check_positive("chunk_size", self.chunk_size, integer=True)
+
+
+@dataclasses.dataclass
+class SweepResult:
+  """Metrics of phi(t) at every swept t (NumPy arrays with a leading axis of len(ts)).
+
+  Attributes:
+    ts: (T,) the swept t.
+    accuracy: {set name: (T,) accuracy in percent}.
+    loss: {set name: (T,) mean cross-entropy}.
+    path_length: (T,) cumulative L2 length of the polygon through phi(ts[0]), ..., phi(ts[i])
+      in parameter space (0 at ts[0]).
+    model_states: the recalibrated model state of every t (leaves (T, ...)), or None.
+  """
+  ts: np.ndarray
+  accuracy: dict[str, np.ndarray]
+  loss: dict[str, np.ndarray]
+  path_length: np.ndarray
+  model_states: PyTree = None
+
+  def to_dict(self) -> dict:
+    """JSON-friendly lists (model states left out)."""
+    return {
+        "ts": self.ts.tolist(),
+        "accuracy": {k: v.tolist() for k, v in self.accuracy.items()},
+        "loss": {k: v.tolist() for k, v in self.loss.items()},
+        "path_length": self.path_length.tolist(),
+    }
+
+  @classmethod
+  def from_dict(cls, record: Mapping) -> "SweepResult":
+    """The inverse of ``to_dict`` (without model states)."""
+    return cls(ts=np.asarray(record["ts"], np.float64),
+               accuracy={k: np.asarray(v, np.float64) for k, v in record["accuracy"].items()},
+               loss={k: np.asarray(v, np.float64) for k, v in record["loss"].items()},
+               path_length=np.asarray(record["path_length"], np.float64))
+
+  def state_at(self, index: int) -> PyTree:
+    """The recalibrated model state of ``ts[index]``."""
+    if self.model_states is None:
+      raise InvalidArgument("index: this sweep kept no model states (keep_states=False)")
+    return jax.tree.map(lambda x: x[index], self.model_states)
+
+
+def _evaluate_point(curve, t, t_prev, model_state, recal_inputs, sets, *, apply, batch_size,
+                    recal_batch_size, preprocess, momentum):
+  """Everything the sweep reports for one t; traceable."""
+  params = point(curve, t)
+  prev = point(curve, t_prev)
+  sq = sum(jnp.sum(jnp.square(a.astype(jnp.float32) - b.astype(jnp.float32)))
+           for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(prev)))
+  state = model_state
+  if recal_inputs is not None:
+    state = batchnorm.recalibrated(apply, params, model_state, recal_inputs, recal_batch_size,
+                                   preprocess, momentum)
+  metrics = {}
+  for name, (inputs, labels) in sets.items():
+    metrics[name] = evaluate.hits_and_loss(apply, params, state, inputs, labels,
+                                           min(batch_size, labels.shape[0]), preprocess)
+  return {"metrics": metrics, "step": jnp.sqrt(sq), "state": state}   # sums; divided later
+
+
+_STATIC = ("apply", "batch_size", "recal_batch_size", "preprocess", "momentum")
+
+
+@functools.partial(jax.jit, static_argnames=_STATIC)
+def _sweep_chunk(curve, ts, t_prevs, model_state, recal_inputs, sets, **static):
+  fn = functools.partial(_evaluate_point, **static)
+  return jax.vmap(fn, in_axes=(None, 0, 0, None, None, None))(
+      curve, ts, t_prevs, model_state, recal_inputs, sets)
+
+
+@functools.partial(jax.jit, static_argnames=_STATIC)
+def _sweep_one(curve, t, t_prev, model_state, recal_inputs, sets, **static):
+  return _evaluate_point(curve, t, t_prev, model_state, recal_inputs, sets, **static)
+
+
+def sweep(curve: Curve, ts, apply: Apply, model_state: PyTree, sets: Mapping[str, tuple],
+          recal_inputs=None, options: SweepOptions = SweepOptions()) -> SweepResult:
+  """phi(t) at every t of ``ts`` with BatchNorm statistics recomputed on ``recal_inputs``.
+
+  Args:
+    curve: the curve.
+    ts: strictly increasing 1-D array in [0, 1] (e.g. ``np.linspace(0, 1, 20)``).
+    apply: the model (``mcu_jax.models.Apply``), hashable.
+    model_state: a model state of the model's structure (e.g. theta_o's); ``{}`` without
+      BatchNorm.
+    sets: {name: (inputs, labels)}, e.g. "retain", "forget", "test"; each non-empty.
+    recal_inputs: (N, ...) inputs of the recalibration pass; required when ``model_state`` has
+      leaves, ignored (may be None) when it has none.
+    options: ``SweepOptions``.
+  """
+  ts = choice.check_ts(ts)
+  if not sets:
+    raise InvalidArgument("sets: expected at least one {name: (inputs, labels)} set")
+  device_sets = {name: tuple(jnp.asarray(a) for a in check_pair(f"sets[{name!r}]", value))
+                 for name, value in sets.items()}
+  if not jax.tree.leaves(model_state):
+    recal_inputs = None
+  elif recal_inputs is None or int(np.shape(recal_inputs)[0]) == 0:
+    raise InvalidArgument("recal_inputs: a model with BatchNorm statistics needs a non-empty set "
+                          "of inputs to recalibrate them on at every t")
+  else:
+    batchnorm.variance_pairs(model_state)
+    recal_inputs = jnp.asarray(recal_inputs)
+  static = dict(apply=apply, batch_size=options.batch_size,
+                recal_batch_size=options.recal_batch_size, preprocess=options.preprocess,
+                momentum=None if options.momentum is None else float(options.momentum))
+  vectorize = options.chunk_size is not None or loops.resolve_vectorize(options.vectorize)
+  num = ts.size
+  t_prevs = np.concatenate([ts[:1], ts[:-1]])
+  dtype = jnp.result_type(float)
+  size = (options.chunk_size or num) if vectorize else 1
+
+  from tqdm import tqdm
+  outputs = []
+  for start in tqdm(range(0, num, size), desc="sweep", unit="chunk",
+                    disable=not options.progress, leave=False):
+    stop = min(start + size, num)
+    if not vectorize:
+      out = _sweep_one(curve, jnp.asarray(ts[start], dtype), jnp.asarray(t_prevs[start], dtype),
+                       model_state, recal_inputs, device_sets, **static)
+      out = jax.tree.map(lambda x: np.asarray(x)[None], out)
+    else:
+      pad = size - (stop - start)
+      chunk_ts = np.concatenate([ts[start:stop], np.repeat(ts[stop - 1], pad)])
+      chunk_prev = np.concatenate([t_prevs[start:stop], np.repeat(t_prevs[stop - 1], pad)])
+      out = _sweep_chunk(curve, jnp.asarray(chunk_ts, dtype), jnp.asarray(chunk_prev, dtype),
+                         model_state, recal_inputs, device_sets, **static)
+      out = jax.tree.map(lambda x: np.asarray(x)[:stop - start], out)
+    if not options.keep_states:
+      out = {**out, "state": None}
+    outputs.append(out)
+
+  merged = jax.tree.map(lambda *xs: np.concatenate(xs), *outputs)
+  metrics = merged["metrics"]
+  counts = {name: int(labels.shape[0]) for name, (_, labels) in device_sets.items()}
+  steps = merged["step"].astype(np.float64)
+  steps[0] = 0.0
+  return SweepResult(
+      ts=ts,
+      accuracy={name: 100.0 * metrics[name][0].astype(np.float64) / counts[name]
+                for name in sets},
+      loss={name: metrics[name][1].astype(np.float64) / counts[name] for name in sets},
+      path_length=np.cumsum(steps),
+      model_states=merged["state"] if options.keep_states else None,
+  )
+
+
+def sweep_and_select(apply: Apply, curve: Curve, model_state: PyTree, *,
+                     sets: Mapping[str, tuple], targets: Targets, recal_inputs=None,
+                     points: int = 20, t_search: tuple[float, float] = (0.75, 1.0),
+                     options: SweepOptions = SweepOptions(), warn: bool = True
+                     ) -> tuple[SweepResult, choice.Choice]:
+  """The sweep at ``points`` evenly spaced t in [0, 1] and the t it chooses.
+
+  ``sets`` must hold "retain" and "forget" (the choice compares their accuracies with
+  ``targets``); any other sets (e.g. "test") are swept too. See ``sweep`` and
+  ``choice.select_t`` (``warn``: a warning when t lies on a bound of ``t_search``). Returns
+  (SweepResult, Choice).
+  """
+  if not isinstance(points, (int, np.integer)) or points < 4:
+    raise InvalidArgument(f"points: cubic interpolation needs an integer >= 4, got {points!r}")
+  for name in ("retain", "forget"):
+    if name not in sets:
+      raise InvalidArgument(f"sets: expected a {name!r} set, got {sorted(sets)}")
+  result = sweep(curve, np.linspace(0.0, 1.0, int(points)), apply, model_state, sets,
+                 recal_inputs, options)
+  chosen = choice.select_t(result, targets, t_search=t_search, warn=False)
+  if warn and chosen.at_bound is not None:
+    warnings.warn(choice.bound_warning(chosen), stacklevel=2)
+  return result, chosen
+
+
+__all__ = ["SweepOptions", "SweepResult", "sweep", "sweep_and_select"]

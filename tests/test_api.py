@@ -1,0 +1,300 @@
+"""``unlearn_curve`` on three kinds of user model, checked against independent computations.
+
+Each user brings a model the library has never seen (a plain function, a Linen CNN with
+BatchNorm, an NNX model with BatchNorm), trains theta_o and theta_p with plain optax, and calls
+``unlearn_curve`` once. The numbers it reports are recomputed here in NumPy float64.
+"""
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+import mcu_jax
+from mcu_jax import data, models
+from mcu_jax.curves import line_controls
+from mcu_jax.validation import InvalidArgument
+
+FORGET_CLASS = 3
+FAST = dict(epochs=2, points=6, batch_size=64, eval_batch_size=256, k=0.1)  # k: a partial mask
+
+
+@pytest.fixture(scope="module")
+def digits():
+  """Float features (N, 64) in [0, 1], uint8 images (N, 8, 8, 1), labels; class 3 forgotten."""
+  tt = data.load_digits()
+  out = {}
+  for name, ds in (("train", tt.train), ("test", tt.test)):
+    out[name] = (ds.images, ds.images.reshape(len(ds), -1).astype(np.float32) / 255.0,
+                 ds.labels)
+  images, features, labels = out["train"]
+  forget = labels == FORGET_CLASS
+  test_images, test_features, test_labels = out["test"]
+  keep = test_labels != FORGET_CLASS
+  return {"forget": forget, "images": images, "features": features, "labels": labels,
+          "test_images": test_images[keep], "test_features": test_features[keep],
+          "test_labels": test_labels[keep]}
+
+
+def fit(loss_fn, params, steps, lr):
+  """Full-batch SGD with momentum, the user's own training loop."""
+  tx = optax.sgd(lr, momentum=0.9)
+  opt_state = tx.init(params)
+
+  @jax.jit
+  def step(params, opt_state):
+    grads = jax.grad(loss_fn)(params)
+    updates, opt_state = tx.update(grads, opt_state)
+    return optax.apply_updates(params, updates), opt_state
+  for _ in range(steps):
+    params, opt_state = step(params, opt_state)
+  return params
+
+
+def ce(logits, labels):
+  return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+
+def sets(digits, inputs, test_inputs):
+  f = digits["forget"]
+  return dict(forget=(inputs[f], digits["labels"][f]), retain=(inputs[~f], digits["labels"][~f]),
+              test=(test_inputs, digits["test_labels"]))
+
+
+def check_common(result, theta_o, theta_p):
+  """Endpoints bit-identical; tensors outside the mask still on the straight line, exactly."""
+  chex.assert_trees_all_equal(result.curve.start, theta_o)
+  chex.assert_trees_all_equal(result.curve.end, theta_p)
+  line = line_controls(theta_o, theta_p, 3)
+  flags = jax.tree.leaves(result.mask)
+  assert any(flags) and not all(flags)
+  for flag, trained, initial in zip(flags, jax.tree.leaves(result.curve.controls),
+                                    jax.tree.leaves(line)):
+    if flag:
+      assert not np.array_equal(trained, initial)
+    else:
+      np.testing.assert_array_equal(trained, initial)
+  assert 0.75 <= result.t <= 1.0 and result.t == result.choice.t
+  assert len(result.history) == FAST["epochs"] and result.sweep.ts.shape == (FAST["points"],)
+
+
+# ----------------------------------------------------------------------------- plain function
+
+def mlp(params, x):
+  h = jax.nn.relu(x @ params["w1"] + params["b1"])
+  return h @ params["w2"] + params["b2"]
+
+
+def mlp_np(params, x):
+  p = {k: np.asarray(v, np.float64) for k, v in params.items()}
+  h = np.maximum(np.asarray(x, np.float64) @ p["w1"] + p["b1"], 0.0)
+  return h @ p["w2"] + p["b2"]
+
+
+def np_accuracy(logits, labels):
+  return 100.0 * np.mean(np.argmax(logits, axis=1) == labels)
+
+
+def np_ce(logits, labels):
+  z = logits - logits.max(axis=1, keepdims=True)
+  return float(np.mean(np.log(np.exp(z).sum(axis=1)) - z[np.arange(len(labels)), labels]))
+
+
+@pytest.fixture(scope="module")
+def function_models(digits):
+  x, y, f = digits["features"], digits["labels"], digits["forget"]
+  k1, k2 = jax.random.split(jax.random.PRNGKey(0))
+  init = {"w1": jax.random.normal(k1, (64, 32)) * 0.25, "b1": jnp.zeros(32),
+          "w2": jax.random.normal(k2, (32, 10)) * 0.25, "b2": jnp.zeros(10)}
+  theta_o = fit(lambda p: ce(mlp(p, x), y), init, 200, 0.5)
+  # The user's own base method: gradient ascent on D_f mixed with descent on D_r.
+  theta_p = fit(lambda p: ce(mlp(p, x[~f]), y[~f]) - 0.05 * ce(mlp(p, x[f]), y[f]), theta_o,
+                20, 0.1)
+  return theta_o, theta_p
+
+
+@pytest.fixture(scope="module")
+def function_result(digits, function_models):
+  theta_o, theta_p = function_models
+  apply = models.from_function(mlp)
+  return mcu_jax.unlearn_curve(apply, theta_o, theta_p, scenario="class",
+                               **sets(digits, digits["features"], digits["test_features"]),
+                               **FAST)
+
+
+def test_function_model_targets_are_theta_o_accuracy(digits, function_models, function_result):
+  theta_o, _ = function_models
+  train_acc = np_accuracy(mlp_np(theta_o, digits["features"]), digits["labels"])
+  assert train_acc > 95.0      # float features: never divided by 255 again
+  assert function_result.targets == mcu_jax.Targets(retain=train_acc, forget=0.0)
+
+
+def test_function_model_metrics_hold_for_the_returned_params(digits, function_models,
+                                                             function_result):
+  check_common(function_result, *function_models)
+  s = sets(digits, digits["features"], digits["test_features"])
+  for name, (x, y) in s.items():
+    logits = mlp_np(function_result.params, x)
+    assert function_result.metrics[f"{name}_acc"] == pytest.approx(np_accuracy(logits, y),
+                                                                   abs=1e-9)
+    assert function_result.metrics[f"{name}_loss"] == pytest.approx(np_ce(logits, y), rel=1e-4)
+  chex.assert_trees_all_close(function_result.params,
+                              mcu_jax.point(function_result.curve, function_result.t))
+  assert function_result.model_state == {}
+  params, state = function_result.at(0.5)
+  chex.assert_trees_all_close(params, mcu_jax.point(function_result.curve, 0.5))
+  assert state == {}
+  assert set(function_result.seconds) == {"mask", "curve", "sweep"}
+
+
+# ----------------------------------------------------------------------------- Linen with BN
+
+class LinenCNN(nn.Module):
+  """A user's Linen CNN: conv-BN-relu, pool, dense."""
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    x = nn.Conv(8, (3, 3), use_bias=False)(x)
+    x = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9)(x))
+    return nn.Dense(10)(jnp.mean(x, axis=(1, 2)))
+
+
+@pytest.fixture(scope="module")
+def linen_result(digits):
+  module = LinenCNN()
+  x = digits["images"].astype(np.float32) / 255.0
+  y, f = digits["labels"], digits["forget"]
+  variables = module.init(jax.random.PRNGKey(0), x[:1], train=False)
+
+  def loss(params, inputs, labels, sign=1.0):
+    logits, _ = module.apply({"params": params, "batch_stats": variables["batch_stats"]},
+                             inputs, train=True, mutable=["batch_stats"])
+    return sign * ce(logits, labels)
+  theta_o = fit(lambda p: loss(p, x, y), variables["params"], 150, 0.5)
+  theta_p = fit(lambda p: loss(p, x[~f], y[~f]) - 0.05 * loss(p, x[f], y[f]), theta_o, 15, 0.1)
+  _, state = module.apply({"params": theta_o, "batch_stats": variables["batch_stats"]}, x,
+                          train=True, mutable=["batch_stats"])
+  result = mcu_jax.unlearn_curve(models.from_linen(module), theta_o, theta_p,
+                                 model_state={"batch_stats": state["batch_stats"]},
+                                 scenario="class",
+                                 **sets(digits, digits["images"], digits["test_images"]), **FAST)
+  return module, theta_o, theta_p, result
+
+
+def test_linen_model_with_batchnorm(digits, linen_result):
+  module, theta_o, theta_p, result = linen_result
+  check_common(result, theta_o, theta_p)
+  f = digits["forget"]
+  retain = digits["images"][~f].astype(np.float64) / 255.0
+  # The first BatchNorm's statistics: exact mean and variance of its input over D_r.
+  kernel = np.asarray(result.params["Conv_0"]["kernel"], np.float64)
+  h = np.asarray(jax.lax.conv_general_dilated(
+      jnp.asarray(retain), jnp.asarray(kernel), (1, 1), "SAME",
+      dimension_numbers=("NHWC", "HWIO", "NHWC"), precision="highest"), np.float64)
+  stats = result.model_state["batch_stats"]["BatchNorm_0"]
+  np.testing.assert_allclose(stats["mean"], h.mean(axis=(0, 1, 2)), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(stats["var"], h.var(axis=(0, 1, 2)), rtol=1e-5)
+  for name, (x, y) in sets(digits, digits["images"], digits["test_images"]).items():
+    logits = module.apply({"params": result.params, **result.model_state},
+                          jnp.asarray(x, jnp.float32) / 255.0, train=False)
+    assert result.metrics[f"{name}_acc"] == pytest.approx(np_accuracy(np.asarray(logits), y),
+                                                          abs=1e-9)
+
+
+# ----------------------------------------------------------------------------- NNX with BN
+
+class NnxMLP(nnx.Module):
+  def __init__(self, rngs):
+    self.dense = nnx.Linear(64, 32, rngs=rngs)
+    self.bn = nnx.BatchNorm(32, rngs=rngs)
+    self.head = nnx.Linear(32, 10, rngs=rngs)
+
+  def __call__(self, x):
+    return self.head(nnx.relu(self.bn(self.dense(x))))
+
+
+@pytest.fixture(scope="module")
+def nnx_result(digits):
+  x, y, f = digits["features"], digits["labels"], digits["forget"]
+  model = NnxMLP(nnx.Rngs(0))
+  for inputs, labels, steps, sign in ((x, y, 120, 0.0), (x[~f], y[~f], 15, 0.05)):
+    opt = nnx.Optimizer(model, optax.sgd(0.3 if sign == 0 else 0.05, momentum=0.9),
+                        wrt=nnx.Param)
+
+    @nnx.jit
+    def step(model, opt, sign=sign, inputs=inputs, labels=labels):
+      def loss(m):
+        out = ce(m(inputs), labels)
+        return out - sign * ce(m(x[f]), y[f]) if sign else out
+      grads = nnx.grad(loss)(model)
+      opt.update(model, grads)
+    model.train()
+    for _ in range(steps):
+      step(model, opt)
+    if sign == 0:
+      apply, theta_o, model_state = models.from_nnx(model)
+  _, theta_p, _ = models.from_nnx(model)
+  result = mcu_jax.unlearn_curve(apply, theta_o, theta_p, model_state=model_state,
+                                 scenario="class",
+                                 **sets(digits, digits["features"], digits["test_features"]),
+                                 **FAST)
+  return apply, theta_o, theta_p, result
+
+
+def test_nnx_model_with_batchnorm(digits, nnx_result):
+  apply, theta_o, theta_p, result = nnx_result
+  check_common(result, theta_o, theta_p)
+  retain = digits["features"][~digits["forget"]].astype(np.float64)
+  kernel = np.asarray(result.params["dense"]["kernel"][...], np.float64)
+  bias = np.asarray(result.params["dense"]["bias"][...], np.float64)
+  h = retain @ kernel + bias                       # the first BatchNorm's input
+  np.testing.assert_allclose(np.asarray(result.model_state["bn"]["var"][...]), h.var(axis=0),
+                             rtol=1e-5)
+  model = models.to_nnx(apply, result.params, result.model_state)
+  model.eval()
+  for name, (x, y) in sets(digits, digits["features"], digits["test_features"]).items():
+    assert result.metrics[f"{name}_acc"] == pytest.approx(
+        np_accuracy(np.asarray(model(jnp.asarray(x))), y), abs=1e-9)
+
+
+# ----------------------------------------------------------------------------- bad input
+
+def test_bad_calls_name_the_argument(digits, function_models):
+  theta_o, theta_p = function_models
+  apply = models.from_function(mlp)
+  kw = sets(digits, digits["features"], digits["test_features"])
+  with pytest.raises(InvalidArgument, match="theta_o and theta_p differ in shape"):
+    mcu_jax.unlearn_curve(apply, theta_o, {**theta_p, "b2": jnp.zeros(3)}, **kw)
+  with pytest.raises(InvalidArgument, match="test: random forgetting aims D_f at the original "
+                                            "model's test accuracy"):
+    mcu_jax.unlearn_curve(apply, theta_o, theta_p, **{**kw, "test": None})
+  with pytest.raises(InvalidArgument, match=r"forget labels: expected integers, got 'float64'"):
+    mcu_jax.unlearn_curve(apply, theta_o, theta_p,
+                          **{**kw, "forget": (kw["forget"][0], kw["forget"][1] * 1.0)})
+  with pytest.raises(InvalidArgument, match="retain: expected inputs of shape"):
+    mcu_jax.unlearn_curve(apply, theta_o, theta_p,
+                          **{**kw, "retain": (kw["retain"][0][:, :10], kw["retain"][1])})
+  with pytest.raises(InvalidArgument, match=r"targets: expected mcu_jax.Targets"):
+    mcu_jax.unlearn_curve(apply, theta_o, theta_p, targets=(99.0, 90.0), **kw)
+  with pytest.raises(InvalidArgument, match="model_state: from_function models have no state"):
+    mcu_jax.unlearn_curve(apply, theta_o, theta_p, model_state={"x": jnp.zeros(2)}, **kw)
+  with pytest.raises(InvalidArgument, match=r"mask\['w1'\]: expected a Python bool"):
+    mcu_jax.unlearn_curve(apply, theta_o, theta_p, mask={**jax.tree.map(lambda _: True, theta_o),
+                                                         "w1": jnp.ones(3, bool)}, **kw)
+
+
+def test_linen_state_convention_is_checked(digits, linen_result):
+  module, theta_o, theta_p, result = linen_result
+  apply = models.from_linen(module)
+  kw = sets(digits, digits["images"], digits["test_images"])
+  with pytest.raises(InvalidArgument, match=r"model_state does not fit LinenCNN.*Expected the "
+                                            r"module's non-'params' collections as a dict"):
+    mcu_jax.unlearn_curve(apply, theta_o, theta_p,
+                          model_state=result.model_state["batch_stats"], **kw)
+  with pytest.raises(InvalidArgument, match="params go separately"):
+    mcu_jax.unlearn_curve(apply, theta_o, theta_p,
+                          model_state={"params": theta_o, **result.model_state}, **kw)
+

@@ -1,0 +1,23 @@
+"""The three examples in examples/ run as a user would run them, and unlearn digit 3."""
+import ast
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+@pytest.mark.parametrize("name", ["plain_function", "linen_cnn", "nnx_model"])
+def test_example_runs_and_forgets(name):
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  out = subprocess.run([sys.executable, str(EXAMPLES / f"{name}.py")], capture_output=True,
+                       text=True, timeout=300, env=env, cwd=EXAMPLES.parent)
+  assert out.returncode == 0, out.stderr[-3000:]
+  line = out.stdout.strip().splitlines()[-1]
+  t, metrics = line.split(" ", 3)[2], ast.literal_eval(line.split(" ", 3)[3])
+  assert 0.75 <= float(t) <= 1.0
+  assert metrics["forget_acc"] < 5.0            # digit 3 is forgotten
+  assert metrics["retain_acc"] > 90.0 and metrics["test_acc"] > 85.0
