@@ -254,7 +254,7 @@ def time_mask(study, dataset, runs, scenario, seed, repeats: int = 3) -> dict:
   from mcu_jax.optim import OptimConfig
   base = study["ablation"].get("base", "rl")
   directory = S.seed_dir(runs, study, scenario, seed) / base
-  ctx = S._context(S.run_config(study, dataset, scenario, seed, base), directory, False)
+  ctx = S.context(S.run_config(study, dataset, scenario, seed, base), directory, False)
   settings = ctx.config.curve
   start, model_state = ctx.load_model("original")
   end, _ = ctx.load_model("unlearn")
@@ -421,13 +421,7 @@ def main(argv=None) -> int:
   plot_t_region(study, main_cells, results / "ablation_t_region.png")
   record["failures"] = failures
   record["wall_seconds_this_invocation"] = time.time() - start
-  record["backend"], record["cpu_conv_fix"] = study["backend"], study["conv_fix"]
-  if failures:
-    text += "\n## Cells that failed\n\n" + "\n".join(
-        f"- {f['cell']}: {f['error']}" for f in failures) + "\n"
-  S.write_outputs(results, "ablations", record, text)
-  S.log(f"wrote {results / 'ablations.md'}")
-  return 0
+  return S.finish(study, results, "ablations", record, text, failures)
 
 
 if __name__ == "__main__":

@@ -195,25 +195,19 @@ def main(argv=None) -> int:
   start = time.time()
   failures = []
   if not args.report_only:
-    S.log(f"main table of {study['name']}: {S.scale_note(study)} (conv fix: "
-          f"{study['conv_fix']}, backend {study['backend']})")
+    S.log(f"main table of {study['name']}: {S.scale_note(study)} (backend "
+          f"{study['backend']})")
     failures = run(study, dataset, args.runs_dir, args.progress)
   cells = collect(study, args.runs_dir)
   record, text = tables(study, cells)
   record["failures"] = failures
   record["wall_seconds_this_invocation"] = time.time() - start
   record["stage_seconds_total"] = _stage_seconds(args.runs_dir / study["name"])
-  record["backend"], record["cpu_conv_fix"] = study["backend"], study["conv_fix"]
   results = args.results_dir / study["name"]
   png = plot(study, cells, results / "main_table_avg_gap.png")
   if png:
     text += "\n![Avg. Gap by method](main_table_avg_gap.png)\n"
-  if failures:
-    text += "\n## Cells that failed\n\n" + "\n".join(
-        f"- {f['cell']}: {f['error']}" for f in failures) + "\n"
-  S.write_outputs(results, "main_table", record, text)
-  S.log(f"wrote {results / 'main_table.md'}")
-  return 0
+  return S.finish(study, results, "main_table", record, text, failures)
 
 
 def _stage_seconds(root: Path) -> float:

@@ -8,9 +8,10 @@ is produced by ``mcu_jax.pipeline``'s stage functions in a run directory:
     <runs>/<study>/<scenario>/seed<k>/<method>/      one base method: unlearn, curve, sweep, report
     <runs>/<study>/<scenario>/seed<k>/abl_<variant>/ ablations (RL's theta_p, other curve settings)
 
-A method or variant directory starts as a copy of what it shares (split, theta_o, the retrained
-model, the mask and, for ablations, RL's theta_p with their records), so the original and
-retrained models are trained once per (scenario, seed) and every method sees the same D_f/D_r.
+A method or variant directory adopts what it shares (``pipeline.copy_stage``: theta_o, the
+retrained model, the mask and, for ablations, RL's theta_p with their records), so the original
+and retrained models are trained once per (scenario, seed); every directory makes the same split
+from the same configuration, so every method sees the same D_f/D_r.
 A cell is done when its ``report.json`` exists: rerunning a study skips finished cells and
 resumes interrupted training stages from their epoch checkpoints.
 
@@ -80,7 +81,7 @@ def parser(description: str) -> argparse.ArgumentParser:
 
 
 def setup(args) -> dict:
-  """Study config, JAX settings (compilation cache, the CPU conv work-around)."""
+  """Study config and JAX settings (the compilation cache)."""
   path = EXPERIMENTS / "configs" / "digits_smoke.yaml" if args.smoke else args.config
   study = load_study(path, args.overrides)
   import jax
@@ -88,8 +89,6 @@ def setup(args) -> dict:
   cache.mkdir(parents=True, exist_ok=True)
   jax.config.update("jax_compilation_cache_dir", str(cache))
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-  import cpu_conv_fix
-  study["conv_fix"] = cpu_conv_fix.install()
   study["backend"] = jax.default_backend()
   return study
 
@@ -164,17 +163,8 @@ def seed_dir(runs: Path, study: dict, scenario: str, seed: int) -> Path:
   return runs / study["name"] / scenario / f"seed{seed}"
 
 
-def _copy_stage(src: Path, dst: Path, stage: str) -> None:
-  """Copies a finished stage's model (not its epoch checkpoints) and record."""
-  if (dst / f"{stage}.json").exists():
-    return
-  if (src / stage / "model").exists():
-    shutil.rmtree(dst / stage, ignore_errors=True)
-    shutil.copytree(src / stage / "model", dst / stage / "model")
-  shutil.copy2(src / f"{stage}.json", dst / f"{stage}.json")
-
-
-def _context(config, directory: Path, progress: bool):
+def context(config, directory: Path, progress: bool):
+  """The pipeline context of one run directory of the study (resuming its stages)."""
   from mcu_jax import pipeline
   return pipeline.make_context(config, directory, progress=progress, resume=True)
 
@@ -183,11 +173,10 @@ def _run_stages(ctx, stages, label: str) -> dict:
   from mcu_jax import pipeline
   seconds = {}
   for stage in stages:
-    record = "original" if stage == "train" else stage
-    if ctx.done(record):
+    if ctx.done(pipeline.STAGE_OF[stage].record):
       continue
     start = time.perf_counter()
-    pipeline.STAGE_FUNCTIONS[stage](ctx)
+    pipeline.run_stage(ctx, stage)
     seconds[stage] = time.perf_counter() - start
     log(f"  {label}: {stage} {seconds[stage]:.1f} s")
   return seconds
@@ -207,7 +196,7 @@ def ensure_base(study, dataset, runs, scenario, seed, progress=False) -> Path:
   directory = seed_dir(runs, study, scenario, seed) / "base"
   if all((directory / f"{r}.json").exists() for r in ("original", "retrain", "mask")):
     return directory
-  ctx = _context(run_config(study, dataset, scenario, seed), directory, progress)
+  ctx = context(run_config(study, dataset, scenario, seed), directory, progress)
   _note_wall(directory, _run_stages(ctx, ("train", "retrain", "mask"),
                                     f"{scenario}/seed{seed}/base"))
   return directory
@@ -224,18 +213,16 @@ def ensure_cell(study, dataset, runs, scenario, seed, name, method, extra=None,
   directory = root / name
   if (directory / "report.json").exists():
     return directory
+  from mcu_jax import pipeline
   base = root / "base"
-  directory.mkdir(parents=True, exist_ok=True)
-  if not (directory / "split.npz").exists():
-    shutil.copy2(base / "split.npz", directory / "split.npz")
-  for stage in ("original", "retrain"):
-    _copy_stage(base, directory, stage)
-  mask_enabled = ((extra or {}).get("mask") or {}).get("enabled", True)
-  if mask_enabled:
-    _copy_stage(base, directory, "mask")
+  ctx = context(run_config(study, dataset, scenario, seed, method, extra), directory, progress)
+  shared = ["train", "retrain"]
+  if ((extra or {}).get("mask") or {}).get("enabled", True):
+    shared.append("mask")
+  for stage in shared:
+    pipeline.copy_stage(ctx, base, stage)
   if from_method is not None:
-    _copy_stage(root / from_method, directory, "unlearn")
-  ctx = _context(run_config(study, dataset, scenario, seed, method, extra), directory, progress)
+    pipeline.copy_stage(ctx, root / from_method, "unlearn")
   stages = ("unlearn", "mask", "curve", "sweep", "report")
   _note_wall(directory, _run_stages(ctx, stages, f"{scenario}/seed{seed}/{name}"))
   return directory
@@ -344,6 +331,18 @@ def paired_tests(before, after) -> dict:
   return out
 
 
+def finish(study: dict, results: Path, stem: str, record: dict, text: str,
+           failures: list) -> int:
+  """Writes a table's JSON and markdown (failed cells listed under the table); exit code 0."""
+  record["backend"] = study["backend"]
+  if failures:
+    text += "\n## Cells that failed\n\n" + "\n".join(
+        f"- {f['cell']}: {f['error']}" for f in failures) + "\n"
+  write_outputs(results, stem, record, text)
+  log(f"wrote {results / (stem + '.md')}")
+  return 0
+
+
 def markdown(rows: list[dict], columns: list) -> str:
   from mcu_jax import report
   return report.markdown_table(rows, columns)
@@ -366,7 +365,7 @@ def figure(size=(7.0, 4.5)):
 def save_png(fig, path: Path) -> str:
   from mcu_jax import report
   fig.tight_layout()
-  return report._atomic_write(path, lambda f: fig.savefig(f, format="png"), mode="wb")
+  return report.atomic_write(path, lambda f: fig.savefig(f, format="png"), mode="wb")
 
 
 def scale_note(study: dict) -> str:

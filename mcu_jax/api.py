@@ -93,7 +93,7 @@ def _check_inputs(forget, retain, test):
   return sets
 
 
-def _targets(apply, theta_o, model_state, sets, scenario, batch_size, preprocess):
+def _targets(apply, theta_o, model_state, sets, scenario, batch_size, preprocess, mesh):
   """The alignment targets from theta_o's accuracy on D_f + D_r and on test."""
   if scenario == "random" and "test" not in sets:
     raise InvalidArgument("test: random forgetting aims D_f at the original model's test "
@@ -101,7 +101,7 @@ def _targets(apply, theta_o, model_state, sets, scenario, batch_size, preprocess
   train_inputs = np.concatenate([np.asarray(sets["forget"][0]), np.asarray(sets["retain"][0])])
   train_labels = np.concatenate([np.asarray(sets["forget"][1]), np.asarray(sets["retain"][1])])
   acc = lambda inputs, labels: evaluate.accuracy_and_loss(
-      apply, theta_o, model_state, inputs, labels, batch_size, preprocess)[0]
+      apply, theta_o, model_state, inputs, labels, batch_size, preprocess, mesh=mesh)[0]
   test_acc = acc(*sets["test"]) if scenario == "random" else 0.0
   return beta_lib.alignment_targets(train_acc=acc(train_inputs, train_labels),
                                     test_acc=test_acc, scenario=scenario)
@@ -163,7 +163,8 @@ def unlearn_curve(apply: Apply, theta_o: PyTree, theta_p: PyTree, *, forget, ret
   check_model_state(apply, theta_o, model_state, sample)
   mesh = parallel.make_mesh() if mesh is None else mesh
   if targets is None:
-    targets = _targets(apply, theta_o, model_state, sets, scenario, eval_batch_size, preprocess)
+    targets = _targets(apply, theta_o, model_state, sets, scenario, eval_batch_size, preprocess,
+                       mesh)
   targets = beta_lib.as_targets(targets)
   policy = beta_lib.as_policy(beta, targets, beta_low, beta_high)
   seconds = {"mask": 0.0, "curve": 0.0}
@@ -192,7 +193,8 @@ def unlearn_curve(apply: Apply, theta_o: PyTree, theta_p: PyTree, *, forget, ret
   if recalibrate_on == "train":
     recal_inputs = np.concatenate([np.asarray(sets["forget"][0]), recal_inputs])
   options = SweepOptions(batch_size=eval_batch_size, recal_batch_size=batch_size,
-                         preprocess=preprocess, chunk_size=chunk_size, progress=progress)
+                         preprocess=preprocess, chunk_size=chunk_size, progress=progress,
+                         mesh=mesh)
   start = time.perf_counter()
   swept, choice = sweep_and_select(apply, curve, model_state, sets=sets, targets=targets,
                                    recal_inputs=recal_inputs, points=points,
@@ -204,13 +206,13 @@ def unlearn_curve(apply: Apply, theta_o: PyTree, theta_p: PyTree, *, forget, ret
   def at(t: float) -> tuple[PyTree, PyTree]:
     params = point(curve, t)
     return params, batchnorm.recalibrate_batch_stats(apply, params, model_state, recal_inputs,
-                                                     batch_size, preprocess)
+                                                     batch_size, preprocess, mesh=mesh)
 
   params, state = at(choice.t)
   metrics = {}
   for name, (inputs, labels) in sets.items():
     metrics[f"{name}_acc"], metrics[f"{name}_loss"] = evaluate.accuracy_and_loss(
-        apply, params, state, inputs, labels, eval_batch_size, preprocess)
+        apply, params, state, inputs, labels, eval_batch_size, preprocess, mesh=mesh)
   return MCUResult(t=choice.t, params=params, model_state=state, metrics=metrics, curve=curve,
                    mask=mask, sweep=swept, choice=choice, targets=targets, history=history,
                    seconds=seconds, _at=at)

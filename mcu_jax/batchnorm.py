@@ -17,6 +17,11 @@ statistics, and ``m`` is inferred per leaf. Variances are found by name and pair
 mean by name, in Linen ``batch_stats`` dicts (``.../BatchNorm_0/var``), NNX states
 (``.../bn/var/.value``) and pure dicts alike; a variance-named leaf without its mean raises
 rather than being averaged like a mean. Every other floating leaf is averaged like a mean.
+
+With a device ``mesh`` (``jax.sharding.Mesh`` with the axis ``"data"``) the inputs, params and
+state are replicated on it and every batch of the pass whose size is a multiple of the mesh's
+``"data"`` size is constrained to be split over it (GSPMD all-reduces the batch statistics);
+the same batches are formed as without a mesh, so the statistics agree to float tolerance.
 """
 from __future__ import annotations
 
@@ -27,9 +32,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mcu_jax import evaluate
 from mcu_jax.models.adapters import Apply
 from mcu_jax.preprocess import Preprocess, default_preprocess
-from mcu_jax.validation import InvalidArgument
+from mcu_jax.validation import InvalidArgument, check_positive
 
 PyTree = Any
 
@@ -79,8 +85,13 @@ def variance_pairs(state: PyTree) -> dict[int, int]:
   return pairs
 
 
-def recalibrated(apply, params, state, images, batch_size, preprocess, momentum=None, rng=None):
-  """``recalibrate_batch_stats`` without its checks, to call inside a traced function."""
+def recalibrated(apply, params, state, images, batch_size, preprocess, momentum=None, rng=None,
+                 mesh=None):
+  """``recalibrate_batch_stats`` without its checks, to call inside a traced function.
+
+  ``mesh``: each batch whose size is a multiple of ``evaluate.batch_shards(mesh)`` is
+  constrained to be split over it (the others, see below, run as they are).
+  """
   leaves, treedef = jax.tree.flatten(state)
   if not leaves:
     return state
@@ -96,8 +107,17 @@ def recalibrated(apply, params, state, images, batch_size, preprocess, momentum=
     return jax.tree.unflatten(treedef, [
         jnp.full(x.shape, fill, x.dtype) if f else x for x, f in zip(leaves, floats)])
 
+  shards = evaluate.batch_shards(mesh)
+
+  def split(x):
+    # Batches are never padded (padding would enter the statistics), so a batch that the
+    # devices cannot share evenly runs unconstrained: the remainder batch of the pass, or the
+    # whole set when it is smaller than batch_size. GSPMD then places it as it likes; the
+    # statistics stay exact, only that batch is not split.
+    return evaluate.split_batch(x, mesh) if x.shape[0] % shards == 0 else x
+
   def forward(x, running, key):
-    _, new_state = apply(params, running, preprocess(key, x), True)
+    _, new_state = apply(params, running, split(preprocess(key, split(x))), True)
     new_leaves = jax.tree.leaves(new_state)
     if len(new_leaves) != len(leaves):
       raise ValueError("apply(..., train=True) must return a state with the structure of the "
@@ -184,15 +204,29 @@ def recalibrated(apply, params, state, images, batch_size, preprocess, momentum=
   return jax.tree.unflatten(treedef, result)
 
 
-@functools.partial(jax.jit, static_argnames=("apply", "batch_size", "preprocess", "momentum"))
-def _recalibrate_jit(apply, params, state, images, rng, batch_size, preprocess, momentum):
-  return recalibrated(apply, params, state, images, batch_size, preprocess, momentum, rng)
+@functools.partial(jax.jit, static_argnames=("apply", "batch_size", "preprocess", "momentum",
+                                             "mesh"))
+def _recalibrate_jit(apply, params, state, images, rng, batch_size, preprocess, momentum, mesh):
+  return evaluate.gathered(
+      recalibrated(apply, params, state, images, batch_size, preprocess, momentum, rng, mesh),
+      mesh)
+
+
+def check_batch_size(name: str, batch_size, mesh=None) -> int:
+  """``batch_size`` if it is a positive integer, with a mesh a multiple of its ``"data"``
+  size (the batches of a pass set its statistics, so it is never rounded)."""
+  check_positive(name, batch_size, integer=True)
+  shards = evaluate.batch_shards(mesh)
+  if batch_size % shards:
+    raise InvalidArgument(f"{name}: expected a multiple of the mesh's {shards} devices, got "
+                          f"{batch_size}")
+  return int(batch_size)
 
 
 def recalibrate_batch_stats(apply: Apply, params: PyTree, model_state: PyTree, inputs,
                             batch_size: int = 128, preprocess: Preprocess = default_preprocess,
-                            momentum: float | None = None, rng: jax.Array | None = None
-                            ) -> PyTree:
+                            momentum: float | None = None, rng: jax.Array | None = None, *,
+                            mesh=None) -> PyTree:
   """The model state of ``params`` with BatchNorm statistics recomputed on ``inputs``.
 
   The inputs are forwarded in order, in batches of ``batch_size``, in training mode; a last
@@ -214,21 +248,29 @@ def recalibrate_batch_stats(apply: Apply, params: PyTree, model_state: PyTree, i
       then each batch gets its own key.
     momentum: the BN momentum of every layer, or None to infer it.
     rng: optional PRNG key for augmentation in ``preprocess``.
+    mesh: a ``jax.sharding.Mesh`` (``parallel.make_mesh()``): inputs, params, state and
+      ``rng`` replicated on it, every batch of ``batch_size`` (then a multiple of the mesh's
+      devices) split over it; a remainder batch that is not a multiple runs unsplit. None: no
+      sharding.
 
   Returns:
     A pytree like ``model_state``.
   """
+  mesh = evaluate.check_mesh(mesh)
   if not jax.tree.leaves(model_state):
     return model_state
   if inputs is None or int(np.shape(inputs)[0]) == 0:
     raise InvalidArgument("inputs: recalibrating BatchNorm statistics needs a non-empty set of "
                           f"inputs, got {'None' if inputs is None else 'an empty one'}")
-  if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-    raise InvalidArgument(f"batch_size: expected a positive integer, got {batch_size!r}")
+  batch_size = check_batch_size("batch_size", batch_size, mesh)
   variance_pairs(model_state)   # raises early, outside jit, on an unpaired variance
-  return _recalibrate_jit(apply, params, model_state, jnp.asarray(inputs), rng,
-                          int(batch_size), preprocess,
-                          None if momentum is None else float(momentum))
+  if mesh is None:
+    inputs = jnp.asarray(inputs)
+  else:
+    params, model_state, inputs, rng = evaluate.on_mesh((params, model_state, inputs, rng), mesh)
+  return _recalibrate_jit(apply, params, model_state, inputs, rng, batch_size, preprocess,
+                          None if momentum is None else float(momentum), mesh)
 
 
-__all__ = ["recalibrate_batch_stats", "recalibrated", "variance_pairs", "VARIANCE_NAMES"]
+__all__ = ["recalibrate_batch_stats", "recalibrated", "check_batch_size", "variance_pairs",
+           "VARIANCE_NAMES"]

@@ -97,6 +97,15 @@ def _check_weight(name: str, value) -> float:
   return float(check_number(name, value, low=0.0))
 
 
+def check_weights(low, high, names: tuple[str, str] = ("low", "high"),
+                  error: type = InvalidArgument) -> None:
+  """The adaptive rule's weights: finite, ``0 <= low <= high``."""
+  for name, value in zip(names, (low, high)):
+    check_number(name, value, low=0.0, error=error)
+  if low > high:
+    raise error(f"{names[0]}: must be <= {names[1]} ({high}), got {low}")
+
+
 @flax.struct.dataclass
 class FixedBeta:
   """beta = ``value`` (>= 0) at every step."""
@@ -119,10 +128,7 @@ class AdaptiveBeta:
 
   def __post_init__(self):
     as_targets(self.targets, "AdaptiveBeta.targets")
-    low, high = _check_weight("AdaptiveBeta.low", self.low), _check_weight("AdaptiveBeta.high",
-                                                                           self.high)
-    if low > high:
-      raise InvalidArgument(f"AdaptiveBeta: expected low <= high, got low={low}, high={high}")
+    check_weights(self.low, self.high, names=("AdaptiveBeta.low", "AdaptiveBeta.high"))
 
   def __call__(self, metrics) -> jnp.ndarray:
     return adaptive_beta(metrics["forget_acc"], metrics["retain_acc"], targets=self.targets,

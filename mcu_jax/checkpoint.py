@@ -1,16 +1,22 @@
 """Checkpoints with orbax: resumable training states and saved models.
 
 Writes are atomic (orbax writes to a temporary directory and renames it when complete), so a
-run killed mid-save leaves the previous checkpoint intact. Failures to read name the path.
+run killed mid-save leaves the previous checkpoint intact. Every epoch checkpoint carries the
+digest of its state (``tree_digest``), so a corrupt one is detected on restore, and
+``Checkpointer.restore`` then falls back to the previous good one with a warning. Failures to
+read name the path, in one line.
 """
 from __future__ import annotations
 
+import hashlib
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
 
 PyTree = Any
@@ -18,6 +24,21 @@ PyTree = Any
 
 class CheckpointError(RuntimeError):
   """A checkpoint is missing, incomplete or does not match the expected structure."""
+
+
+def tree_digest(tree: PyTree) -> str:
+  """SHA-256 (16 hex digits) of a pytree's paths, shapes, dtypes and bytes."""
+  sha = hashlib.sha256()
+  for path, leaf in jax.tree_util.tree_flatten_with_path(_to_storable(tree))[0]:
+    array = np.asarray(jax.device_get(leaf))
+    sha.update(f"{jax.tree_util.keystr(path)}|{array.shape}|{array.dtype}|".encode())
+    sha.update(np.ascontiguousarray(array).tobytes())
+  return sha.hexdigest()[:16]
+
+
+def _first_line(error: BaseException) -> str:
+  lines = str(error).strip().splitlines()
+  return f"{type(error).__name__}: {lines[0] if lines else ''}"
 
 
 def _is_key(x) -> bool:
@@ -55,23 +76,41 @@ class Checkpointer:
     return self._manager.latest_step()
 
   def save(self, step: int, state: PyTree, meta: dict) -> None:
-    """Saves and waits until the checkpoint is complete on disk."""
+    """Saves ``state`` (and its digest in ``meta``) and waits until it is complete on disk."""
+    meta = {**meta, "digest": tree_digest(state)}
     self._manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(_to_storable(state)), meta=ocp.args.JsonSave(meta)))
     self._manager.wait_until_finished()
 
-  def restore(self, like: PyTree, step: int | None = None) -> tuple[PyTree, dict]:
-    """(state, meta) of ``step`` (default: the latest), with the structure of ``like``."""
-    step = self.latest_step() if step is None else step
-    if step is None:
-      raise CheckpointError(f"no checkpoint in {self.directory}")
+  def _restore_step(self, like: PyTree, step: int) -> tuple[PyTree, dict]:
     path = self.directory / str(step)
     try:
       restored = self._manager.restore(step, args=ocp.args.Composite(
           state=ocp.args.StandardRestore(_abstract(like)), meta=ocp.args.JsonRestore()))
     except Exception as e:  # orbax raises many types; all mean the same to the caller
-      raise CheckpointError(f"cannot restore checkpoint {path}: {type(e).__name__}: {e}") from e
-    return _from_storable(restored["state"], like), restored["meta"]
+      raise CheckpointError(f"cannot restore checkpoint {path}: {_first_line(e)}") from e
+    state, meta = _from_storable(restored["state"], like), restored["meta"]
+    if "digest" in meta and tree_digest(state) != meta["digest"]:
+      raise CheckpointError(f"checkpoint {path} does not match its recorded digest (corrupt)")
+    return state, meta
+
+  def restore(self, like: PyTree, step: int | None = None) -> tuple[PyTree, dict]:
+    """(state, meta) of ``step``, or by default of the newest good checkpoint: a corrupt
+    newest one is skipped with a warning for the one before it. ``like`` gives the
+    structure."""
+    if step is not None:
+      return self._restore_step(like, step)
+    steps = sorted(self._manager.all_steps(), reverse=True)
+    if not steps:
+      raise CheckpointError(f"no checkpoint in {self.directory}")
+    for i, candidate in enumerate(steps):
+      try:
+        return self._restore_step(like, candidate)
+      except CheckpointError as e:
+        if i + 1 == len(steps):
+          raise
+        warnings.warn(f"{e}; falling back to checkpoint {steps[i + 1]}", stacklevel=2)
+    raise AssertionError("unreachable")
 
   def close(self) -> None:
     self._manager.close()
@@ -106,5 +145,5 @@ def load_tree(path: str | os.PathLike, like: PyTree | None = None) -> PyTree:
         target = _abstract(like)
       tree = checkpointer.restore(path, target)
   except Exception as e:
-    raise CheckpointError(f"cannot restore checkpoint {path}: {type(e).__name__}: {e}") from e
+    raise CheckpointError(f"cannot restore checkpoint {path}: {_first_line(e)}") from e
   return _from_storable(tree, like) if like is not None else jax.tree.map(jnp.asarray, tree)

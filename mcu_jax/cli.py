@@ -6,18 +6,25 @@
 
 Configuration: ``--config FILE`` (YAML, TOML or JSON) and ``--set key.sub=value`` overrides
 (repeatable), validated before anything is written. ``--resume`` continues a killed stage from
-its last epoch checkpoint; ``--force`` recomputes finished stages.
+its last epoch checkpoint; ``--force`` recomputes finished stages. Failures are one line on
+stderr and a non-zero exit (2 for bad input or state, 1 for the system, 130 for Ctrl-C);
+``--debug`` shows the traceback.
 """
 from __future__ import annotations
 
 import argparse
 import datetime
+import os
 import sys
 from pathlib import Path
 
 from mcu_jax import config as config_lib
+from mcu_jax.validation import MCUError
 
-STAGE_COMMANDS = ("train", "retrain", "unlearn", "mask", "curve", "sweep", "report")
+
+def stage_commands() -> tuple[str, ...]:
+  from mcu_jax import pipeline
+  return tuple(stage.name for stage in pipeline.STAGES)
 
 
 def _common(parser: argparse.ArgumentParser, run_dir_required: bool) -> None:
@@ -30,6 +37,7 @@ def _common(parser: argparse.ArgumentParser, run_dir_required: bool) -> None:
                       help="continue interrupted training stages from their last checkpoint")
   parser.add_argument("--force", action="store_true", help="recompute finished stages")
   parser.add_argument("--no-progress", action="store_true", help="no progress bars or logs")
+  parser.add_argument("--debug", action="store_true", help="full tracebacks on errors")
   parser.add_argument("--coordinator", help="multi-host: coordinator address host:port")
   parser.add_argument("--num-processes", type=int, help="multi-host: number of processes")
   parser.add_argument("--process-id", type=int, help="multi-host: this process's id")
@@ -44,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
   demo.add_argument("--method", help="base unlearning method (default: rl)")
   run = commands.add_parser("run", help="every stage, in order, from one config")
   _common(run, run_dir_required=True)
-  for stage in STAGE_COMMANDS:
+  for stage in stage_commands():
     sub = commands.add_parser(stage, help=f"the {stage} stage")
     _common(sub, run_dir_required=True)
     if stage == "unlearn":
@@ -54,7 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
   importer.add_argument("checkpoint", type=Path, help="a torch state_dict (.pt)")
   importer.add_argument("--model", required=True, help="preresnet110, preresnet164 or vgg16_bn")
   importer.add_argument("--num-classes", type=int, default=10)
+  importer.add_argument("--bend", type=int, default=None,
+                        help="import bend i of a reference CurveNet checkpoint")
   importer.add_argument("--out", type=Path, required=True, help="output directory (orbax)")
+  importer.add_argument("--force", action="store_true", help="overwrite an existing --out")
+  importer.add_argument("--debug", action="store_true", help="full tracebacks on errors")
   return parser
 
 
@@ -76,36 +88,36 @@ def _config(args) -> config_lib.RunConfig:
   return config_lib.load_config(args.config, overrides, base=base)
 
 
-def main(argv=None) -> int:
-  args = build_parser().parse_args(argv)
-  try:
-    if args.command == "import-torch":
-      from mcu_jax import torch_import
-      path = torch_import.convert_file(args.checkpoint, args.model, args.num_classes, args.out)
-      print(path)
-      return 0
-    config = _config(args)
-  except (config_lib.ConfigError, ValueError, FileNotFoundError, ImportError) as e:
-    print(f"mcu-jax: error: {e}", file=sys.stderr)
-    return 2
+def _demo_dir() -> Path:
+  """A new directory runs/demo-<time>-<n>, never one another demo is using."""
+  stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+  Path("runs").mkdir(exist_ok=True)
+  for n in range(1000):
+    candidate = Path("runs") / f"demo-{stamp}-{os.getpid()}-{n}"
+    try:
+      candidate.mkdir()
+      return candidate
+    except FileExistsError:
+      continue
+  raise MCUError("cannot find a free runs/demo-* directory name")
 
-  from mcu_jax import checkpoint, parallel, pipeline, report
+
+def _run(args) -> int:
+  if args.command == "import-torch":
+    from mcu_jax import torch_import
+    print(torch_import.convert_file(args.checkpoint, args.model, args.num_classes, args.out,
+                                    bend=args.bend, force=args.force))
+    return 0
+  config = _config(args)
+  from mcu_jax import parallel, pipeline, report
   parallel.initialize(args.coordinator, args.num_processes, args.process_id)
-  run_dir = args.run_dir
-  if run_dir is None:
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    run_dir = Path("runs") / f"demo-{stamp}"
-  try:
-    ctx = pipeline.make_context(config, run_dir, progress=not args.no_progress,
-                                resume=args.resume, force=args.force)
-    if args.command in ("demo", "run"):
-      record = pipeline.run_all(ctx)
-    else:
-      record = pipeline.STAGE_FUNCTIONS[args.command](ctx)
-  except (pipeline.StageError, config_lib.ConfigError, checkpoint.CheckpointError, ValueError,
-          FileNotFoundError) as e:
-    print(f"mcu-jax: error: {e}", file=sys.stderr)
-    return 2
+  run_dir = args.run_dir if args.run_dir is not None else _demo_dir()
+  ctx = pipeline.make_context(config, run_dir, progress=not args.no_progress,
+                              resume=args.resume, force=args.force)
+  if args.command in ("demo", "run"):
+    record = pipeline.run_all(ctx)
+  else:
+    record = pipeline.run_stage(ctx, args.command)
   if args.command in ("demo", "run", "report"):
     print()
     print(record["table"])
@@ -116,6 +128,36 @@ def main(argv=None) -> int:
     print(report.to_jsonable(summary))
   print(f"run directory: {run_dir}")
   return 0
+
+
+def _one_line(error: BaseException) -> str:
+  """The first line of an error's message (TensorStore and orbax add pages of detail)."""
+  text = str(error).strip().splitlines()
+  return text[0] if text else type(error).__name__
+
+
+def main(argv=None) -> int:
+  args = build_parser().parse_args(argv)
+  from mcu_jax import checkpoint
+  try:
+    return _run(args)
+  except KeyboardInterrupt:
+    print("mcu-jax: interrupted; finished stages are kept, and --resume continues a training "
+          "stage from its last epoch", file=sys.stderr)
+    return 130
+  except (MCUError, ValueError, checkpoint.CheckpointError, FileNotFoundError,
+          ImportError) as e:
+    if args.debug:
+      raise
+    print(f"mcu-jax: error: {_one_line(e)}", file=sys.stderr)
+    return 2
+  except OSError as e:
+    if args.debug:
+      raise
+    where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+    print(f"mcu-jax: error: {e.strerror or _one_line(e)}{where}: check the path, its "
+          "permissions and the free space", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

@@ -1,27 +1,44 @@
-"""Run configuration: nested dataclasses, read from YAML or TOML, overridden from the command line.
+"""Run configuration: frozen dataclasses, read from YAML, TOML or JSON, overridden from the
+command line.
 
 Validation is strict: an unknown key, a value of the wrong type or an impossible value raises
-``ConfigError`` with one message naming the key, before anything is written. The defaults are
-the reference's MCU hyperparameters (SGD lr 0.01, momentum 0.9, no weight decay, 10 epochs,
-batch 128, retain_ratio 0.5, 3 bends, Bezier, k = 0.5, kr = 0, 20 sweep points) and a digits-
-sized original model.
+``ConfigError`` with one message naming the key (``config.curve.lr: must lie in ...``), before
+anything is written. The rules are their owners' (``mcu_jax.validation`` checks, the optimizer
+fields of ``train.FitConfig``, curve kinds from ``curves``, precisions from ``models``, mask
+fractions from ``masks``, beta weights from ``beta``): config states none of them again.
+
+The defaults are the reference's MCU hyperparameters (SGD lr 0.01, momentum 0.9, no weight
+decay, 10 epochs, batch 128, retain_ratio 0.5, 3 bends, Bezier, k = 0.5, kr = 0, 20 sweep
+points) and a digits-sized original model.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
 import os
+import re
 import types
 import typing
 from pathlib import Path
 from typing import Any
 
+from mcu_jax.train import FitConfig
+from mcu_jax.validation import InvalidArgument, check_choice, check_number
 
-class ConfigError(ValueError):
+
+class ConfigError(InvalidArgument):
   """A configuration file or override is invalid; the message names the key."""
 
 
-@dataclasses.dataclass
+def _number(where, key, value, **bounds):
+  check_number(f"{where}.{key}", value, error=ConfigError, **bounds)
+
+
+def _choice(where, key, value, choices):
+  check_choice(f"{where}.{key}", value, choices, error=ConfigError)
+
+
+@dataclasses.dataclass(frozen=True)
 class ForgetConfig:
   kind: str = "random"            # "random" or "class"
   ratio: float = 0.1              # share of the training set, random forgetting
@@ -30,29 +47,27 @@ class ForgetConfig:
   def validate(self, where):
     _choice(where, "kind", self.kind, ("random", "class"))
     if self.kind == "random":
-      _open_unit(where, "ratio", self.ratio)
+      _number(where, "ratio", self.ratio, low=0.0, high=1.0, low_open=True, high_open=True)
     elif not self.classes:
       raise ConfigError(f"{where}.classes: class forgetting needs at least one class id")
 
 
-@dataclasses.dataclass
-class TrainConfig:
-  """Training of the original and retrained models (SGD + momentum + cosine)."""
+@dataclasses.dataclass(frozen=True)
+class TrainConfig(FitConfig):
+  """Training of the original and retrained models: SGD + momentum, weight decay, cosine
+  annealing per step (``train.FitConfig``'s fields)."""
   epochs: int = 30
   lr: float = 0.1
   batch_size: int = 64
-  momentum: float = 0.9
   weight_decay: float = 5e-4
+  cosine: bool = True
+  schedule_unit: str = "step"
 
   def validate(self, where):
-    _positive(where, "epochs", self.epochs)
-    _positive(where, "lr", self.lr)
-    _positive(where, "batch_size", self.batch_size)
-    _range(where, "momentum", self.momentum, 0.0, 1.0, high_open=True)
-    _range(where, "weight_decay", self.weight_decay, 0.0, None)
+    pass                          # FitConfig checks every field at construction
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class UnlearnConfig:
   """The base method producing theta_p; ``options`` override its documented defaults."""
   method: str = "rl"
@@ -68,24 +83,22 @@ class UnlearnConfig:
       raise ConfigError(f"{where}.options: invalid {self.method} hyperparameters: {e}") from e
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class MaskConfig:
   enabled: bool = True
   k: float = 0.5
   kr: float = 0.0
 
   def validate(self, where):
-    _range(where, "k", self.k, 0.0, 1.0, low_open=True)
-    _range(where, "kr", self.kr, 0.0, 1.0, high_open=True)
+    from mcu_jax import masks
+    masks.check_fractions(self.k, self.kr, names=(f"{where}.k", f"{where}.kr"),
+                          error=ConfigError)
 
 
-@dataclasses.dataclass
-class CurveConfig:
-  """Curve training; defaults from the reference's README command."""
-  epochs: int = 10
-  lr: float = 0.01
-  momentum: float = 0.9
-  batch_size: int = 128
+@dataclasses.dataclass(frozen=True)
+class CurveConfig(FitConfig):
+  """Curve training (``train.FitConfig``'s fields: the reference's SGD lr 0.01, momentum 0.9,
+  no weight decay, constant lr, 10 epochs, batch 128) and the curve itself."""
   retain_ratio: float = 0.5
   num_bends: int = 3
   kind: str = "bezier"
@@ -96,27 +109,25 @@ class CurveConfig:
   precision: str = "fp32"          # "bf16": bfloat16 compute, float32 controls and endpoints
 
   def validate(self, where):
-    from mcu_jax.models import COMPUTE_DTYPES
-    _choice(where, "precision", self.precision, tuple(COMPUTE_DTYPES))
-    _positive(where, "epochs", self.epochs)
-    _positive(where, "lr", self.lr)
-    _positive(where, "batch_size", self.batch_size)
-    _range(where, "momentum", self.momentum, 0.0, 1.0, high_open=True)
-    _range(where, "retain_ratio", self.retain_ratio, 0.0, 1.0, low_open=True)
+    from mcu_jax import beta, curves, models
+    _choice(where, "precision", self.precision, tuple(models.COMPUTE_DTYPES))
+    _number(where, "retain_ratio", self.retain_ratio, low=0.0, high=1.0, low_open=True)
     if self.num_bends < 3:
       raise ConfigError(f"{where}.num_bends: a trainable curve needs >= 3 bends, got "
                         f"{self.num_bends}")
-    _choice(where, "kind", self.kind, ("bezier", "polychain"))
+    _choice(where, "kind", self.kind, curves.KINDS)
     if isinstance(self.beta, str):
       _choice(where, "beta", self.beta, ("adaptive",))
     else:
-      _range(where, "beta", self.beta, 0.0, None)
+      _number(where, "beta", self.beta, low=0.0)
+    beta.check_weights(self.beta_low, self.beta_high,
+                       names=(f"{where}.beta_low", f"{where}.beta_high"), error=ConfigError)
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class SweepConfig:
   points: int = 20
-  chunk_size: int | None = None    # t values vmapped at once; None: auto (loop on CPU)
+  chunk_size: int | None = None    # t values vmapped at once; None: the CPU policy of loops
   t_search: list[float] = dataclasses.field(default_factory=lambda: [0.75, 1.0])
   targets: str = "alignment"       # "alignment" (original model) or "retrain"
   recalibrate_on: str = "retain"   # BN statistics from D_r, or "train" (D_r + D_f, reference)
@@ -126,7 +137,7 @@ class SweepConfig:
       raise ConfigError(f"{where}.points: cubic interpolation needs >= 4 points, got "
                         f"{self.points}")
     if self.chunk_size is not None:
-      _positive(where, "chunk_size", self.chunk_size)
+      _number(where, "chunk_size", self.chunk_size, low=1, integer=True)
     _choice(where, "targets", self.targets, ("alignment", "retrain"))
     _choice(where, "recalibrate_on", self.recalibrate_on, ("retain", "train"))
     if len(self.t_search) != 2 or not 0.0 <= self.t_search[0] < self.t_search[1] <= 1.0:
@@ -134,7 +145,7 @@ class SweepConfig:
                         f"{self.t_search}")
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class RunConfig:
   dataset: str = "digits"
   model: str = "small_cnn"
@@ -144,7 +155,7 @@ class RunConfig:
   eval_batch_size: int = 512
   forget: ForgetConfig = dataclasses.field(default_factory=ForgetConfig)
   train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
-  retrain: TrainConfig | None = None   # None: the same settings as train
+  retrain: TrainConfig | None = None   # None: the same recipe as train (the gold standard)
   unlearn: UnlearnConfig = dataclasses.field(default_factory=UnlearnConfig)
   mask: MaskConfig = dataclasses.field(default_factory=MaskConfig)
   curve: CurveConfig = dataclasses.field(default_factory=CurveConfig)
@@ -163,7 +174,7 @@ class RunConfig:
                         f"with a compute dtype field; {self.model} has none")
     if not self.dataset:
       raise ConfigError(f"{where}.dataset: empty data set name")
-    _positive(where, "eval_batch_size", self.eval_batch_size)
+    _number(where, "eval_batch_size", self.eval_batch_size, low=1, integer=True)
     for field in dataclasses.fields(self):
       value = getattr(self, field.name)
       if dataclasses.is_dataclass(value) and not isinstance(value, type):
@@ -171,34 +182,6 @@ class RunConfig:
 
   def to_dict(self) -> dict:
     return dataclasses.asdict(self)
-
-
-# ---------------------------------------------------------------------------------------------
-# Checks
-
-
-def _choice(where, key, value, choices):
-  if value not in choices:
-    raise ConfigError(f"{where}.{key}: {value!r} is not one of {', '.join(map(str, choices))}")
-
-
-def _positive(where, key, value):
-  if not value > 0:
-    raise ConfigError(f"{where}.{key}: must be > 0, got {value!r}")
-
-
-def _open_unit(where, key, value):
-  _range(where, key, value, 0.0, 1.0, low_open=True, high_open=True)
-
-
-def _range(where, key, value, low, high, low_open=False, high_open=False):
-  ok = (value > low if low_open else value >= low)
-  if high is not None:
-    ok = ok and (value < high if high_open else value <= high)
-  if not ok:
-    interval = (("(" if low_open else "[") + f"{low}, " +
-                ("inf)" if high is None else f"{high}" + (")" if high_open else "]")))
-    raise ConfigError(f"{where}.{key}: must lie in {interval}, got {value!r}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -258,7 +241,16 @@ def _from_dict(cls, values: dict, where: str):
   if unknown:
     raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; known: "
                       f"{', '.join(sorted(names))}")
-  return cls(**{k: _coerce(f"{where}.{k}", hints[k], v) for k, v in values.items()})
+  kwargs = {k: _coerce(f"{where}.{k}", hints[k], v) for k, v in values.items()}
+  try:
+    return cls(**kwargs)
+  except ConfigError:
+    raise
+  except InvalidArgument as e:     # a check at construction names "<Class>.<key>"
+    message = str(e)
+    prefix = f"{cls.__name__}."
+    raise ConfigError(f"{where}.{message[len(prefix):]}" if message.startswith(prefix)
+                      else f"{where}: {message}") from None
 
 
 def merge(base: dict, update: dict) -> dict:
@@ -277,7 +269,10 @@ def read_file(path: str | os.PathLike) -> dict:
   path = Path(path)
   if not path.is_file():
     raise ConfigError(f"config file {path} does not exist")
-  text = path.read_text()
+  try:
+    text = path.read_text(encoding="utf-8")
+  except (OSError, UnicodeDecodeError) as e:
+    raise ConfigError(f"config file {path} cannot be read: {e}") from None
   try:
     if path.suffix in (".yaml", ".yml"):
       import yaml
@@ -299,6 +294,9 @@ def read_file(path: str | os.PathLike) -> dict:
   return values
 
 
+_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
 def parse_override(text: str) -> dict:
   """``"curve.epochs=3"`` -> ``{"curve": {"epochs": 3}}``; values are parsed as YAML."""
   import yaml
@@ -309,6 +307,8 @@ def parse_override(text: str) -> dict:
     value = yaml.safe_load(raw) if raw.strip() else ""
   except yaml.YAMLError as e:
     raise ConfigError(f"override {text!r}: cannot parse value: {e}") from e
+  if isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
+    value = float(value)           # YAML 1.1 reads 1e-3 (no dot) as a string
   out: dict = value
   for part in reversed(key.strip().split(".")):
     if not part:

@@ -58,8 +58,10 @@ def _gradient_sum(loss_fn, loop: str):
 
 def summed_ce_gradients_fn(apply, preprocess, loop: str = "auto"):
   """``fn(params, model_state, batches) -> grads``: the sum over batches of the gradient of
-  each batch's mean cross-entropy, the model in inference mode, no augmentation (the
-  reference's generate_weight_mask.py and SalUn's generate_mask.py).
+  each batch's mean cross-entropy, the model in inference mode, no augmentation
+  (``preprocess(None, .)``). The reference's generate_weight_mask.py and SalUn's
+  generate_mask.py sum the same gradients in inference mode too, but over their training
+  loaders, whose transform augments (random crop and flip): their masks see augmented images.
 
   ``batches`` holds ``images`` (steps, B, ...) inputs, ``labels`` (steps, B) and ``valid``
   (steps, B) bool, e.g. from ``mcu_jax.data.padded_batches``. ``fn`` is jitted (or a host loop
@@ -79,9 +81,17 @@ def layer_saliency(grads: PyTree) -> PyTree:
                       grads)
 
 
-def _check_fraction(name: str, value: float, low_closed: bool, high_closed: bool) -> None:
+def _check_fraction(name: str, value: float, low_closed: bool, high_closed: bool,
+                    error: type = InvalidArgument) -> None:
   check_number(name, value, low=0.0, high=1.0, low_open=not low_closed,
-               high_open=not high_closed)
+               high_open=not high_closed, error=error)
+
+
+def check_fractions(k: float, kr: float, names: tuple[str, str] = ("k", "kr"),
+                    error: type = InvalidArgument) -> None:
+  """``k`` in (0, 1] (the share selected) and ``kr`` in [0, 1) (the share excluded first)."""
+  _check_fraction(names[0], k, low_closed=False, high_closed=True, error=error)
+  _check_fraction(names[1], kr, low_closed=True, high_closed=False, error=error)
 
 
 def _descending_order(scores: np.ndarray) -> np.ndarray:
@@ -110,8 +120,7 @@ def mcu_mask(retain_grads: PyTree, forget_grads: PyTree, k: float = 0.5,
   Returns:
     A pytree like the gradients with a Python bool at every leaf.
   """
-  _check_fraction("k", k, low_closed=False, high_closed=True)
-  _check_fraction("kr", kr, low_closed=True, high_closed=False)
+  check_fractions(k, kr)
   check_same_tree(retain_grads, forget_grads, ("retain_grads", "forget_grads"))
 
   leaves, treedef = jax.tree.flatten(retain_grads)
@@ -204,8 +213,7 @@ def compute_mask(apply, params: PyTree, model_state: PyTree, *, forget, retain, 
   batches are replicated on (default: all devices). ``loop``: the driver of the gradient sums
   (``mcu_jax.loops``).
   """
-  _check_fraction("k", k, low_closed=False, high_closed=True)
-  _check_fraction("kr", kr, low_closed=True, high_closed=False)
+  check_fractions(k, kr)
   mesh = parallel.make_mesh() if mesh is None else mesh
   gradients_fn = summed_ce_gradients_fn(apply, preprocess, loop)
   params, model_state = parallel.replicate((params, model_state), mesh)

@@ -246,7 +246,7 @@ def train_curve(apply: Apply, curve: Curve, model_state: PyTree, *, forget, reta
   compile_seconds = trainer.compile(state, data)
   state, history = train.fit(state, lambda s, d: trainer.epoch(s, d), data, epochs,
                              checkpointer=checkpointer, resume=True, desc=desc,
-                             progress=progress)
+                             progress=progress, hint=f"lr = {optimizer.lr:g} may be too large")
   return TrainedCurve(curve=trainer.curve(state), history=history,
                       seconds=float(sum(h["seconds"] for h in history)),
                       compile_seconds=compile_seconds, model_state=state.model_state)

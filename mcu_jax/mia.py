@@ -74,11 +74,11 @@ def loss_attack_auc(loss_forget, loss_test) -> float:
   return float(roc_auc_score(y, -np.concatenate([forget, test])))
 
 
-def _outputs(apply, params, state, images, labels, batch_size, preprocess):
+def _outputs(apply, params, state, images, labels, batch_size, preprocess, mesh=None):
   """(true-label confidence, per-example CE, correct) of one set, float64 NumPy arrays."""
   import jax
   import jax.numpy as jnp
-  logits = predict_logits(apply, params, state, images, batch_size, preprocess)
+  logits = predict_logits(apply, params, state, images, batch_size, preprocess, mesh=mesh)
   labels = np.asarray(labels).astype(np.int32)
   if labels.shape != (logits.shape[0],):
     raise ValueError(f"{labels.shape} labels for {logits.shape[0]} images")
@@ -90,27 +90,32 @@ def _outputs(apply, params, state, images, labels, batch_size, preprocess):
 
 
 def model_confidences(apply: Apply, params: PyTree, state: PyTree, images, labels,
-                      batch_size: int = 512, preprocess: Preprocess = default_preprocess
-                      ) -> np.ndarray:
-  """softmax(logits)[label] of every example in inference mode: float64 (N,)."""
-  return _outputs(apply, params, state, images, labels, batch_size, preprocess)[0]
+                      batch_size: int = 512, preprocess: Preprocess = default_preprocess, *,
+                      mesh=None) -> np.ndarray:
+  """softmax(logits)[label] of every example in inference mode: float64 (N,).
+
+  ``mesh``: a device mesh to split the inference batches over (``evaluate.predict_logits``).
+  """
+  return _outputs(apply, params, state, images, labels, batch_size, preprocess, mesh)[0]
 
 
 def unlearning_metrics(apply: Apply, params: PyTree, state: PyTree, *, forget, retain, test,
                        batch_size: int = 512, preprocess: Preprocess = default_preprocess,
-                       seed: int = 0) -> dict[str, float]:
+                       seed: int = 0, mesh=None) -> dict[str, float]:
   """The standard metrics of an unlearned model (SalUn's protocol), in percent.
 
   ``forget``, ``retain`` and ``test`` are (images, labels) pairs; ``state`` should hold BN
   statistics fit for ``params`` (e.g. from ``recalibrate_batch_stats``). Returns:
   UA = 100 - accuracy on D_f, RA = accuracy on D_r, TA = test accuracy, MIA = 100 *
   ``mia_efficacy``, loss_auc = ``loss_attack_auc`` (a fraction), and FA = accuracy on D_f.
+  ``mesh``: a device mesh to split the inference batches over (``evaluate.predict_logits``;
+  None: no sharding).
   """
   out = {}
   for name, (images, labels) in (("forget", forget), ("retain", retain), ("test", test)):
     if int(np.shape(labels)[0]) == 0:
       raise ValueError(f"the {name} set is empty")
-    out[name] = _outputs(apply, params, state, images, labels, batch_size, preprocess)
+    out[name] = _outputs(apply, params, state, images, labels, batch_size, preprocess, mesh)
   fa = 100.0 * out["forget"][2].mean()
   return {
       "UA": 100.0 - fa,

@@ -100,3 +100,15 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
   jax.distributed.initialize(coordinator_address=coordinator_address,
                              num_processes=num_processes, process_id=process_id)
   return True
+
+
+def is_primary() -> bool:
+  """Whether this process writes shared files (process 0 of a multi-host run)."""
+  return jax.process_index() == 0
+
+
+def sync(name: str) -> None:
+  """All processes wait here until each has arrived (a no-op with one process)."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices(name)

@@ -21,7 +21,8 @@ DEFAULT_METRICS = ("UA", "RA", "TA", "MIA")
 # Atomic files.
 
 
-def _atomic_write(path, write, mode: str = "w") -> str:
+def atomic_write(path, write, mode: str = "w") -> str:
+  """Runs ``write(file)`` on a temporary file beside ``path``, then renames it into place."""
   path = os.fspath(path)
   directory = os.path.dirname(os.path.abspath(path))
   os.makedirs(directory, exist_ok=True)
@@ -72,7 +73,7 @@ def to_jsonable(value: Any) -> Any:
 def write_json(path, record: Any, indent: int = 2) -> str:
   """Writes ``record`` (NumPy values allowed) as JSON, atomically; returns the path."""
   text = json.dumps(to_jsonable(record), indent=indent, sort_keys=False, allow_nan=False) + "\n"
-  return _atomic_write(path, lambda f: f.write(text))
+  return atomic_write(path, lambda f: f.write(text))
 
 
 def read_json(path) -> Any:
@@ -81,7 +82,7 @@ def read_json(path) -> Any:
 
 
 def write_text(path, text: str) -> str:
-  return _atomic_write(path, lambda f: f.write(text))
+  return atomic_write(path, lambda f: f.write(text))
 
 
 def write_markdown(path, text: str) -> str:
@@ -146,7 +147,7 @@ def _figure(size=(7.0, 4.5)):
 
 def _save_png(fig, path) -> str:
   fig.tight_layout()
-  return _atomic_write(path, lambda f: fig.savefig(f, format="png", bbox_inches="tight"), mode="wb")
+  return atomic_write(path, lambda f: fig.savefig(f, format="png", bbox_inches="tight"), mode="wb")
 
 
 _SET_STYLE = {
@@ -242,5 +243,42 @@ def plot_methods(rows: Sequence[Mapping[str, Any]], path="methods.png",
   return _save_png(fig, path)
 
 
+# ---------------------------------------------------------------------------------------------
+# The run's report.
+
+
+def run_markdown(*, title: str, kind: str, forget_size: int, retain_size: int, method: str,
+                 sweep_record: Mapping, t_search: Sequence[float], recalibrated_on: str,
+                 table: str) -> str:
+  """The markdown of a run's report: the setting, the chosen t, how to read the table, the
+  table and the two plots (``sweep.png``, ``methods.png`` beside it)."""
+  t, targets = sweep_record["chosen_t"], sweep_record["targets"]
+  bound = sweep_record.get("at_bound")
+  region = ", ".join(f"[{a:.2f}, {b:.2f}]" for a, b in sweep_record["region"]) or "empty"
+  return "\n".join([
+      f"# MCU run: {title}",
+      "",
+      f"Forgetting: {kind}, |D_f| = {forget_size}, |D_r| = {retain_size}. Base method: "
+      f"{method}. Chosen t = {t:.3f}"
+      + (f" (on the {bound} bound of t_search {list(t_search)})" if bound else "")
+      + f" (gap {sweep_record['gap']:.2f} to the {targets['kind']} targets: retain "
+      f"{targets['retain']:.2f}, forget {targets['forget']:.2f}); effective region: {region}.",
+      "",
+      "UA, RA, TA, MIA in percent; loss_auc is the loss-threshold attack's ROC-AUC on D_f vs "
+      "test; AvgGap is against Retrain over UA, RA, TA, MIA; RTE in seconds, compilation "
+      "excluded (MCU's RTE adds the mask and the curve epochs to the base method's; the "
+      f"{len(sweep_record['sweep']['ts'])}-point sweep that chose t took a further "
+      f"{sweep_record['seconds']:.1f} s, compilation included). Every row's BatchNorm "
+      f"statistics are recomputed on {recalibrated_on}.",
+      "",
+      table,
+      "",
+      "![accuracy along the curve](sweep.png)",
+      "",
+      "![methods](methods.png)",
+      "",
+  ])
+
+
 __all__ = ["to_jsonable", "write_json", "read_json", "write_text", "write_markdown",
-           "markdown_table", "plot_sweep", "plot_methods"]
+           "markdown_table", "plot_sweep", "plot_methods", "run_markdown", "atomic_write"]

@@ -6,6 +6,10 @@ set, mcu_jax's pipeline D_r); then accuracy and mean cross-entropy in inference 
 named set; and the L2 distance from phi of the previous t, summed into the path length.
 ``sweep_and_select`` adds the choice of t (``mcu_jax.choice``). Several t are evaluated at once
 (vmap) on accelerators and one at a time on the CPU (``loops.resolve_vectorize``).
+
+With ``SweepOptions.mesh`` (data parallelism, as the training steps): the curve, state and data
+are replicated on the mesh and every inference and recalibration batch is split over its
+devices inside the jitted scans; the same program runs on 1 or N devices.
 """
 from __future__ import annotations
 
@@ -44,6 +48,11 @@ class SweepOptions:
       policy of ``mcu_jax.loops``.
     keep_states: keep every t's recalibrated model state in the result.
     progress: a progress bar over chunks.
+    mesh: a ``jax.sharding.Mesh`` with the axis ``"data"`` (``parallel.make_mesh()``), or None
+      (no sharding, everything on the default device). With a mesh the curve, model state,
+      sets and recalibration inputs are replicated on it and every batch is split over its
+      devices: the inference batch size is rounded up to a multiple of the devices (padding
+      is masked, results exact), ``recal_batch_size`` must be a multiple of them.
   """
   batch_size: int = 512
   recal_batch_size: int = 128
@@ -53,10 +62,12 @@ class SweepOptions:
   vectorize: bool | None = None
   keep_states: bool = False
   progress: bool = False
+  mesh: Any = None
 
   def __post_init__(self):
     check_positive("batch_size", self.batch_size, integer=True)
-    check_positive("recal_batch_size", self.recal_batch_size, integer=True)
+    evaluate.check_mesh(self.mesh)
+    batchnorm.check_batch_size("recal_batch_size", self.recal_batch_size, self.mesh)
     if self.chunk_size is not None:
       check_positive("chunk_size", self.chunk_size, integer=True)
 
@@ -104,8 +115,9 @@ class SweepResult:
 
 
 def _evaluate_point(curve, t, t_prev, model_state, recal_inputs, sets, *, apply, batch_size,
-                    recal_batch_size, preprocess, momentum):
-  """Everything the sweep reports for one t; traceable."""
+                    recal_batch_size, preprocess, momentum, mesh):
+  """Everything the sweep reports for one t; traceable. With ``mesh``, every inference and
+  recalibration batch is split over it (``evaluate.hits_and_loss``, ``batchnorm.recalibrated``)."""
   params = point(curve, t)
   prev = point(curve, t_prev)
   sq = sum(jnp.sum(jnp.square(a.astype(jnp.float32) - b.astype(jnp.float32)))
@@ -113,27 +125,30 @@ def _evaluate_point(curve, t, t_prev, model_state, recal_inputs, sets, *, apply,
   state = model_state
   if recal_inputs is not None:
     state = batchnorm.recalibrated(apply, params, model_state, recal_inputs, recal_batch_size,
-                                   preprocess, momentum)
+                                   preprocess, momentum, mesh=mesh)
   metrics = {}
   for name, (inputs, labels) in sets.items():
-    metrics[name] = evaluate.hits_and_loss(apply, params, state, inputs, labels,
-                                           min(batch_size, labels.shape[0]), preprocess)
+    size = evaluate.inference_batch_size(batch_size, labels.shape[0], mesh)
+    metrics[name] = evaluate.hits_and_loss(apply, params, state, inputs, labels, size,
+                                           preprocess, mesh)
   return {"metrics": metrics, "step": jnp.sqrt(sq), "state": state}   # sums; divided later
 
 
-_STATIC = ("apply", "batch_size", "recal_batch_size", "preprocess", "momentum")
+_STATIC = ("apply", "batch_size", "recal_batch_size", "preprocess", "momentum", "mesh")
 
 
 @functools.partial(jax.jit, static_argnames=_STATIC)
 def _sweep_chunk(curve, ts, t_prevs, model_state, recal_inputs, sets, **static):
   fn = functools.partial(_evaluate_point, **static)
-  return jax.vmap(fn, in_axes=(None, 0, 0, None, None, None))(
-      curve, ts, t_prevs, model_state, recal_inputs, sets)
+  return evaluate.gathered(jax.vmap(fn, in_axes=(None, 0, 0, None, None, None))(
+      curve, ts, t_prevs, model_state, recal_inputs, sets), static["mesh"])
 
 
 @functools.partial(jax.jit, static_argnames=_STATIC)
 def _sweep_one(curve, t, t_prev, model_state, recal_inputs, sets, **static):
-  return _evaluate_point(curve, t, t_prev, model_state, recal_inputs, sets, **static)
+  return evaluate.gathered(
+      _evaluate_point(curve, t, t_prev, model_state, recal_inputs, sets, **static),
+      static["mesh"])
 
 
 def sweep(curve: Curve, ts, apply: Apply, model_state: PyTree, sets: Mapping[str, tuple],
@@ -149,12 +164,15 @@ def sweep(curve: Curve, ts, apply: Apply, model_state: PyTree, sets: Mapping[str
     sets: {name: (inputs, labels)}, e.g. "retain", "forget", "test"; each non-empty.
     recal_inputs: (N, ...) inputs of the recalibration pass; required when ``model_state`` has
       leaves, ignored (may be None) when it has none.
-    options: ``SweepOptions``.
+    options: ``SweepOptions`` (``options.mesh``: the device mesh to split the batches over).
   """
   ts = choice.check_ts(ts)
   if not sets:
     raise InvalidArgument("sets: expected at least one {name: (inputs, labels)} set")
-  device_sets = {name: tuple(jnp.asarray(a) for a in check_pair(f"sets[{name!r}]", value))
+  mesh = options.mesh
+  # Without a mesh: device arrays on the default device. With one: replicated on the mesh.
+  place = jnp.asarray if mesh is None else functools.partial(evaluate.on_mesh, mesh=mesh)
+  device_sets = {name: tuple(place(a) for a in check_pair(f"sets[{name!r}]", value))
                  for name, value in sets.items()}
   if not jax.tree.leaves(model_state):
     recal_inputs = None
@@ -163,14 +181,17 @@ def sweep(curve: Curve, ts, apply: Apply, model_state: PyTree, sets: Mapping[str
                           "of inputs to recalibrate them on at every t")
   else:
     batchnorm.variance_pairs(model_state)
-    recal_inputs = jnp.asarray(recal_inputs)
+    recal_inputs = place(recal_inputs)
+  curve, model_state = evaluate.on_mesh((curve, model_state), mesh)
   static = dict(apply=apply, batch_size=options.batch_size,
                 recal_batch_size=options.recal_batch_size, preprocess=options.preprocess,
-                momentum=None if options.momentum is None else float(options.momentum))
+                momentum=None if options.momentum is None else float(options.momentum),
+                mesh=mesh)
   vectorize = options.chunk_size is not None or loops.resolve_vectorize(options.vectorize)
   num = ts.size
   t_prevs = np.concatenate([ts[:1], ts[:-1]])
   dtype = jnp.result_type(float)
+  as_t = lambda t: place(np.asarray(t, dtype))    # t values, placed like the data
   size = (options.chunk_size or num) if vectorize else 1
 
   from tqdm import tqdm
@@ -179,15 +200,15 @@ def sweep(curve: Curve, ts, apply: Apply, model_state: PyTree, sets: Mapping[str
                     disable=not options.progress, leave=False):
     stop = min(start + size, num)
     if not vectorize:
-      out = _sweep_one(curve, jnp.asarray(ts[start], dtype), jnp.asarray(t_prevs[start], dtype),
-                       model_state, recal_inputs, device_sets, **static)
+      out = _sweep_one(curve, as_t(ts[start]), as_t(t_prevs[start]), model_state, recal_inputs,
+                       device_sets, **static)
       out = jax.tree.map(lambda x: np.asarray(x)[None], out)
     else:
       pad = size - (stop - start)
       chunk_ts = np.concatenate([ts[start:stop], np.repeat(ts[stop - 1], pad)])
       chunk_prev = np.concatenate([t_prevs[start:stop], np.repeat(t_prevs[stop - 1], pad)])
-      out = _sweep_chunk(curve, jnp.asarray(chunk_ts, dtype), jnp.asarray(chunk_prev, dtype),
-                         model_state, recal_inputs, device_sets, **static)
+      out = _sweep_chunk(curve, as_t(chunk_ts), as_t(chunk_prev), model_state, recal_inputs,
+                         device_sets, **static)
       out = jax.tree.map(lambda x: np.asarray(x)[:stop - start], out)
     if not options.keep_states:
       out = {**out, "state": None}

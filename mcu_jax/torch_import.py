@@ -301,6 +301,18 @@ def load_state_dict_file(path: str | os.PathLike) -> Mapping[str, Any]:
   return _unwrap(obj, path)
 
 
+def _check_writable_parent(out: Path) -> None:
+  """Fails at once, before any conversion, if ``out`` cannot be created: its nearest existing
+  ancestor must be a writable directory."""
+  ancestor = out.parent
+  while not ancestor.exists():
+    ancestor = ancestor.parent
+  if not ancestor.is_dir():
+    raise ValueError(f"cannot create {out}: {ancestor} is a file, not a directory")
+  if not os.access(ancestor, os.W_OK | os.X_OK):
+    raise ValueError(f"cannot create {out}: {ancestor} is not writable")
+
+
 def convert_file(path: str | os.PathLike, model_name: str, num_classes: int,
                  out_dir: str | os.PathLike, *, input_shape: tuple[int, ...] | None = None,
                  bend: int | None = None, force: bool = False) -> str:
@@ -312,7 +324,9 @@ def convert_file(path: str | os.PathLike, model_name: str, num_classes: int,
   """
   path, out = Path(path), Path(out_dir).absolute()
   if out.exists() and not force:
-    raise ValueError(f"output {out} already exists (pass force=True to overwrite)")
+    raise ValueError(f"output {out} already exists (pass force=True, or --force on the "
+                     "command line, to overwrite)")
+  _check_writable_parent(out)
   state_dict = load_state_dict_file(path)
   try:
     params, model_state = state_dict_to_flax(state_dict, model_name, num_classes,

@@ -7,6 +7,9 @@ are the same loop with a different loss and a different view of the data::
     epoch = make_epoch(loss_fn, batch_size, preprocess=preprocess)
     state, history = fit(state, epoch, data, num_epochs)
 
+``train_model`` is that loop for a ``FitConfig`` (optimizer fields, epochs, batch size) on a
+device mesh: the original model, the gold-standard retrain and every base method run it.
+
 ``loss_fn(params, model_state, batch, rng, *consts) -> (loss, (new_model_state, metrics))``:
 ``batch`` holds ``images`` (B, ...) preprocessed inputs, ``labels`` (B,), ``valid`` (B,) bool
 and any extra per-example arrays of the data dict (``is_forget``, ...); ``metrics`` is a dict
@@ -16,6 +19,7 @@ compiled program. ``params`` is whatever trains: a model's parameters, or the cu
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any, Callable
 
@@ -27,9 +31,11 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from mcu_jax import loops, objectives
+from mcu_jax import loops, objectives, parallel
 from mcu_jax.checkpoint import Checkpointer
+from mcu_jax.optim import OptimConfig, make_optimizer
 from mcu_jax.preprocess import Preprocess, default_preprocess
+from mcu_jax.validation import InvalidArgument, MCUError, check_number
 
 PyTree = Any
 LossFn = Callable[..., tuple[jax.Array, tuple[PyTree, dict]]]
@@ -136,15 +142,42 @@ def epoch_means(metrics: dict) -> dict[str, float]:
   return out
 
 
+class NonFiniteError(MCUError, FloatingPointError):
+  """Training produced a NaN or an infinity; nothing of that epoch was kept."""
+
+
+def _finite(tree: PyTree) -> bool:
+  leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(jnp.result_type(x), jnp.floating)]
+  return bool(jax.device_get(jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves])))
+              ) if leaves else True
+
+
+def check_finite(state, metrics: dict, *, desc: str, epoch: int, hint: str = "") -> None:
+  """Raises ``NonFiniteError`` naming the stage, the epoch and the likely cause when a metric
+  or a parameter of ``state`` is NaN or infinite."""
+  bad = sorted(k for k, v in metrics.items()
+               if np.issubdtype(np.asarray(v).dtype, np.floating) and not np.all(np.isfinite(v)))
+  if not bad and _finite(state.params):
+    return
+  what = f"{', '.join(bad)}" if bad else "parameters"
+  cause = f" (likely cause: {hint})" if hint else ""
+  raise NonFiniteError(f"{desc}: non-finite {what} in epoch {epoch}{cause}; training stopped "
+                       "and nothing of it was marked done")
+
+
 def fit(state, epoch_fn: Callable, data: dict, num_epochs: int, *,
         evaluate: Callable[[Any], dict] | None = None, checkpointer: Checkpointer | None = None,
-        resume: bool = True, desc: str = "train", progress: bool = True):
+        resume: bool = True, desc: str = "train", progress: bool = True, hint: str = ""):
   """Runs ``epoch_fn(state, data) -> (state, step_metrics)`` for ``num_epochs`` epochs.
 
   After each epoch: step metrics are averaged on the host, ``evaluate(state)`` (optional)
   adds e.g. train/test accuracy, a progress bar shows them, and the state is checkpointed
   (when ``checkpointer`` is given), so an interrupted run loses at most one epoch. With
   ``resume``, training continues from the latest checkpoint; a finished run returns at once.
+
+  A NaN or an infinity in the epoch's metrics or parameters stops training with
+  ``NonFiniteError`` (naming ``desc``, the epoch and ``hint``, e.g. "lr = 1e6 is too large")
+  before anything of the epoch is saved.
 
   Returns (state, history): one dict per epoch with ``epoch``, ``seconds`` (wall time of the
   epoch's training, evaluation excluded), ``train_<metric>`` means and the evaluate() values.
@@ -160,7 +193,9 @@ def fit(state, epoch_fn: Callable, data: dict, num_epochs: int, *,
     start = time.perf_counter()
     state, metrics = epoch_fn(state, data)
     metrics = jax.device_get(metrics)  # waits for the epoch: the timing is honest
-    record = {"epoch": epoch + 1, "seconds": time.perf_counter() - start}
+    seconds = time.perf_counter() - start
+    check_finite(state, metrics, desc=desc, epoch=epoch + 1, hint=hint)
+    record = {"epoch": epoch + 1, "seconds": seconds}
     record.update({f"train_{k}": v for k, v in epoch_means(metrics).items()})
     if evaluate is not None:
       record.update(evaluate(state))
@@ -170,3 +205,74 @@ def fit(state, epoch_fn: Callable, data: dict, num_epochs: int, *,
     if checkpointer is not None:
       checkpointer.save(epoch + 1, state, {"epoch": epoch + 1, "history": history})
   return state, history
+
+
+@dataclasses.dataclass(frozen=True)
+class FitConfig(OptimConfig):
+  """A training run: the optimizer (``OptimConfig``'s fields), ``epochs`` and ``batch_size``.
+
+  The configs of every training embed it: the original model's and the retrain's
+  (``mcu_jax.config.TrainConfig``), each base method's (``unlearn.MethodConfig``), the
+  curve's (``config.CurveConfig``).
+  """
+  epochs: int = 10
+  batch_size: int = 128
+
+  def __post_init__(self):
+    super().__post_init__()
+    owner = type(self).__name__
+    check_number(f"{owner}.epochs", self.epochs, low=1, integer=True)
+    check_number(f"{owner}.batch_size", self.batch_size, low=1, integer=True)
+
+  def fit_fields(self) -> dict:
+    """The ``FitConfig`` fields of this config, e.g. to build another config type from."""
+    return {f.name: getattr(self, f.name) for f in dataclasses.fields(FitConfig)}
+
+
+@dataclasses.dataclass
+class Trained:
+  """What ``train_model`` returns: the final state, the per-epoch history (``fit``'s) and
+  the ahead-of-time compilation seconds of the epoch."""
+  state: TrainState
+  history: list[dict]
+  compile_seconds: float
+
+  @property
+  def seconds(self) -> float:
+    """Wall seconds of the epochs, compilation and evaluation excluded."""
+    return float(sum(record["seconds"] for record in self.history))
+
+
+def train_model(loss_fn: LossFn, params: PyTree, model_state: PyTree, data: dict, *,
+                config: FitConfig, rng: jax.Array, preprocess: Preprocess = default_preprocess,
+                mesh=None, mask: PyTree | None = None,
+                penalty: Callable[[int], optax.GradientTransformation] | None = None,
+                evaluate: Callable[[TrainState], dict] | None = None,
+                checkpointer: Checkpointer | None = None, progress: bool = False,
+                desc: str = "train", loop: str = "auto") -> Trained:
+  """``config.epochs`` epochs of ``loss_fn`` over ``data`` from (params, model_state).
+
+  The data and the state are replicated on ``mesh`` (default: all devices) and every batch
+  is split over it; the epoch is compiled ahead of time so that its compilation is not in
+  the epochs' seconds. ``mask`` restricts what may move (``optim.masked``); ``penalty(steps
+  per epoch)`` adds a regulariser's gradient (l1-sparse). ``evaluate(state)`` runs after each
+  epoch (its values go into the history). With a ``checkpointer`` every epoch is saved and a
+  rerun resumes.
+  """
+  mesh = parallel.make_mesh() if mesh is None else mesh
+  if config.batch_size % mesh.devices.size:
+    raise InvalidArgument(f"batch_size: expected a multiple of the mesh's {mesh.devices.size} "
+                          f"devices, got {config.batch_size}")
+  steps = -(-int(data["labels"].shape[0]) // config.batch_size)
+  tx = make_optimizer(config, epochs=config.epochs, steps_per_epoch=steps, mask=mask,
+                      penalty=None if penalty is None else penalty(steps))
+  data = parallel.replicate(dict(data), mesh)
+  state = parallel.replicate(
+      TrainState.create(params=params, model_state=model_state, tx=tx, rng=rng), mesh)
+  epoch = make_epoch(loss_fn, config.batch_size, preprocess=preprocess,
+                     batch_sharding=parallel.batch_sharding(mesh), loop=loop)
+  epoch, compile_seconds = compile_ahead(epoch, state, data)
+  state, history = fit(state, epoch, data, config.epochs, evaluate=evaluate,
+                       checkpointer=checkpointer, desc=desc, progress=progress,
+                       hint=f"lr = {config.lr:g} may be too large")
+  return Trained(state, history, compile_seconds)

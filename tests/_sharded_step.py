@@ -1,4 +1,5 @@
-"""Run by test_parallel.py in a fresh process with 4 forced host devices."""
+"""Run by test_parallel.py in a fresh process with 4 forced host devices: the curve step, the
+batch sums, a base unlearning method, the sweep and inference on 1 device against 4."""
 import json
 import sys
 
@@ -8,9 +9,10 @@ import numpy as np
 
 from mcu_jax import beta as beta_lib
 from _tiny_curve import tiny_problem
-from mcu_jax import loops, mcu, parallel
+from mcu_jax import data, evaluate, loops, mcu, parallel, sweep, unlearn
 from mcu_jax.curves import Curve
 from mcu_jax.optim import OptimConfig
+from mcu_jax.preprocess import default_preprocess
 
 
 def main():
@@ -44,10 +46,99 @@ def main():
   except ValueError as e:
     error = str(e)
   sums = batch_sums_on_mesh(mesh)
-  json.dump({"batch_sums": sums, "max_diff": max(diffs), "single_metrics": single_metrics,
+  single_mesh = parallel.make_mesh([one])
+  json.dump({"unlearn": unlearn_on_meshes(apply, start, state, single_mesh, mesh),
+             "sweep": sweep_on_meshes(apply, start, end, state, single_mesh, mesh),
+             "batch_sums": sums, "max_diff": max(diffs), "single_metrics": single_metrics,
              "sharded_metrics": sharded_metrics, "controls_devices": len(leaf.devices()),
              "batch_devices": len(parallel.shard_batch(batches[0], mesh)["images"].devices()),
              "indivisible_error": error}, sys.stdout)
+
+
+def _max_diff(a, b) -> float:
+  """Largest absolute difference between two pytrees of arrays (anywhere), 0 for none."""
+  diffs = [float(np.max(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64))))
+           for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))]
+  return max(diffs, default=0.0)
+
+
+def _random_images(rng, n: int) -> np.ndarray:
+  return rng.integers(0, 256, (n, 8, 8, 1), dtype=np.uint8)
+
+
+def unlearn_on_meshes(apply, params, model_state, single_mesh, mesh) -> dict:
+  """unlearn.run of RL (random labels: the PRNG under sharding too), 1 epoch of 3 batches of
+  16 over 48 random examples, on a 1-device mesh and on the 4-device mesh."""
+  rng = np.random.default_rng(3)
+  train = data.Dataset("tiny", _random_images(rng, 48), rng.integers(0, 10, 48).astype(np.int32),
+                       10)
+  split = data.random_forget_split(48, 0.25, seed=0)
+  results = [unlearn.run("rl", apply=apply, params=params, model_state=model_state, train=train,
+                         split=split, preprocess=default_preprocess, rng=5, progress=False,
+                         config={"epochs": 1, "batch_size": 16, "lr": 0.05}, mesh=m)
+             for m in (single_mesh, mesh)]
+  one, four = results
+  return {"params_diff": _max_diff(one.params, four.params),
+          "state_diff": _max_diff(one.model_state, four.model_state),
+          "moved": _max_diff(one.params, params),
+          "devices": len(jax.tree.leaves(four.params)[0].devices())}
+
+
+def sweep_on_meshes(apply, start, end, model_state, single_mesh, mesh) -> dict:
+  """sweep.sweep of a BatchNorm curve (vmapped, chunks of 2 over 3 t) on 1 device and on 4:
+  sets of 50, 13 and 37 examples (inference batches rounded up to multiples of 4 and padded),
+  recalibration on 50 inputs in batches of 16 (a remainder of 2, unsplit on 4 devices); then
+  predict_logits on 4 devices, and whether the 4-device sweep program really has cross-device
+  reductions (it has them only when its batches are split)."""
+  rng = np.random.default_rng(4)
+  images = _random_images(rng, 100)
+  labels = rng.integers(0, 10, 100).astype(np.int32)
+  sets = {"retain": (images[:50], labels[:50]), "forget": (images[50:63], labels[50:63]),
+          "test": (images[63:], labels[63:])}
+  curve = Curve.from_endpoints(start, end)
+  curve = curve.replace(controls=jax.tree.map(
+      lambda x: x + rng.normal(0, 0.2, x.shape).astype(np.float32), curve.controls))
+  ts = np.linspace(0.0, 1.0, 3)
+  results = {}
+  for name, m in (("one", single_mesh), ("four", mesh)):
+    options = sweep.SweepOptions(batch_size=32, recal_batch_size=16, chunk_size=2,
+                                 keep_states=True, mesh=m)
+    results[name] = sweep.sweep(curve, ts, apply, model_state, sets, images[:50], options)
+  one, four = results["one"], results["four"]
+  out = {name: {k: _max_diff(getattr(one, name)[k], getattr(four, name)[k])
+                for k in one.accuracy} for name in ("accuracy", "loss")}
+  out["states_diff"] = _max_diff(one.model_states, four.model_states)
+  out["path_diff"] = _max_diff(one.path_length, four.path_length)
+  out["accuracy_one"] = {k: v.tolist() for k, v in one.accuracy.items()}
+
+  x = sets["test"][0]
+  logits = [evaluate.predict_logits(apply, start, model_state, x, 32, mesh=m)
+            for m in (single_mesh, mesh)]
+  out["logits_diff"] = _max_diff(*logits)
+
+  # The program the 4-device sweep ran (lowered for the same arguments: the compilation is
+  # cached). Its inputs are all replicated, so any all-reduce in it comes from batches split
+  # by the sharding constraints.
+  static = dict(apply=apply, batch_size=32, recal_batch_size=16, preprocess=default_preprocess,
+                momentum=None)
+  args = evaluate.on_mesh((curve, np.asarray(ts[:2], np.float32), np.asarray(ts[:2], np.float32),
+                           model_state, images[:50],
+                           {k: (jnp.asarray(a), jnp.asarray(b)) for k, (a, b) in sets.items()}),
+                          mesh)
+  out["input_devices"] = len(args[4].devices())
+  out["rounded_batch_sizes"] = [evaluate.inference_batch_size(b, n, mesh)
+                                for b, n in ((32, 13), (30, 100), (64, 64))]
+  try:
+    sweep.SweepOptions(recal_batch_size=18, mesh=mesh)
+    out["recal_error"] = None
+  except ValueError as e:
+    out["recal_error"] = str(e)
+  out["replicated_inputs"] = all(
+      x.sharding.is_equivalent_to(parallel.replicated_sharding(mesh), x.ndim)
+      for x in jax.tree.leaves(args))
+  text = sweep._sweep_chunk.lower(*args, **static, mesh=mesh).compile().as_text()
+  out["all_reduces"] = text.count("all-reduce(")
+  return out
 
 
 def batch_sums_on_mesh(mesh) -> dict:

@@ -8,7 +8,7 @@ import pytest
 from flax import nnx
 
 from mcu_jax import batchnorm as bn_lib
-from mcu_jax import models
+from mcu_jax import models, parallel
 from mcu_jax.models import from_linen, get_model, init_model
 from mcu_jax.validation import InvalidArgument
 
@@ -87,6 +87,22 @@ def test_recalibration_empty_state_and_bad_input(convbn):
                                             "non-empty set"):
     bn_lib.recalibrate_batch_stats(apply, params, state, images[:0])
   assert bn_lib.recalibrate_batch_stats(apply, params, {}, None) == {}   # stateless: no inputs
+  with pytest.raises(InvalidArgument, match="batch_size: "):
+    bn_lib.recalibrate_batch_stats(apply, params, state, images, batch_size=0)
+  with pytest.raises(InvalidArgument, match="mesh: expected None or a jax.sharding.Mesh"):
+    bn_lib.recalibrate_batch_stats(apply, params, state, images, mesh="data")
+
+
+def test_recalibration_on_a_mesh_equals_no_mesh(convbn):
+  """A 1-device mesh: the same statistics, and they come back replicated on the mesh (the
+  4-device comparison is in test_parallel.py)."""
+  apply, params, state, images, _ = convbn
+  mesh = parallel.make_mesh()
+  plain = bn_lib.recalibrate_batch_stats(apply, params, state, images, batch_size=32)
+  meshed = bn_lib.recalibrate_batch_stats(apply, params, state, images, batch_size=32, mesh=mesh)
+  chex.assert_trees_all_close(meshed, plain, rtol=1e-6, atol=1e-7)
+  leaf = jax.tree.leaves(meshed)[0]
+  assert leaf.sharding.is_equivalent_to(parallel.replicated_sharding(mesh), leaf.ndim)
 
 
 

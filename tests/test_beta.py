@@ -80,7 +80,7 @@ def test_targets_are_named_keyword_only_and_in_percent():
 
 def test_policy_weights_are_checked():
   targets = beta_lib.Targets(retain=99.0, forget=90.0)
-  with pytest.raises(ValueError, match="low <= high"):
+  with pytest.raises(ValueError, match=r"AdaptiveBeta.low: must be <= AdaptiveBeta.high \(0.5\)"):
     beta_lib.AdaptiveBeta(targets=targets, low=0.6, high=0.5)
   with pytest.raises(ValueError, match="AdaptiveBeta.low"):
     beta_lib.AdaptiveBeta(targets=targets, low=-5.0)

@@ -198,3 +198,156 @@ def test_two_process_curve_stage_equals_one_process(demo_dir, tmp_path):
   b = checkpoint.load_tree(dirs["two"] / "curve" / "controls")
   chex.assert_trees_all_close(a, b, atol=1e-6, rtol=1e-5)
   assert json.loads((dirs["two"] / "curve.json").read_text())["trained"] is True
+
+
+# ---------------------------------------------------------------------------------------------
+# Faults: each asserts the exit code, the one-line message and the disk state afterwards.
+
+
+def _copy(demo_dir, tmp_path, name="copy"):
+  import shutil
+  copy = tmp_path / name
+  shutil.copytree(demo_dir, copy, ignore=shutil.ignore_patterns(".lock"))
+  return copy
+
+
+def _one_error_line(err: str) -> str:
+  lines = [line for line in err.splitlines() if line.startswith("mcu-jax: error:")]
+  assert len(lines) == 1 and "Traceback" not in err, err[-2000:]
+  return lines[0]
+
+
+def test_force_with_a_changed_split_removes_what_it_makes_stale(demo_dir, tmp_path, capsys):
+  run_dir = _copy(demo_dir, tmp_path)
+  before = json.loads((run_dir / "split.json").read_text())
+  code = cli.main(["curve", "--run-dir", str(run_dir), "--force", "--set",
+                   "forget.classes=[4]"])
+  out, err = capsys.readouterr()
+  assert code == 2
+  assert "stage 'unlearn' has not run" in _one_error_line(err)
+  assert "configuration changed (forget.classes): removed the stale stages retrain, unlearn, " \
+         "mask, curve, sweep, report" in out
+  left = sorted(p.name for p in run_dir.iterdir() if not p.name.startswith("."))
+  assert left == ["config.json", "original", "original.json", "split.json", "split.npz"]
+  assert json.loads((run_dir / "split.json").read_text())["forget"] != before["forget"]
+  assert json.loads((run_dir / "config.json").read_text())["forget"]["classes"] == [4]
+  assert cli.main(["report", "--run-dir", str(run_dir)]) == 2   # nothing mixed to report
+  assert "has not run" in _one_error_line(capsys.readouterr().err)
+
+
+def test_huge_lr_stops_training_and_marks_nothing_done(tmp_path, capsys):
+  run_dir = tmp_path / "nan"
+  assert cli.main(["run", "--run-dir", str(run_dir), *FAST, "--set", "train.lr=1e6"]) == 2
+  line = _one_error_line(capsys.readouterr().err)
+  assert "train: non-finite" in line and "epoch 1" in line and "lr = 1e+06" in line
+  assert not (run_dir / "original.json").exists() and not (run_dir / "original" / "model").exists()
+
+
+def test_huge_curve_lr_stops_the_curve_stage(demo_dir, tmp_path, capsys):
+  run_dir = _copy(demo_dir, tmp_path)
+  assert cli.main(["curve", "--run-dir", str(run_dir), "--force", "--no-progress",
+                   "--set", "curve.lr=1e30"]) == 2
+  line = _one_error_line(capsys.readouterr().err)
+  assert "curve: non-finite" in line and "lr = 1e+30" in line
+  assert not (run_dir / "curve.json").exists() and not (run_dir / "curve" / "controls").exists()
+  assert (run_dir / "unlearn.json").exists()          # upstream results are intact
+
+
+def test_two_writers_on_one_run_directory(demo_dir, tmp_path):
+  run_dir = _copy(demo_dir, tmp_path)
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  holder = subprocess.Popen(
+      [sys.executable, "-c", "import sys, time; from mcu_jax.rundir import RunDir; "
+       f"run = RunDir({str(run_dir)!r}); run.acquire(); print('held', flush=True); "
+       "time.sleep(60)"],
+      env=env, stdout=subprocess.PIPE, text=True)
+  try:
+    assert holder.stdout.readline().strip() == "held"
+    second = subprocess.run(
+        [sys.executable, str(Path(__file__).with_name("_cli_train.py")), "unlearn",
+         "--run-dir", str(run_dir), "--force", "--method", "ga", "--no-progress"],
+        env=env, capture_output=True, text=True, timeout=300)
+  finally:
+    holder.kill()
+    holder.wait()
+  assert second.returncode == 2
+  assert f"is in use by PID {holder.pid}" in _one_error_line(second.stderr)
+  assert json.loads((run_dir / "config.json").read_text())["unlearn"]["method"] == "rl"
+  assert (run_dir / "report.json").exists()           # the refused writer changed nothing
+
+
+def test_demo_directories_are_unique(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  assert cli._demo_dir() != cli._demo_dir()
+
+
+def test_a_finished_run_reports_from_read_only_media(demo_dir, tmp_path, capsys, monkeypatch):
+  run_dir = _copy(demo_dir, tmp_path)
+
+  def read_only(*args, **kwargs):
+    raise OSError(30, "Read-only file system", str(run_dir))
+  monkeypatch.setattr(os, "replace", read_only)
+  monkeypatch.setattr(os, "mkdir", read_only)
+  assert cli.main(["report", "--run-dir", str(run_dir), "--no-progress"]) == 0
+  assert "RL+MCU" in capsys.readouterr().out
+  # A stage that must write, on read-only media: one line, exit 1, nothing changed.
+  assert cli.main(["sweep", "--run-dir", str(run_dir), "--force", "--no-progress"]) == 1
+  line = _one_error_line(capsys.readouterr().err)
+  assert "Read-only file system" in line
+
+
+def test_a_file_where_the_run_directory_should_be(tmp_path, capsys):
+  blocker = tmp_path / "file"
+  blocker.write_text("not a directory")
+  assert cli.main(["run", "--run-dir", str(blocker), *FAST]) in (1, 2)
+  line = _one_error_line(capsys.readouterr().err)
+  assert str(blocker) in line
+  assert blocker.read_text() == "not a directory"
+
+
+def test_a_byte_flipped_model_is_refused(demo_dir, tmp_path, capsys):
+  run_dir = _copy(demo_dir, tmp_path)
+  flipped = 0
+  for f in (run_dir / "unlearn" / "model").rglob("*"):
+    if f.is_file() and f.stat().st_size > 64 and "metadata" not in f.name.lower():
+      raw = bytearray(f.read_bytes())
+      raw[len(raw) // 2] ^= 0x01
+      f.write_bytes(bytes(raw))
+      flipped += 1
+  assert flipped
+  assert cli.main(["report", "--run-dir", str(run_dir), "--force", "--no-progress"]) == 2
+  line = _one_error_line(capsys.readouterr().err)
+  assert str(run_dir / "unlearn" / "model") in line
+  assert "digest" in line or "cannot restore" in line
+  assert not (run_dir / "report.json").exists() and not (run_dir / "report.md").exists()
+
+
+def test_a_missing_config_is_an_error_not_a_reset(demo_dir, tmp_path, capsys):
+  run_dir = _copy(demo_dir, tmp_path)
+  (run_dir / "config.json").unlink()
+  assert cli.main(["report", "--run-dir", str(run_dir)]) == 2
+  assert "holds records" in _one_error_line(capsys.readouterr().err)
+  assert not (run_dir / "config.json").exists()
+
+
+def test_ctrl_c_is_one_line_and_exit_130(tmp_path):
+  run_dir = tmp_path / "interrupted"
+  proc = subprocess.Popen(_train_command(run_dir, 50), env=dict(os.environ, JAX_PLATFORMS="cpu"),
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  deadline = time.time() + 240
+  while time.time() < deadline and not (run_dir / "original" / "ckpt").exists():
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGINT)
+  _, err = proc.communicate(timeout=120)
+  assert proc.returncode == 130, err[-2000:]
+  assert "Traceback" not in err and "interrupted" in err
+  assert not (run_dir / "original.json").exists()
+
+
+def test_import_torch_into_an_impossible_path_fails_at_once(tmp_path, capsys):
+  (tmp_path / "a-file").write_text("x")
+  start = time.time()
+  code = cli.main(["import-torch", str(tmp_path / "missing.pt"), "--model", "preresnet110",
+                   "--out", str(tmp_path / "a-file" / "sub")])
+  assert code == 2 and time.time() - start < 30
+  assert "a-file is a file, not a directory" in _one_error_line(capsys.readouterr().err)

@@ -38,6 +38,12 @@ def test_file_and_overrides(tmp_path):
     ("unlearn.method=magic", r"config.unlearn.method: 'magic' is not one of"),
     ("curve", r"must look like key.sub=value"),
     ("curve.precision=fp16", r"config.curve.precision: 'fp16' is not one of fp32, bf16"),
+    ("train.lr=.inf", r"config.train.lr: must be finite, got inf"),
+    ("train.lr=-1", r"config.train.lr: must lie in \(0, inf\), got -1"),
+    ("curve.beta_low=-5", r"config.curve.beta_low: must lie in \[0.0, inf\), got -5"),
+    ("curve.beta_low=0.9", r"config.curve.beta_low: must be <= config.curve.beta_high \(0.5\)"),
+    ("curve.kind=spline", r"config.curve.kind: 'spline' is not one of bezier, polychain"),
+    ("train.schedule_unit=batch", r"config.train.schedule_unit: 'batch' is not one of step"),
 ])
 def test_bad_values_give_one_clear_message(override, message):
   with pytest.raises(ConfigError, match=message):
@@ -75,3 +81,24 @@ def test_bad_files(tmp_path):
   with pytest.raises(ConfigError, match="unknown format"):
     load_config(ini)
   assert not any(p.name not in {"bad.yaml", "c.ini"} for p in tmp_path.iterdir())
+
+
+def test_exponent_floats_parse_as_numbers():
+  # YAML 1.1 (PyYAML) reads 1e-3, without a dot, as the string "1e-3".
+  assert load_config(overrides=["train.lr=1e-3"]).train.lr == 1e-3
+  assert load_config(overrides=["curve.lr=2E-2"]).curve.lr == 0.02
+  assert load_config(overrides=["train.lr=1.5e-3"]).train.lr == 1.5e-3
+
+
+def test_configs_share_the_optimizer_fields():
+  c = load_config()
+  assert (c.train.cosine, c.train.schedule_unit, c.train.weight_decay) == (True, "step", 5e-4)
+  assert (c.curve.cosine, c.curve.weight_decay) == (False, 0.0)
+  assert c.curve.optim().lr == 0.01 and c.train.fit_fields()["epochs"] == 30
+
+
+def test_unreadable_config_file_is_named(tmp_path):
+  bad = tmp_path / "c.yaml"
+  bad.write_bytes(b"curve:\n  lr: \xff\xfe\n")
+  with pytest.raises(ConfigError, match=f"config file {bad} cannot be read"):
+    load_config(bad)

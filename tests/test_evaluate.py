@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from mcu_jax import evaluate as ev
+from mcu_jax import parallel
 from mcu_jax.models import from_function, from_linen, get_model, init_model
 from mcu_jax.validation import InvalidArgument
 
@@ -28,6 +29,31 @@ def test_inference_helpers_agree(small_model):
   acc, loss = ev.accuracy_and_loss(apply, params, s0, x, y, batch_size=64)
   assert acc == pytest.approx(100.0 * np.mean(logits.argmax(1) == y))
   assert loss == pytest.approx(losses.mean(), rel=1e-5)
+
+
+def test_a_mesh_gives_the_same_results(small_model):
+  """With a 1-device mesh: the same numbers as without one (4 devices: test_parallel.py)."""
+  apply, params, s0, (x, y) = small_model
+  mesh = parallel.make_mesh()
+  np.testing.assert_allclose(ev.predict_logits(apply, params, s0, x, batch_size=64, mesh=mesh),
+                             ev.predict_logits(apply, params, s0, x, batch_size=64),
+                             rtol=1e-6, atol=1e-6)
+  acc, loss = ev.accuracy_and_loss(apply, params, s0, x, y, batch_size=64, mesh=mesh)
+  want_acc, want_loss = ev.accuracy_and_loss(apply, params, s0, x, y, batch_size=64)
+  assert acc == want_acc and loss == pytest.approx(want_loss, rel=1e-6)
+  with pytest.raises(InvalidArgument, match="mesh: expected None or a jax.sharding.Mesh"):
+    ev.accuracy_and_loss(apply, params, s0, x, y, mesh=jax.devices())
+  with pytest.raises(InvalidArgument, match="batch_size: "):
+    ev.predict_logits(apply, params, s0, x, batch_size=0)
+
+
+def test_inference_batch_size_rounds_up_to_the_mesh():
+  class FakeMesh:   # only the "data" axis size matters
+    shape = {"data": 4}
+  assert ev.inference_batch_size(512, 13, FakeMesh()) == 16
+  assert ev.inference_batch_size(30, 100, FakeMesh()) == 32
+  assert ev.inference_batch_size(64, 100, FakeMesh()) == 64
+  assert ev.inference_batch_size(512, 13) == 13          # no mesh: min(batch_size, n)
 
 
 

@@ -10,7 +10,7 @@ import pytest
 from mcu_jax import parallel
 
 
-def test_sharded_step_and_batch_sums_match_single_device():
+def test_sharded_step_batch_sums_unlearn_and_sweep_match_single_device():
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
              JAX_PLATFORMS="cpu")
   script = Path(__file__).with_name("_sharded_step.py")
@@ -30,6 +30,23 @@ def test_sharded_step_and_batch_sums_match_single_device():
       for compiled in ("", " compiled") for placement in ("", " uncommitted")}
   for name, sums in result["batch_sums"].items():
     assert sums["max_error"] < 1e-4 and sums["devices"] == 4, (name, sums)
+  # unlearn.run("rl") on a 1-device mesh and on 4 devices: the same theta_p.
+  base = result["unlearn"]
+  assert base["devices"] == 4 and base["moved"] > 1e-3, base
+  assert base["params_diff"] < 1e-5 and base["state_diff"] < 1e-5, base
+  # The BatchNorm sweep (and predict_logits) on 1 device and on 4: the same results, and the
+  # 4-device program splits its batches (all-reduces although every input is replicated).
+  swept = result["sweep"]
+  for name in ("retain", "forget", "test"):
+    assert swept["accuracy"][name] < 1e-9 and swept["loss"][name] < 1e-5, (name, swept)
+  assert swept["states_diff"] < 1e-5 and swept["path_diff"] < 1e-5, swept
+  assert swept["logits_diff"] < 1e-5, swept
+  assert len(set(swept["accuracy_one"]["test"])) > 1, swept   # t matters: not degenerate
+  assert swept["input_devices"] == 4, swept
+  assert swept["rounded_batch_sizes"] == [16, 32, 64], swept
+  assert swept["recal_error"].startswith("recal_batch_size: expected a multiple of the mesh's "
+                                         "4 devices, got 18"), swept
+  assert swept["replicated_inputs"] and swept["all_reduces"] > 0, swept
 
 
 def test_initialize_is_a_no_op_without_configuration(monkeypatch):

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mcu_jax import batchnorm, evaluate as ev
+from mcu_jax import batchnorm, evaluate as ev, parallel
 from mcu_jax import sweep as sweep_lib
 from mcu_jax.beta import Targets
 from mcu_jax.curves import Curve, point
@@ -64,6 +64,20 @@ def test_sweep_matches_direct_evaluation(small_curve):
     assert result.accuracy[name][1] == pytest.approx(acc, abs=1e-9)
     assert result.loss[name][1] == pytest.approx(loss, rel=1e-5)
   assert set(result.to_dict()) == {"ts", "accuracy", "loss", "path_length"}
+
+
+def test_sweep_on_a_mesh_equals_no_mesh(small_curve):
+  """``SweepOptions.mesh`` with one device: the same sweep (4 devices: test_parallel.py)."""
+  ts = np.array([0.2, 0.9])
+  plain = _run(small_curve, ts, vectorize=False)
+  meshed = _run(small_curve, ts, vectorize=False, mesh=parallel.make_mesh())
+  for name in plain.accuracy:
+    np.testing.assert_allclose(meshed.accuracy[name], plain.accuracy[name], atol=1e-9)
+    np.testing.assert_allclose(meshed.loss[name], plain.loss[name], rtol=1e-6, atol=1e-7)
+  np.testing.assert_allclose(meshed.path_length, plain.path_length, rtol=1e-6)
+  chex.assert_trees_all_close(meshed.model_states, plain.model_states, rtol=1e-6, atol=1e-7)
+  with pytest.raises(InvalidArgument, match="mesh: expected None or a jax.sharding.Mesh"):
+    SweepOptions(mesh="data")
 
 
 def test_sweep_path_length_of_straight_line(small_curve):

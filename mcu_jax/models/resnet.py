@@ -60,7 +60,13 @@ def torch_key(path: Sequence[str], aliases: Mapping[str, str] | None = None) -> 
 
 
 def batch_norm(train: bool, dtype: Any, name: str | None = None) -> nn.BatchNorm:
-  """torch.nn.BatchNorm2d's defaults (momentum 0.1 -> Flax 0.9, eps 1e-5, scale 1, bias 0)."""
+  """torch.nn.BatchNorm2d's momentum (0.1 -> Flax 0.9), eps (1e-5) and init (scale 1, bias 0).
+
+  One difference stays: in training mode Flax updates the running variance with the biased
+  batch variance, torch with the unbiased one (times n / (n - 1)). mcu_jax recomputes every
+  evaluated model's statistics exactly (``mcu_jax.batchnorm``), so no reported number rests
+  on either running average.
+  """
   return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype,
                       name=name)
 

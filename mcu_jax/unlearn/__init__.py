@@ -90,7 +90,7 @@ Notes and deviations from the reference:
    ``--alpha`` default, 0.2, is a placeholder shared with other methods, and its README leaves
    ``${alpha}``); 5e-4 is the value this project adopts for Jia et al. (SalUn-lineage scripts
    use 1e-4 on CIFAR-10). The penalty enters as its subgradient ``alpha * sign(theta)`` added
-   to the gradient (``methods.l1_penalty``), identical to adding ``alpha * ||theta||_1`` to the
+   to the gradient (``l1.l1_penalty``), identical to adding ``alpha * ||theta||_1`` to the
    loss; the reported ``train_loss`` is the CE alone. All parameters are penalised, BN's
    included (the reference's ``model.parameters()``).
 5. NegTV applies the formula to every floating leaf of params and of the model state (the
@@ -106,13 +106,16 @@ Notes and deviations from the reference:
    (``loops.epoch_batches``) and the filler is masked out of every loss; BatchNorm's
    training-mode batch statistics see those real examples, not copies of one.
 """
+from __future__ import annotations
+
 from mcu_jax.unlearn.configs import (FTConfig, GAConfig, L1SparseConfig, MethodConfig,
                                      NegGradPlusConfig, NegTVConfig, RetrainConfig, RLConfig,
                                      SalUnConfig, ScrubConfig)
-from mcu_jax.unlearn.methods import (METHODS, Method, UnlearnResult, check_split,
-                                     default_config, distill_kl, get_method, l1_penalty,
-                                     method_names, negate_task_vector,
-                                     random_wrong_labels, run)
+from mcu_jax.unlearn.l1 import l1_penalty
+from mcu_jax.unlearn.losses import distill_kl, random_wrong_labels
+from mcu_jax.unlearn.negtv import negate_task_vector
+from mcu_jax.unlearn.registry import METHODS, Method, default_config, get_method, method_names
+from mcu_jax.unlearn.runner import UnlearnResult, check_split, run
 
 __all__ = [
     "METHODS", "Method", "UnlearnResult", "run", "default_config", "get_method",

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from mcu_jax.optim import OptimConfig
+from mcu_jax.train import FitConfig
 from mcu_jax.validation import InvalidArgument, check_choice, check_number
 
 
@@ -25,8 +25,8 @@ def _check_real(owner: str, name: str, value, **bounds) -> None:
 
 
 @dataclasses.dataclass(frozen=True)
-class MethodConfig(OptimConfig):
-  """Optimizer, schedule and data settings shared by every method.
+class MethodConfig(FitConfig):
+  """Optimizer, schedule and data settings shared by every method (``train.FitConfig``).
 
   Attributes:
     epochs: passes over the method's training data (SCRUB: outer epochs, see ``ScrubConfig``).
@@ -35,16 +35,8 @@ class MethodConfig(OptimConfig):
       cosine anneals ``lr`` to 0 over ``epochs``, constant within an epoch by default (the
       reference's ``CosineAnnealingLR(T_max=epochs)`` stepped per epoch).
   """
-  epochs: int = 10
-  batch_size: int = 128
   weight_decay: float = 1e-4
   cosine: bool = True
-
-  def __post_init__(self):
-    super().__post_init__()
-    owner = type(self).__name__
-    _check_int(owner, "epochs", self.epochs, 1)
-    _check_int(owner, "batch_size", self.batch_size, 1)
 
 
 @dataclasses.dataclass(frozen=True)

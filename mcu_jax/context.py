@@ -1,0 +1,235 @@
+"""The context of a run: configuration, data, model, mesh, run directory and stage registry.
+
+``make_context`` reads (or makes) what a run directory holds besides the stages' outputs: its
+configuration and its forget split. Records carry their provenance (``rundir``): the digest of
+the configuration keys their stage reads and of the records they were made from, so
+``Context.done`` and ``Context.record`` know a stale record from a current one.
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mcu_jax import data, models, parallel, preprocess, report, rundir
+from mcu_jax.config import RunConfig
+from mcu_jax.rundir import Stage, StageError
+
+SPLIT_KEYS = ("dataset", "seed", "forget")   # what the forget split is made from
+
+
+@dataclasses.dataclass
+class Context:
+  """What every stage needs: config, data, model, mesh and the run directory."""
+  config: RunConfig
+  run: rundir.RunDir
+  dataset: data.TrainTest
+  split: data.ForgetSplit
+  module: Any
+  apply: Any
+  preprocess_train: Any
+  preprocess_eval: Any
+  mesh: Any
+  stages: Mapping[str, Stage]      # by command and by record name
+  progress: bool = True
+  resume: bool = False
+  force: bool = False
+  _device_cache: dict = dataclasses.field(default_factory=dict)
+
+  @property
+  def run_dir(self) -> Path:
+    return self.run.path
+
+  def log(self, message: str) -> None:
+    if self.progress:
+      print(message, flush=True)
+
+  def record(self, name: str) -> dict:
+    """A finished stage's record; a missing or stale one says which command makes it."""
+    stage = self.stages[name]
+    if not self.run.has(stage.record):
+      raise StageError(f"stage {stage.record!r} has not run in {self.run_dir}: run "
+                       f"`mcu-jax {stage.name} --run-dir {self.run_dir}` first")
+    why = stale(self, stage)
+    if why:
+      raise StageError(f"stage {stage.record!r} in {self.run_dir} is stale ({why}): run "
+                       f"`mcu-jax {stage.name} --run-dir {self.run_dir}` first")
+    return self.run.read(name)
+
+  def done(self, name: str) -> bool:
+    return not self.force and self.run.has(name) and not stale(self, self.stages[name])
+
+  # ---- models
+
+  def load_model(self, name: str) -> tuple[Any, Any]:
+    like = jax.eval_shape(lambda: dict(zip(("params", "model_state"), models.init_model(
+        self.module, jax.random.PRNGKey(0), (1,) + self.dataset.train.images.shape[1:]))))
+    like = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), like)   # on this host's device
+    tree = self.run.load_tree(f"{name}/model", like, self.record(name).get("model_digest"))
+    tree = parallel.replicate(tree, self.mesh)   # meets the replicated data on every mesh
+    return tree["params"], tree["model_state"]
+
+  def save_model(self, name: str, params, model_state) -> str:
+    return self.run.save_tree(f"{name}/model", {"params": params, "model_state": model_state})
+
+  # ---- data
+
+  def on_device(self, name: str, images: np.ndarray, labels: np.ndarray):
+    """(images, labels) on the device, uploaded once per run and replicated on the mesh."""
+    if name not in self._device_cache:
+      self._device_cache[name] = parallel.replicate((images, labels), self.mesh)
+    return self._device_cache[name]
+
+  def arrays(self, indices=None, dataset=None) -> tuple[np.ndarray, np.ndarray]:
+    dataset = dataset or self.dataset.train
+    if indices is None:
+      return dataset.images, dataset.labels
+    return dataset.images[indices], dataset.labels[indices]
+
+  def eval_sets(self) -> dict[str, tuple]:
+    """retain, forget, test (for class forgetting: the other classes) and test_forget."""
+    sets = {"retain": self.arrays(self.split.retain), "forget": self.arrays(self.split.forget)}
+    test = self.dataset.test
+    if self.split.kind == "class":
+      forgotten = np.isin(test.labels, self.split.classes)
+      sets["test"] = (test.images[~forgotten], test.labels[~forgotten])
+      sets["test_forget"] = (test.images[forgotten], test.labels[forgotten])
+    else:
+      sets["test"] = (test.images, test.labels)
+    return {name: self.on_device(name, *arrays) for name, arrays in sets.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# Provenance: what a record was made from.
+
+
+def provenance(ctx: Context, stage: Stage) -> dict:
+  config = ctx.config.to_dict()
+  return {"config": rundir.digest(rundir.config_section(config, stage.keys)),
+          "inputs": {need: rundir.digest(ctx.run.read(need)) for need in stage.needs}}
+
+
+def stale(ctx: Context, stage: Stage) -> str | None:
+  """Why ``stage``'s record no longer fits its configuration or inputs, or None."""
+  made = ctx.run.read(stage.record).get("provenance")
+  if made is None:
+    return "it has no provenance (made by an older mcu_jax)"
+  now = provenance(ctx, stage) if all(ctx.run.has(n) for n in stage.needs) else None
+  if now is None:
+    return "an input is missing"
+  if made["config"] != now["config"]:
+    return "made with another configuration"
+  changed = [n for n in stage.needs if made["inputs"].get(n) != now["inputs"][n]]
+  return f"{', '.join(changed)} changed since" if changed else None
+
+
+def begin(ctx: Context, stage: Stage) -> None:
+  """Before ``stage`` runs: its record and everything downstream of it are no longer done,
+  so a crash or a changed input never leaves a stale result that looks finished. The
+  stage's own checkpoints stay (``--resume``)."""
+  own = [stage.record + ".json"] + [o for o in stage.outputs if not o.endswith("ckpt")]
+  order = list(dict.fromkeys(ctx.stages.values()))
+  later = [ctx.stages[r] for r in rundir.downstream(order, stage.record)]
+  ctx.run.remove(own + [f for s in later for f in (s.record + ".json",) + s.outputs])
+
+
+def finish(ctx: Context, stage: Stage, record: dict) -> dict:
+  """Writes ``stage``'s record, last, with its provenance."""
+  record = {**record, "provenance": provenance(ctx, stage)}
+  ctx.run.write(stage.record, record)
+  return record
+
+
+# ---------------------------------------------------------------------------------------------
+# Making a context.
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+  """{"a": {"b": 1}} -> {"a.b": 1}."""
+  out = {}
+  for key, value in tree.items():
+    if isinstance(value, dict) and value:
+      out.update(_flatten(value, f"{prefix}{key}."))
+    else:
+      out[f"{prefix}{key}"] = value
+  return out
+
+
+def _configure(run: rundir.RunDir, config: RunConfig, stages, force: bool) -> list[str]:
+  """Checks ``config`` against the one the run directory was made with; writes it when new or
+  changed (``force``). Returns the changed keys."""
+  wanted = report.to_jsonable(config.to_dict())
+  records = [s.record for s in stages if run.has(s.record)]
+  if not run.config_path.exists():
+    if records:
+      raise StageError(f"{run.path} holds records ({', '.join(records)}) but no config.json, "
+                       "so what made them is unknown: restore config.json or use a new --run-dir")
+    run.write_json(run.config_path, wanted)
+    return []
+  saved, now = _flatten(run.read("config")), _flatten(wanted)
+  changed = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+  if changed and not force:
+    raise StageError(f"{run.path} was made with another configuration (differs in: "
+                     f"{', '.join(changed)}); use a new --run-dir or --force")
+  if changed:
+    run.write_json(run.config_path, wanted)
+  return changed
+
+
+def _split(config: RunConfig, run: rundir.RunDir, train_set: data.Dataset) -> data.ForgetSplit:
+  """The run's forget split: the saved one while its configuration holds, else a new one."""
+  made_with = rundir.digest(rundir.config_section(config.to_dict(), SPLIT_KEYS))
+  if run.has("split") and run.split_path.exists() and run.read("split").get(
+      "provenance", {}).get("config") == made_with:
+    return data.load_split(run.split_path, num_examples=len(train_set),
+                           labels=train_set.labels)
+  forget = config.forget
+  split = (data.make_split(train_set, "class", classes=forget.classes) if forget.kind == "class"
+           else data.make_split(train_set, "random", ratio=forget.ratio, seed=config.seed))
+  run.write_file(lambda path: data.save_split(path, split), run.split_path)
+  run.write("split", {"forget": len(split.forget), "retain": len(split.retain),
+                      "indices": rundir.digest(np.asarray(split.forget).tolist()),
+                      "provenance": {"config": made_with, "inputs": {}}})
+  return split
+
+
+def make_context(config: RunConfig, run_dir, stages: tuple[Stage, ...], *, progress=True,
+                 resume=False, force=False) -> Context:
+  """Loads the data and the run directory's configuration and split (made when new).
+
+  A configuration other than the directory's is refused, or with ``force`` adopted: then
+  every record it makes stale is removed at once, with its outputs and everything downstream,
+  so that no result of the old configuration is left to be mixed with the new.
+  """
+  run = rundir.RunDir(run_dir)
+  dataset = data.load_dataset(config.dataset)
+  module = models.get_model(config.model, dataset.train.num_classes, **config.model_options)
+  mesh = parallel.make_mesh()
+  for name, batch in (("train.batch_size", config.train.batch_size),
+                      ("curve.batch_size", config.curve.batch_size)):
+    if batch % mesh.devices.size:
+      raise StageError(f"{name} = {batch} is not divisible by the {mesh.devices.size} devices")
+  changed = _configure(run, config, stages, force)
+  split = _split(config, run, dataset.train)
+  mean, std = data.normalization_stats(dataset.train)
+  ctx = Context(config=config, run=run, dataset=dataset, split=split, module=module,
+                apply=models.from_linen(module),
+                preprocess_train=preprocess.make_preprocess(mean, std, augment=config.augment,
+                                                            flip=config.augment),
+                preprocess_eval=preprocess.make_preprocess(mean, std, augment=False),
+                mesh=mesh, stages={**{s.record: s for s in stages}, **{s.name: s for s in stages}},
+                progress=progress, resume=resume, force=force)
+  if changed:
+    dropped = []
+    for stage in stages:       # in order: removing one makes its dependants stale in turn
+      if run.has(stage.record) and stale(ctx, stage):
+        run.remove([stage.record + ".json", *stage.outputs])
+        dropped.append(stage.name)
+    if dropped:
+      ctx.log(f"configuration changed ({', '.join(changed)}): removed the stale stages "
+              f"{', '.join(dropped)}")
+  return ctx

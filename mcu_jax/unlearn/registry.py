@@ -1,0 +1,78 @@
+"""The registry of base unlearning methods: ``METHODS`` by name, each with its config type,
+run function and whether it trains on D_r; ``get_method``, ``default_config`` and
+``method_names`` read it, ``resolve_config`` turns a ``run`` call's config into the method's.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Mapping
+
+from mcu_jax.unlearn import configs as cfgs
+from mcu_jax.unlearn import methods, negtv, scrub
+from mcu_jax.unlearn.method_context import MethodContext, Outcome
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+  """A registered method: its config type, implementation and which sets it needs."""
+  name: str
+  config_type: type
+  impl: Callable[[MethodContext, Any], Outcome]
+  needs_retain: bool
+  summary: str
+
+
+METHODS: dict[str, Method] = {m.name: m for m in (
+    Method("retrain", cfgs.RetrainConfig, methods.run_retrain, True,
+           "train from a fresh initialisation on D_r (CE)"),
+    Method("ft", cfgs.FTConfig, methods.run_ft, True, "fine-tune on D_r (CE)"),
+    Method("ga", cfgs.GAConfig, methods.run_ga, False, "gradient ascent on D_f (-CE)"),
+    Method("neggrad_plus", cfgs.NegGradPlusConfig, methods.run_neggrad_plus, True,
+           "D_f and D_r mixed, CE_r - beta * CE_f per batch"),
+    Method("rl", cfgs.RLConfig, methods.run_rl, True, "random wrong labels on D_f plus D_r (CE)"),
+    Method("salun", cfgs.SalUnConfig, methods.run_salun, True,
+           "random label restricted to the most forget-salient weights"),
+    Method("l1_sparse", cfgs.L1SparseConfig, methods.run_l1_sparse, True,
+           "fine-tune on D_r with a decaying l1 penalty"),
+    Method("negtv", cfgs.NegTVConfig, negtv.run_negtv, False,
+           "negated task vector of a fine-tuning on D_f"),
+    Method("scrub", cfgs.ScrubConfig, scrub.run_scrub, True,
+           "teacher-student: max KL on D_f, min CE + KL on D_r"),
+)}
+
+
+def method_names() -> list[str]:
+  return list(METHODS)
+
+
+def get_method(name: str) -> Method:
+  """The registered method ``name``; unknown names raise, listing the known ones."""
+  if not isinstance(name, str):
+    raise TypeError(f"method name must be a string, got {type(name).__name__}")
+  if name not in METHODS:
+    raise ValueError(f"unknown unlearning method {name!r}; known methods: "
+                     f"{', '.join(METHODS)}")
+  return METHODS[name]
+
+
+def default_config(method: str) -> cfgs.MethodConfig:
+  """The default hyperparameters of ``method`` (see the table in ``mcu_jax.unlearn``)."""
+  return get_method(method).config_type()
+
+
+def resolve_config(spec: Method, config) -> cfgs.MethodConfig:
+  """``spec``'s config from ``config``: the defaults for None, a dict of its fields (unknown
+  names raise ValueError), or an instance of exactly its config type (else TypeError)."""
+  if config is None:
+    return spec.config_type()
+  if isinstance(config, Mapping):
+    fields = {f.name for f in dataclasses.fields(spec.config_type)}
+    unknown = sorted(set(config) - fields)
+    if unknown:
+      raise ValueError(f"unknown {spec.name} hyperparameters {unknown}; "
+                       f"{spec.config_type.__name__} has {sorted(fields)}")
+    return spec.config_type(**config)
+  if type(config) is not spec.config_type:
+    raise TypeError(f"method {spec.name!r} takes a {spec.config_type.__name__} (or a dict of "
+                    f"its fields), got {type(config).__name__}")
+  return config
