@@ -14,9 +14,12 @@ best with the targets. With your own model and theta_p::
 
 The steps ``unlearn_curve`` composes are public too: ``compute_mask``, ``train_curve`` and
 ``sweep_and_select``; so are the curve (``Curve``, ``point``), the masks and the beta policies.
-Submodules hold the rest (``mcu_jax.sweep.sweep``, ``mcu_jax.unlearn``, ``mcu_jax.data``, ...).
+Forgetting quality over model populations: ``mcu_jax.population`` (N models differing by
+seed as one stacked pytree) and ``mcu_jax.forget_quality`` (the NeurIPS 2023 challenge's F,
+U-LiRA). Submodules hold the rest (``mcu_jax.sweep.sweep``, ``mcu_jax.unlearn``,
+``mcu_jax.data``, ...).
 """
-from mcu_jax import models
+from mcu_jax import forget_quality, models, population
 from mcu_jax.api import MCUResult, unlearn_curve
 from mcu_jax.batchnorm import recalibrate_batch_stats
 from mcu_jax.beta import AdaptiveBeta, FixedBeta, Targets, alignment_targets
@@ -40,6 +43,8 @@ __all__ = [
     "Curve", "point", "points", "mcu_mask", "salun_mask", "AdaptiveBeta", "FixedBeta",
     "Targets", "alignment_targets", "CurveTrainer", "OptimConfig", "SweepOptions",
     "SweepResult", "select_t", "Choice", "recalibrate_batch_stats", "models",
+    # forgetting quality over populations
+    "population", "forget_quality",
     # errors
     "MCUError", "InvalidArgument",
 ]

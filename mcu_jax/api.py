@@ -112,7 +112,8 @@ def unlearn_curve(apply: Apply, theta_o: PyTree, theta_p: PyTree, *, forget, ret
                   targets: beta_lib.Targets | None = None, mask: bool | PyTree = True,
                   k: float = 0.5, kr: float = 0.0, beta="adaptive", beta_low: float = 0.01,
                   beta_high: float = 0.5, train: bool = True, epochs: int = 10,
-                  lr: float = 0.01, momentum: float = 0.9, batch_size: int = 128,
+                  lr: float = 0.01, momentum: float = 0.9,
+                  optimizer: OptimConfig | None = None, batch_size: int = 128,
                   retain_ratio: float = 0.5, num_bends: int = 3, kind: str = "bezier",
                   points: int = 20, t_search: tuple[float, float] = (0.75, 1.0),
                   recalibrate_on: str = "retain", chunk_size: int | None = None,
@@ -139,7 +140,9 @@ def unlearn_curve(apply: Apply, theta_o: PyTree, theta_p: PyTree, *, forget, ret
       bools like the params.
     beta: "adaptive" (towards the targets, weights ``beta_low``/``beta_high``) or a number.
     train: False keeps the straight line (the ablation baseline).
-    epochs, lr, momentum, batch_size, retain_ratio: the curve training (SGD, constant lr).
+    epochs, lr, momentum, batch_size, retain_ratio: the curve training (SGD, constant lr);
+      ``optimizer``, an ``OptimConfig``, replaces ``lr`` and ``momentum`` when given (weight
+      decay, a cosine schedule).
     num_bends, kind: the curve ("bezier" or "polychain").
     points, t_search: the sweep's evenly spaced t in [0, 1] and the window t is chosen in.
     recalibrate_on: BatchNorm statistics from "retain" (D_r) or "train" (D_f + D_r, the
@@ -184,7 +187,7 @@ def unlearn_curve(apply: Apply, theta_o: PyTree, theta_p: PyTree, *, forget, ret
     trained = mcu.train_curve(
         with_precision(apply, precision), curve, model_state, forget=sets["forget"],
         retain=sets["retain"], mask=mask, beta=policy, epochs=epochs,
-        optimizer=OptimConfig(lr=lr, momentum=momentum), batch_size=batch_size,
+        optimizer=optimizer or OptimConfig(lr=lr, momentum=momentum), batch_size=batch_size,
         retain_ratio=retain_ratio, seed=seed, preprocess=preprocess, mesh=mesh,
         checkpointer=checkpointer, progress=progress)
     curve, history, seconds["curve"] = trained.curve, trained.history, trained.seconds

@@ -57,6 +57,11 @@ def build_parser() -> argparse.ArgumentParser:
     _common(sub, run_dir_required=True)
     if stage == "unlearn":
       sub.add_argument("--method", help="base unlearning method (overrides unlearn.method)")
+    if stage == "forget-quality":
+      sub.add_argument("--models", type=int, help="models per population "
+                       "(forget_quality.models, default 16)")
+      sub.add_argument("--methods", help="comma-separated base methods (forget_quality.methods; "
+                       "default: the run's method)")
   importer = commands.add_parser(
       "import-torch", help="convert a reference PyTorch checkpoint to Flax params")
   importer.add_argument("checkpoint", type=Path, help="a torch state_dict (.pt)")
@@ -80,6 +85,10 @@ def _config(args) -> config_lib.RunConfig:
   overrides = list(args.overrides)
   if getattr(args, "method", None):
     overrides.append(f"unlearn.method={args.method}")
+  if getattr(args, "models", None) is not None:
+    overrides.append(f"forget_quality.models={args.models}")
+  if getattr(args, "methods", None):
+    overrides.append(f"forget_quality.methods=[{args.methods}]")
   saved = args.run_dir / "config.json" if args.run_dir is not None else None
   if saved is not None and saved.exists():
     base = config_lib.read_file(saved)   # a run directory remembers its configuration
@@ -123,6 +132,8 @@ def _run(args) -> int:
     print(record["table"])
     print()
     print(f"report: {Path(run_dir) / 'report.md'}")
+  elif "table" in record:
+    print(record["table"])
   else:
     summary = {k: v for k, v in record.items() if not isinstance(v, (list, dict))}
     print(report.to_jsonable(summary))

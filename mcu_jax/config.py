@@ -146,6 +146,21 @@ class SweepConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class ForgetQualityConfig:
+  """``mcu-jax forget-quality``: populations of ``models`` members per method (empty
+  ``methods``: the run's own method), each with and without MCU."""
+  models: int = 16
+  methods: list[str] = dataclasses.field(default_factory=list)
+  mcu: bool = True
+
+  def validate(self, where):
+    from mcu_jax import unlearn
+    _number(where, "models", self.models, low=4, integer=True)
+    for i, method in enumerate(self.methods):
+      _choice(where, f"methods[{i}]", method, tuple(m for m in unlearn.METHODS if m != "retrain"))
+
+
+@dataclasses.dataclass(frozen=True)
 class RunConfig:
   dataset: str = "digits"
   model: str = "small_cnn"
@@ -160,6 +175,7 @@ class RunConfig:
   mask: MaskConfig = dataclasses.field(default_factory=MaskConfig)
   curve: CurveConfig = dataclasses.field(default_factory=CurveConfig)
   sweep: SweepConfig = dataclasses.field(default_factory=SweepConfig)
+  forget_quality: ForgetQualityConfig = dataclasses.field(default_factory=ForgetQualityConfig)
 
   def validate(self, where="config"):
     from mcu_jax import models

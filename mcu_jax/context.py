@@ -58,10 +58,13 @@ class Context:
     if why:
       raise StageError(f"stage {stage.record!r} in {self.run_dir} is stale ({why}): run "
                        f"`mcu-jax {stage.name} --run-dir {self.run_dir}` first")
-    return self.run.read(name)
+    return self.run.read(stage.record)
 
   def done(self, name: str) -> bool:
-    return not self.force and self.run.has(name) and not stale(self, self.stages[name])
+    """Whether stage ``name`` (command or record) is finished and current (never under
+    ``force``)."""
+    stage = self.stages[name]
+    return not self.force and self.run.has(stage.record) and not stale(self, stage)
 
   # ---- models
 
@@ -159,9 +162,18 @@ def _flatten(tree: dict, prefix: str = "") -> dict:
   return out
 
 
-def _configure(run: rundir.RunDir, config: RunConfig, stages, force: bool) -> list[str]:
-  """Checks ``config`` against the one the run directory was made with; writes it when new or
-  changed (``force``). Returns the changed keys."""
+def _reads(keys, changed: list[str]) -> bool:
+  """Whether configuration keys (dotted prefixes) cover any of the ``changed`` keys."""
+  return any(c == k or c.startswith(k + ".") or k.startswith(c + ".")
+             for k in keys for c in changed)
+
+
+def _configure(run: rundir.RunDir, config: RunConfig, stages, force: bool
+               ) -> tuple[list[str], list[Stage]]:
+  """Checks ``config`` against the one the run directory was made with and writes it when new
+  or changed. A change that no started stage (a record or a partial checkpoint) reads is
+  simply adopted; one that does needs ``force``. Returns (the changed keys, the started stages
+  that read them)."""
   wanted = report.to_jsonable(config.to_dict())
   records = [s.record for s in stages if run.has(s.record)]
   if not run.config_path.exists():
@@ -169,15 +181,20 @@ def _configure(run: rundir.RunDir, config: RunConfig, stages, force: bool) -> li
       raise StageError(f"{run.path} holds records ({', '.join(records)}) but no config.json, "
                        "so what made them is unknown: restore config.json or use a new --run-dir")
     run.write_json(run.config_path, wanted)
-    return []
+    return [], []
   saved, now = _flatten(run.read("config")), _flatten(wanted)
   changed = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
-  if changed and not force:
+  split_changed = _reads(SPLIT_KEYS, changed)
+  touched = [s for s in stages if s.started(run) and (
+      _reads(s.keys, changed) or (split_changed and "split" in s.needs))]
+  if touched and not force:
     raise StageError(f"{run.path} was made with another configuration (differs in: "
-                     f"{', '.join(changed)}); use a new --run-dir or --force")
+                     f"{', '.join(changed)}), which would make "
+                     f"{', '.join(s.name for s in touched)} stale; use a new --run-dir or "
+                     "--force")
   if changed:
     run.write_json(run.config_path, wanted)
-  return changed
+  return changed, touched
 
 
 def _split(config: RunConfig, run: rundir.RunDir, train_set: data.Dataset) -> data.ForgetSplit:
@@ -213,7 +230,7 @@ def make_context(config: RunConfig, run_dir, stages: tuple[Stage, ...], *, progr
                       ("curve.batch_size", config.curve.batch_size)):
     if batch % mesh.devices.size:
       raise StageError(f"{name} = {batch} is not divisible by the {mesh.devices.size} devices")
-  changed = _configure(run, config, stages, force)
+  changed, touched = _configure(run, config, stages, force)
   split = _split(config, run, dataset.train)
   mean, std = data.normalization_stats(dataset.train)
   ctx = Context(config=config, run=run, dataset=dataset, split=split, module=module,
@@ -223,11 +240,12 @@ def make_context(config: RunConfig, run_dir, stages: tuple[Stage, ...], *, progr
                 preprocess_eval=preprocess.make_preprocess(mean, std, augment=False),
                 mesh=mesh, stages={**{s.record: s for s in stages}, **{s.name: s for s in stages}},
                 progress=progress, resume=resume, force=force)
-  if changed:
+  if touched:
     dropped = []
     for stage in stages:       # in order: removing one makes its dependants stale in turn
-      if run.has(stage.record) and stale(ctx, stage):
-        run.remove([stage.record + ".json", *stage.outputs])
+      if stage in touched or (run.has(stage.record) and stale(ctx, stage)):
+        run.remove([stage.record + ".json",
+                    *(o for o in stage.outputs if o not in stage.keeps)])
         dropped.append(stage.name)
     if dropped:
       ctx.log(f"configuration changed ({', '.join(changed)}): removed the stale stages "

@@ -26,7 +26,7 @@ from typing import Any
 import jax
 
 from mcu_jax import batchnorm, context, evaluate, masks, mcu, mia, models, parallel, report
-from mcu_jax import rundir, sweep, train, unlearn
+from mcu_jax import forget_stage, rundir, sweep, train, unlearn
 from mcu_jax import beta as beta_lib
 from mcu_jax.context import Context
 from mcu_jax.curves import Curve, point
@@ -72,9 +72,11 @@ def stage_train(ctx: Context, stage: Stage) -> dict:
 
 def _run_method(ctx: Context, stage: Stage, method: str, options, seed: int,
                 evaluate=None) -> dict:
-  params, model_state = ctx.load_model("original")
   init = functools.partial(models.init_model, ctx.module,
                            input_shape=(1,) + ctx.dataset.train.images.shape[1:])
+  # retrain starts from scratch: it needs theta_o's structure only, not the train stage
+  params, model_state = (init(jax.random.PRNGKey(seed)) if method == "retrain"
+                         else ctx.load_model("original"))
   with ctx.run.checkpointer(stage.record, resume=ctx.resume, force=ctx.force) as checkpointer:
     result = unlearn.run(method, apply=ctx.apply, params=params, model_state=model_state,
                          train=ctx.dataset.train, split=ctx.split,
@@ -324,6 +326,11 @@ STAGES: tuple[Stage, ...] = (
     Stage("report", "report", ("split", "original", "retrain", "unlearn", "curve", "sweep"),
           COMMON + ("eval_batch_size",), ("report.md", "sweep.png", "methods.png"),
           stage_report),
+    Stage("forget-quality", "forget_quality", ("split",),
+          COMMON + ("forget", "train", "retrain", "unlearn", "mask", "curve", "sweep",
+                    "eval_batch_size", "forget_quality"),
+          ("forget_quality.md", "forget_quality.png", "forget_quality/ckpt"),
+          forget_stage.stage_forget_quality, in_run=False, keeps=("forget_quality/ckpt",)),
 )
 STAGE_OF = {**{s.record: s for s in STAGES}, **{s.name: s for s in STAGES}}
 make_context = functools.partial(context.make_context, stages=STAGES)
@@ -354,9 +361,11 @@ def copy_stage(ctx: Context, source, name: str) -> bool:
 
 
 def run_all(ctx: Context, names=None) -> dict:
-  """The stages in order (all by default); returns the last record."""
+  """The stages in order (by default every stage of ``mcu-jax run``); returns the last
+  record."""
   out = None
-  for stage in STAGES if names is None else [STAGE_OF[n] for n in names]:
+  chosen = [s for s in STAGES if s.in_run] if names is None else [STAGE_OF[n] for n in names]
+  for stage in chosen:
     out = run_stage(ctx, stage.name)
   return out
 

@@ -52,15 +52,27 @@ class Stage:
       current.
     needs: the records it reads (their digests go into its provenance).
     keys: the configuration keys it reads (dotted prefixes of the config's dict).
-    outputs: the other files and directories it owns, relative to the run directory.
-    run: ``run(context) -> record``.
+    outputs: the other files and directories it owns, relative to the run directory; a
+      directory ending in ``ckpt`` holds resumable state, kept when the stage reruns.
+    run: ``run(context, stage) -> record``.
+    in_run: whether ``mcu-jax run`` (and ``demo``) runs it; optional stages run on request.
+    keeps: outputs that survive even a configuration change, because they are keyed by what
+      made them (the forget-quality stage's store of population members).
   """
   name: str
   record: str
   needs: tuple[str, ...]
   keys: tuple[str, ...]
   outputs: tuple[str, ...]
-  run: Callable[[Any], dict]
+  run: Callable[[Any, Any], dict]
+  in_run: bool = True
+  keeps: tuple[str, ...] = ()
+
+  def started(self, run: "RunDir") -> bool:
+    """Whether anything of it is on disk: its record, or a partial checkpoint."""
+    return run.has(self.record) or any(
+        o.endswith("ckpt") and o not in self.keeps and (run.path / o).is_dir()
+        and any((run.path / o).iterdir()) for o in self.outputs)
 
 
 def downstream(stages: Sequence[Stage], record: str) -> tuple[str, ...]:

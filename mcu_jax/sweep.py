@@ -167,6 +167,12 @@ def sweep(curve: Curve, ts, apply: Apply, model_state: PyTree, sets: Mapping[str
     options: ``SweepOptions`` (``options.mesh``: the device mesh to split the batches over).
   """
   ts = choice.check_ts(ts)
+  for name, tree in (("theta_o", curve.start), ("controls", curve.controls),
+                     ("theta_p", curve.end)):
+    if not all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(tree)
+               if jnp.issubdtype(x.dtype, jnp.floating)):
+      raise InvalidArgument(f"curve: {name} holds NaN or infinite parameters; a sweep of it "
+                            "would report meaningless accuracies")
   if not sets:
     raise InvalidArgument("sets: expected at least one {name: (inputs, labels)} set")
   mesh = options.mesh

@@ -228,3 +228,17 @@ def test_end_to_end_with_reference(bench, tmp_path, preresnet8):
     assert _positive(ref[key]), key
   assert set(record["speedups"]) == {"mask", "curve", "sweep", "total",
                                      "total_without_curve_compile"}
+
+
+def test_population_benchmark(bench, tmp_path):
+  out = tmp_path / "population.json"
+  record = bench("population").main(["--sizes", "1", "2", "--epochs", "1", "--width", "4",
+                                     "--out", str(out)])
+  assert _load(out) == json.loads(json.dumps(record))
+  _check_machine(record["machine"])
+  drivers = {(r["models"], r["driver"]) for r in record["rows"]}
+  assert drivers == {(n, d) for n in (1, 2) for d in ("separate", "loop", "vmap")}
+  for row in record["rows"]:
+    assert _positive(row["wall_s"]) and _positive(row["models_per_s"])
+    assert row["max_abs_diff_vs_separate"] < (1e-4 if row["driver"] == "vmap" else 1e-12)
+  assert record["config"]["default_driver"] == "loop"        # the CPU policy

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import chex
+import numpy as np
 import pytest
 
 from mcu_jax import checkpoint, cli
@@ -351,3 +352,29 @@ def test_import_torch_into_an_impossible_path_fails_at_once(tmp_path, capsys):
                    "--out", str(tmp_path / "a-file" / "sub")])
   assert code == 2 and time.time() - start < 30
   assert "a-file is a file, not a directory" in _one_error_line(capsys.readouterr().err)
+
+
+def test_forget_quality_end_to_end_on_digits(demo_dir, tmp_path):
+  """Populations of 4, scored against retraining; a rerun reuses everything."""
+  run_dir = _copy(demo_dir, tmp_path)
+  command = [sys.executable, str(Path(__file__).with_name("_cli_train.py")), "forget-quality",
+             "--run-dir", str(run_dir), "--models", "4", "--no-progress"]
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+  assert done.returncode == 0, done.stderr[-3000:]
+  record = json.loads((run_dir / "forget_quality.json").read_text())
+  assert set(record["scores"]) == {"floor", "rl", "rl+mcu"}
+  for name, score in record["scores"].items():
+    assert 0.0 <= score["F"] <= 1.0 and 0.0 <= score["lira_auc"] <= 1.0, name
+    assert len(score["epsilons"]) == len(np.load(run_dir / "split.npz")["forget"])
+  assert abs(record["scores"]["floor"]["lira_auc"] - 0.5) < 0.25   # retrained vs retrained
+  assert {k: v["models"] for k, v in record["populations"].items()} == {
+      "originals": 4, "retrain_a": 4, "retrain_b": 4, "rl": 4, "rl+mcu": 4}
+  assert 0.75 <= record["scores"]["rl+mcu"]["mean_t"] <= 1.0
+  text = (run_dir / "forget_quality.md").read_text()
+  assert "retrain B (the floor)" in text and "LiRA AUC" in text
+  assert (run_dir / "forget_quality.png").read_bytes()[:4] == b"\x89PNG"
+  assert (run_dir / "report.json").exists()             # the run's own stages are untouched
+  again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+  assert again.returncode == 0 and json.loads(
+      (run_dir / "forget_quality.json").read_text()) == record

@@ -97,3 +97,29 @@ def test_a_second_run_reuses_finished_cells(smoke):
   assert "  random/seed0/" not in again and "  class/seed0/" not in again   # nothing reran
   split = tmp / "runs" / "digits_smoke" / "random" / "seed0"
   assert (split / "rl" / "split.npz").read_bytes() == (split / "base" / "split.npz").read_bytes()
+
+
+def _verdict_of(base, mcu):
+  import importlib.util
+  spec = importlib.util.spec_from_file_location("fq_study", EXPERIMENTS / "forget_quality.py")
+  module = importlib.util.module_from_spec(spec)
+  sys.path.insert(0, str(EXPERIMENTS))
+  try:
+    spec.loader.exec_module(module)
+  finally:
+    sys.path.remove(str(EXPERIMENTS))
+  row = lambda f, auc: {"F": f, "lira_auc": auc, "retain_acc": 99.0, "test_acc": 98.0}
+  paired = {"mcu_lower": 3, "mcu_higher": 1, "examples": 4, "wilcoxon_p": 0.2}
+  scores = {"floor": row(0.2, 0.5), "rl": row(*base), "rl+mcu": {**row(*mcu), "paired": paired}}
+  return module.verdict(scores, ["rl"])[0]
+
+
+@pytest.mark.parametrize("base,mcu,words", [
+    ((0.01, 0.99), (0.05, 0.90), "MCU improves forgetting quality: F 0.010 -> 0.050"),
+    ((0.05, 0.90), (0.01, 0.99), "MCU worsens forgetting quality"),
+    ((0.01, 0.90), (0.05, 0.99), "MCU gives mixed forgetting quality"),
+    ((0.01, 0.90), (0.01, 0.90), "MCU leaves forgetting quality unchanged"),
+])
+def test_forget_quality_verdict_says_what_the_numbers_say(base, mcu, words):
+  line = _verdict_of(base, mcu)
+  assert words in line and "not significant at 0.05" in line and "(floor 0.200)" in line

@@ -126,3 +126,10 @@ def test_stateless_model_needs_no_recalibration_inputs():
     logits = x[:30] @ np.asarray(point(curve, t)["w"])
     assert result.accuracy["retain"][i] == pytest.approx(100 * np.mean(logits.argmax(1) == y[:30]))
   assert 0.75 <= choice.t <= 1.0 and choice.targets == Targets(retain=90.0, forget=10.0)
+
+
+def test_a_non_finite_curve_is_refused(small_curve):
+  apply, s0, _, bent, images, sets = small_curve
+  broken = bent.replace(end=jax.tree.map(lambda x: x * np.nan, bent.end))
+  with pytest.raises(InvalidArgument, match="curve: theta_p holds NaN or infinite parameters"):
+    sweep_lib.sweep(broken, [0.0, 1.0], apply, s0, sets, images)

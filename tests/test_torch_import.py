@@ -342,6 +342,24 @@ def test_curve_bend_extraction(model_name):
     torch_import.state_dict_to_flax(sds[0], model_name, 10, bend=0)
 
 
+def test_cli_imports_a_curve_bend(tmp_path, capsys):
+  from mcu_jax import cli
+  sds = [numpy_state_dict(randomise(TorchPreResNet(10, 56), seed=40 + b)) for b in range(3)]
+  path = tmp_path / "curve.pt"
+  torch.save({k: torch.from_numpy(np.asarray(v)) for k, v in curve_state_dict(sds).items()},
+             path)
+  out = tmp_path / "bend2"
+  assert cli.main(["import-torch", str(path), "--model", "preresnet56", "--bend", "2",
+                   "--out", str(out)]) == 0
+  loaded = checkpoint.load_tree(out)
+  chex_equal(loaded["params"], torch_import.state_dict_to_flax(sds[2], "preresnet56", 10)[0])
+  assert cli.main(["import-torch", str(path), "--model", "preresnet56", "--bend", "2",
+                   "--out", str(out)]) == 2                  # exists: --force to overwrite
+  assert "--force" in capsys.readouterr().err
+  assert cli.main(["import-torch", str(path), "--model", "preresnet56", "--bend", "2",
+                   "--out", str(out), "--force"]) == 0
+
+
 # --------------------------------------------------------------------------- bad input
 
 

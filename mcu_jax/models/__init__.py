@@ -7,6 +7,7 @@ a plain function, a Linen module or an NNX model (see ``mcu_jax.models.adapters`
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -54,11 +55,16 @@ def get_model(name: str, num_classes: int, **kwargs) -> nn.Module:
   return _REGISTRY[name](num_classes=num_classes, **kwargs)
 
 
+@functools.lru_cache(maxsize=32)
+def _jitted_init(module: nn.Module, input_shape: tuple[int, ...]):
+  return jax.jit(lambda r: module.init(r, jnp.zeros(input_shape, jnp.float32), train=False))
+
+
 def init_model(module: nn.Module, rng: jax.Array, input_shape: tuple[int, ...]
                ) -> tuple[PyTree, PyTree]:
-  """(params, state) of ``module`` for NHWC inputs of ``input_shape`` (batch axis included)."""
-  variables = jax.jit(lambda r: module.init(r, jnp.zeros(input_shape, jnp.float32),
-                                            train=False))(rng)
+  """(params, state) of ``module`` for NHWC inputs of ``input_shape`` (batch axis included).
+  The jitted initialiser is kept per (module, shape): many seeds compile it once."""
+  variables = _jitted_init(module, tuple(int(d) for d in input_shape))(rng)
   variables = dict(variables)
   params = variables.pop("params")
   return params, variables

@@ -75,6 +75,11 @@ scrub          max: D_f, min: D_r    max: -KL_T(t || s);         Kurmanji et al.
 
 Notes and deviations from the reference:
 
+0. The gold standard of a run (``mcu-jax retrain``) is the ``retrain`` method itself, with the
+   run's own training recipe (``config.retrain``, or ``config.train`` when it is null): the
+   original model and the retrained one differ only in their data, D vs D_r. The 200-epoch
+   defaults above are the reference's, for callers of ``unlearn.run`` without a recipe.
+
 1. NegGrad+ follows the reference (``CE_r - beta * CE_f`` on mixed batches, beta 0.15), not the
    SCRUB paper's ``alpha * CE_r - (1 - alpha) * CE_f`` over paired retain/forget loaders; the two
    differ by a per-batch weighting and an overall scale of the loss (beta = (1 - alpha) / alpha).

@@ -1,0 +1,262 @@
+"""Populations: N models that differ only in their seed, as one stacked pytree.
+
+The stronger forgetting evaluations (``mcu_jax.forget_quality``) compare populations of
+unlearned and retrained models. A ``Population`` holds N members with every leaf stacked on a
+leading axis of size N: ``params`` (N, ...), ``model_state`` (N, ...).
+
+Drivers (the CPU policy of ``mcu_jax.loops``):
+
+* ``train_population`` trains members from scratch (the originals on D, the retrained models
+  on D_r): on GPU/TPU one jitted epoch ``vmap``-ed over the population axis, that axis split
+  over the device mesh; on the CPU, where vmapped convolutions become grouped convolutions and
+  run slower (``benchmarks/population.py``), the same compiled epoch looped over the members.
+  Member i equals ``train.train_model`` with ``rng=PRNGKey(seeds[i] + 1)`` from
+  ``init(PRNGKey(seeds[i]))`` (the loop: exactly; vmapped: to float tolerance).
+* ``unlearn_population`` applies a base method to every member of a population
+  (``unlearn.run``, member by member, every backend: the methods have loops of their own);
+  ``mcu_population`` applies ``unlearn_curve`` to every (theta_o, theta_p) pair.
+* ``population_logits`` evaluates every member on a set: (N, E, C).
+
+Every driver takes an optional ``store`` (``MemberStore``): members it already holds are
+loaded instead of made, and every new member is handed to it as soon as it exists, so an
+interrupted population resumes member by member.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+import warnings
+from typing import Any, Callable, Protocol, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import tqdm.auto as tqdm
+
+from mcu_jax import evaluate, loops, parallel, train
+from mcu_jax.optim import make_optimizer
+from mcu_jax.preprocess import Preprocess, default_preprocess
+from mcu_jax.validation import InvalidArgument
+
+PyTree = Any
+
+
+def stack(trees: Sequence[PyTree]) -> PyTree:
+  """Pytrees of one structure -> one pytree with leaves stacked on a new leading axis."""
+  if not trees:
+    raise InvalidArgument("trees: expected at least one pytree to stack")
+  return jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)
+
+
+def member(tree: PyTree, i: int) -> PyTree:
+  """Member ``i`` of a stacked pytree."""
+  return jax.tree.map(lambda leaf: leaf[i], tree)
+
+
+@dataclasses.dataclass
+class Population:
+  """N models as stacked pytrees.
+
+  Attributes:
+    params, model_state: leaves (N, ...).
+    seeds: (N,) the members' seeds.
+    seconds: wall seconds of making the population (compilation excluded where it is
+      measured apart).
+    compile_seconds: ahead-of-time compilation.
+    ts: for a population made by ``mcu_population``, each member's chosen t.
+  """
+  params: PyTree
+  model_state: PyTree
+  seeds: tuple[int, ...]
+  seconds: float = 0.0
+  compile_seconds: float = 0.0
+  ts: tuple[float, ...] | None = None
+
+  def __len__(self) -> int:
+    return len(self.seeds)
+
+  def member(self, i: int) -> tuple[PyTree, PyTree]:
+    """(params, model_state) of member ``i``."""
+    return member(self.params, i), member(self.model_state, i)
+
+  @classmethod
+  def of(cls, members: Sequence[tuple[PyTree, PyTree]], seeds: Sequence[int],
+         seconds: float = 0.0, compile_seconds: float = 0.0) -> "Population":
+    """A population from its members' (params, model_state)."""
+    if len(members) != len(seeds):
+      raise InvalidArgument(f"seeds: expected one per member ({len(members)}), got {len(seeds)}")
+    return cls(stack([m[0] for m in members]), stack([m[1] for m in members]),
+               tuple(int(s) for s in seeds), seconds, compile_seconds)
+
+
+class MemberStore(Protocol):
+  """Where a population's members are kept while it is made. ``info`` holds ``seconds`` (the
+  wall seconds of making the member) and, for MCU members, ``t``."""
+
+  def load(self, i: int, like: tuple[PyTree, PyTree]) -> tuple[PyTree, PyTree, dict] | None:
+    """(params, model_state, info) of member ``i`` if held, else None."""
+
+  def save(self, i: int, params: PyTree, model_state: PyTree, info: dict) -> None:
+    """Keeps member ``i``."""
+
+
+def _check_seeds(seeds) -> tuple[int, ...]:
+  seeds = tuple(int(s) for s in seeds)
+  if not seeds or len(set(seeds)) != len(seeds):
+    raise InvalidArgument(f"seeds: expected distinct integers, got {list(seeds)}")
+  return seeds
+
+
+def train_population(loss_fn: train.LossFn, init: Callable[[jax.Array], tuple[PyTree, PyTree]],
+                     data: dict, *, config: train.FitConfig, seeds: Sequence[int],
+                     preprocess: Preprocess = default_preprocess, mesh=None,
+                     vectorize: bool | None = None, progress: bool = False,
+                     desc: str = "population", store: MemberStore | None = None
+                     ) -> Population:
+  """Trains one member per seed from ``init(PRNGKey(seed))`` on ``data`` (see the module
+  docstring for the drivers). ``vectorize`` None follows the CPU policy."""
+  seeds = _check_seeds(seeds)
+  mesh = parallel.make_mesh() if mesh is None else mesh
+  steps = -(-int(data["labels"].shape[0]) // config.batch_size)
+  tx = make_optimizer(config, epochs=config.epochs, steps_per_epoch=steps)
+  like = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype),
+                      jax.eval_shape(init, jax.random.PRNGKey(0)))
+  held = [None if store is None else store.load(i, like) for i in range(len(seeds))]
+  if all(h is not None for h in held):
+    return Population.of([h[:2] for h in held], seeds, sum(h[2]["seconds"] for h in held))
+  states = [train.TrainState.create(params=p, model_state=s, tx=tx,
+                                    rng=jax.random.PRNGKey(seed + 1))
+            for seed in seeds for p, s in [init(jax.random.PRNGKey(seed))]]
+  data = parallel.replicate(dict(data), mesh)
+  hint = f"lr = {config.lr:g} may be too large"
+  if loops.resolve_vectorize(vectorize):
+    made = _vectorized(loss_fn, states, data, config, seeds, preprocess, mesh, progress, desc,
+                       hint)
+    for i in range(len(seeds)) if store is not None else ():
+      store.save(i, *made.member(i), {"seconds": made.seconds / len(seeds)})
+    return made
+  if config.batch_size % mesh.devices.size:
+    raise InvalidArgument(f"batch_size: expected a multiple of the mesh's "
+                          f"{mesh.devices.size} devices, got {config.batch_size}")
+  epoch = train.make_epoch(loss_fn, config.batch_size, preprocess=preprocess,
+                           batch_sharding=parallel.batch_sharding(mesh))
+  first = parallel.replicate(states[0], mesh)
+  epoch, compile_seconds = train.compile_ahead(epoch, first, data)
+  members, seconds = [], 0.0
+  for i, state in enumerate(tqdm.tqdm(states, desc=desc, disable=not progress, leave=False)):
+    if held[i] is None:
+      state, history = train.fit(parallel.replicate(state, mesh), epoch, data, config.epochs,
+                                 progress=False, desc=f"{desc} member {i}", hint=hint)
+      held[i] = (state.params, state.model_state,
+                 {"seconds": sum(h["seconds"] for h in history)})
+      if store is not None:
+        store.save(i, *held[i])
+    members.append(held[i][:2])
+    seconds += held[i][2]["seconds"]
+  return Population.of(members, seeds, seconds, compile_seconds)
+
+
+def _vectorized(loss_fn, states, data, config, seeds, preprocess, mesh, progress, desc, hint):
+  """All members in one vmapped epoch, the population axis over the mesh when it divides."""
+  stacked = stack(states)
+  n = len(seeds)
+  spec = jax.sharding.PartitionSpec("data" if n % mesh.devices.size == 0 else None)
+  stacked = jax.device_put(stacked, jax.sharding.NamedSharding(mesh, spec))
+  epoch = train.make_epoch(loss_fn, config.batch_size, preprocess=preprocess, loop="scan")
+  vepoch = jax.jit(jax.vmap(epoch, in_axes=(0, None)), donate_argnums=(0,))
+  start = time.perf_counter()
+  vepoch = vepoch.lower(stacked, data).compile()
+  compile_seconds = time.perf_counter() - start
+  seconds = 0.0
+  for e in tqdm.trange(config.epochs, desc=desc, disable=not progress, leave=False):
+    start = time.perf_counter()
+    stacked, metrics = vepoch(stacked, data)
+    metrics = jax.device_get(metrics)
+    seconds += time.perf_counter() - start
+    train.check_finite(stacked, metrics, desc=desc, epoch=e + 1, hint=hint)
+  return Population(stacked.params, stacked.model_state, seeds, seconds, compile_seconds)
+
+
+def unlearn_population(method: str, originals: Population, *, apply, train_set, split,
+                       preprocess: Preprocess, seeds: Sequence[int], config=None, init=None,
+                       mesh=None, progress: bool = False,
+                       store: MemberStore | None = None) -> Population:
+  """Base method ``method`` (``unlearn.run``) applied to every member of ``originals``; member
+  i runs with ``rng=PRNGKey(seeds[i])``. Returns the population of theta_p."""
+  from mcu_jax import unlearn
+  seeds = _check_seeds(seeds)
+  if len(seeds) != len(originals):
+    raise InvalidArgument(f"seeds: expected {len(originals)} (one per original), got "
+                          f"{len(seeds)}")
+  members, seconds, compile_seconds = [], 0.0, 0.0
+  for i in tqdm.trange(len(seeds), desc=method, disable=not progress, leave=False):
+    params, model_state = originals.member(i)
+    held = None if store is None else store.load(i, (params, model_state))
+    if held is None:
+      result = unlearn.run(method, apply=apply, params=params, model_state=model_state,
+                           train=train_set, split=split, preprocess=preprocess, config=config,
+                           rng=jax.random.PRNGKey(seeds[i]), progress=False, init=init,
+                           mesh=mesh)
+      held = (result.params, result.model_state, {"seconds": result.rte_seconds})
+      compile_seconds += result.compile_seconds
+      if store is not None:
+        store.save(i, *held)
+    members.append(held[:2])
+    seconds += held[2]["seconds"]
+  return Population.of(members, seeds, seconds, compile_seconds)
+
+
+def mcu_population(apply, originals: Population, unlearned: Population, *, forget, retain,
+                   test=None, seeds: Sequence[int], progress: bool = False,
+                   store: MemberStore | None = None, **options) -> Population:
+  """``unlearn_curve`` on every (theta_o, theta_p) pair, member i with ``seed=seeds[i]``;
+  ``options`` are its keyword options. The members are the chosen points, BatchNorm
+  recalibrated; ``Population.ts`` their t (a t on its window's bound is not warned about
+  member by member: ``ts`` shows it)."""
+  from mcu_jax.api import unlearn_curve
+  seeds = _check_seeds(seeds)
+  if not len(originals) == len(unlearned) == len(seeds):
+    raise InvalidArgument(f"unlearned: expected as many members as originals and seeds "
+                          f"({len(originals)}, {len(seeds)}), got {len(unlearned)}")
+  members, seconds, ts = [], 0.0, []
+  for i in tqdm.trange(len(seeds), desc="mcu", disable=not progress, leave=False):
+    theta_o, model_state = originals.member(i)
+    held = None if store is None else store.load(i, (theta_o, model_state))
+    if held is None:
+      with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        result = unlearn_curve(apply, theta_o, unlearned.member(i)[0], forget=forget,
+                               retain=retain, test=test, model_state=model_state,
+                               seed=seeds[i], **options)
+      held = (result.params, result.model_state,   # the unlearning's seconds: mask and curve
+              {"seconds": result.seconds["mask"] + result.seconds["curve"], "t": result.t})
+      if store is not None:
+        store.save(i, *held)
+    members.append(held[:2])
+    seconds += held[2]["seconds"]
+    ts.append(held[2]["t"])
+  return dataclasses.replace(Population.of(members, seeds, seconds), ts=tuple(ts))
+
+
+def population_logits(apply, population: Population, inputs, *, batch_size: int = 512,
+                      preprocess: Preprocess = default_preprocess,
+                      vectorize: bool | None = None) -> np.ndarray:
+  """Inference-mode logits of every member on ``inputs`` (E, ...): float32 (N, E, C)."""
+  if not loops.resolve_vectorize(vectorize):
+    return np.stack([evaluate.predict_logits(apply, *population.member(i), inputs, batch_size,
+                                             preprocess) for i in range(len(population))])
+  n = int(np.shape(inputs)[0])
+  xs, _, _ = evaluate.padded_batches(jnp.asarray(inputs), jnp.zeros((n,), jnp.int32),
+                                     min(batch_size, n))
+
+  @jax.jit
+  def logits(params, state):
+    def one(params, state):
+      out = jax.lax.map(lambda x: apply(params, state, preprocess(None, x), False)[0], xs)
+      return out.reshape((-1,) + out.shape[2:])[:n]
+    return jax.vmap(one)(params, state)
+  return np.asarray(logits(population.params, population.model_state), np.float32)
+
+
+__all__ = ["Population", "stack", "member", "train_population", "unlearn_population",
+           "mcu_population", "population_logits"]
