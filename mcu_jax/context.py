@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mcu_jax import data, models, parallel, preprocess, report, rundir
+from mcu_jax import batchnorm, data, models, parallel, preprocess, report, rundir
 from mcu_jax.config import RunConfig
 from mcu_jax.rundir import Stage, StageError
 
@@ -105,6 +105,21 @@ class Context:
       sets["test"] = (test.images, test.labels)
     return {name: self.on_device(name, *arrays) for name, arrays in sets.items()}
 
+  def recalibration_images(self):
+    """Images whose pass sets BN statistics: D_r by default, so that no unlearned model's
+    statistics depend on D_f; the whole training set with ``sweep.recalibrate_on=train`` (the
+    reference's update_bn)."""
+    if self.config.sweep.recalibrate_on == "train":
+      return self.on_device("train", *self.arrays())[0]
+    return self.eval_sets()["retain"][0]
+
+  def recalibrate(self, params, model_state):
+    """``model_state`` with BatchNorm statistics recomputed on ``recalibration_images``."""
+    return batchnorm.recalibrate_batch_stats(self.apply, params, model_state,
+                                             self.recalibration_images(),
+                                             self.config.curve.batch_size,
+                                             self.preprocess_eval, mesh=self.mesh)
+
 
 # ---------------------------------------------------------------------------------------------
 # Provenance: what a record was made from.
@@ -141,7 +156,13 @@ def begin(ctx: Context, stage: Stage) -> None:
 
 
 def finish(ctx: Context, stage: Stage, record: dict) -> dict:
-  """Writes ``stage``'s record, last, with its provenance."""
+  """Writes ``stage``'s record, last, with its provenance; refuses a record that holds a NaN
+  or an infinite number (nothing is marked done)."""
+  bad = rundir.nonfinite_paths(record)
+  if bad:
+    shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+    raise StageError(f"stage {stage.name!r}: non-finite value(s) at {shown}; nothing of it "
+                     "was marked done")
   record = {**record, "provenance": provenance(ctx, stage)}
   ctx.run.write(stage.record, record)
   return record

@@ -22,7 +22,7 @@ import time
 
 import numpy as np
 
-from mcu_jax import batchnorm, context, evaluate, forget_quality, models, population, report
+from mcu_jax import context, evaluate, forget_quality, models, population, report
 from mcu_jax import rundir, train
 from mcu_jax.context import Context
 from mcu_jax.rundir import Stage
@@ -115,10 +115,7 @@ def make_populations(ctx: Context, methods: list[str]) -> tuple[dict, dict]:
         loss, init, {"images": retain[0], "labels": retain[1]}, config=retrain_config,
         seeds=_seeds(ctx, name), desc=name, store=store, **common),
         RunStore(ctx, name, COMMON + ("forget", "train", "retrain")))
-  test = ctx.arrays(dataset=ctx.dataset.test)
-  if ctx.split.kind == "class":
-    keep = ~np.isin(test[1], ctx.split.classes)
-    test = (test[0][keep], test[1][keep])
+  test = tuple(np.asarray(a) for a in ctx.eval_sets()["test"])   # class: the other classes
   for k, method in enumerate(methods):
     options = ctx.config.unlearn.options if method == ctx.config.unlearn.method else None
     keys = COMMON + ("forget", "train", "unlearn")
@@ -136,16 +133,12 @@ def make_populations(ctx: Context, methods: list[str]) -> tuple[dict, dict]:
 
 
 def _evaluate(ctx: Context, pop: population.Population, sets: dict) -> dict:
-  """Per member, BatchNorm recalibrated on D_r: logit-scaled confidences on D_f (N, E) and
-  accuracies (N,) in percent on every set."""
-  recal = sets["retain"][0]
-  if ctx.config.sweep.recalibrate_on == "train":
-    recal = np.concatenate([sets["forget"][0], recal])
+  """Per member, BatchNorm recalibrated as every stage does (``Context.recalibrate``):
+  logit-scaled confidences on D_f (N, E) and accuracies (N,) in percent on every set."""
   out = {"confs": [], **{f"{n}_acc": [] for n in sets}}
   for i in range(len(pop)):
     params, state = pop.member(i)
-    state = batchnorm.recalibrate_batch_stats(ctx.apply, params, state, recal,
-                                              ctx.config.curve.batch_size, ctx.preprocess_eval)
+    state = ctx.recalibrate(params, state)
     logits = evaluate.predict_logits(ctx.apply, params, state, sets["forget"][0],
                                      ctx.config.eval_batch_size, ctx.preprocess_eval)
     out["confs"].append(forget_quality.logit_scaled_confidence(logits, sets["forget"][1]))

@@ -25,7 +25,7 @@ from typing import Any
 
 import jax
 
-from mcu_jax import batchnorm, context, evaluate, masks, mcu, mia, models, parallel, report
+from mcu_jax import context, evaluate, masks, mcu, mia, models, parallel, report
 from mcu_jax import forget_stage, rundir, sweep, train, unlearn
 from mcu_jax import beta as beta_lib
 from mcu_jax.context import Context
@@ -157,11 +157,17 @@ def curve_settings(ctx: Context) -> dict:
               batch_size=settings.batch_size, preprocess=ctx.preprocess_train, mesh=ctx.mesh)
 
 
-def load_curve(ctx: Context) -> tuple[Curve, Any]:
-  """The curve (trained, or the straight line) and theta_o's model state."""
+def _line(ctx: Context) -> tuple[Curve, Any]:
+  """The untrained curve from theta_o to theta_p (a straight line) and theta_o's model state."""
   start, model_state = ctx.load_model("original")
   end, _ = ctx.load_model("unlearn")
-  curve = Curve.from_endpoints(start, end, ctx.config.curve.num_bends, ctx.config.curve.kind)
+  return (Curve.from_endpoints(start, end, ctx.config.curve.num_bends, ctx.config.curve.kind),
+          model_state)
+
+
+def load_curve(ctx: Context) -> tuple[Curve, Any]:
+  """The curve (trained, or the straight line) and theta_o's model state."""
+  curve, model_state = _line(ctx)
   record = ctx.record("curve")
   if record["trained"]:
     controls = ctx.run.load_tree("curve/controls", curve.controls, record["controls_digest"])
@@ -172,9 +178,7 @@ def load_curve(ctx: Context) -> tuple[Curve, Any]:
 def stage_curve(ctx: Context, stage: Stage) -> dict:
   """Trains the curve's controls with L_r - beta L_f on D_f + retain_ratio of D_r."""
   settings = ctx.config.curve
-  start, model_state = ctx.load_model("original")
-  end, _ = ctx.load_model("unlearn")
-  curve = Curve.from_endpoints(start, end, settings.num_bends, settings.kind)
+  curve, model_state = _line(ctx)
   if not settings.train:
     ctx.log("[curve] straight line (no training)")
     return context.finish(ctx, stage, {"trained": False, "rte_seconds": 0.0, "history": []})
@@ -184,7 +188,7 @@ def stage_curve(ctx: Context, stage: Stage) -> dict:
     trained = mcu.train_curve(
         models.with_precision(ctx.apply, settings.precision), curve, model_state,
         forget=ctx.arrays(ctx.split.forget), retain=ctx.arrays(ctx.split.retain),
-        mask=load_mask(ctx, start), retain_ratio=settings.retain_ratio,
+        mask=load_mask(ctx, curve.start), retain_ratio=settings.retain_ratio,
         seed=ctx.config.seed + 300, checkpointer=checkpointer, progress=ctx.progress,
         **options)
   digest = ctx.run.save_tree("curve/controls", trained.curve.controls)
@@ -196,28 +200,12 @@ def stage_curve(ctx: Context, stage: Stage) -> dict:
       "controls_digest": digest})
 
 
-def _recalibration_images(ctx: Context):
-  """Images whose pass sets BN statistics: D_r by default, so that no unlearned model's
-  statistics depend on D_f; the whole training set with ``sweep.recalibrate_on=train`` (the
-  reference's update_bn)."""
-  if ctx.config.sweep.recalibrate_on == "train":
-    return ctx.on_device("train", *ctx.arrays())[0]
-  return ctx.eval_sets()["retain"][0]
-
-
-def _recalibrated(ctx: Context, params, model_state):
-  return batchnorm.recalibrate_batch_stats(ctx.apply, params, model_state,
-                                           _recalibration_images(ctx),
-                                           ctx.config.curve.batch_size, ctx.preprocess_eval,
-                                           mesh=ctx.mesh)
-
-
 def _targets(ctx: Context) -> beta_lib.Targets:
   """The sweep's targets: alignment (original model) or the retrained model's accuracies."""
   if ctx.config.sweep.targets == "alignment":
     return alignment_targets(ctx)
   params, model_state = ctx.load_model("retrain")
-  model_state = _recalibrated(ctx, params, model_state)
+  model_state = ctx.recalibrate(params, model_state)
   sets = ctx.eval_sets()
   acc = lambda name: evaluate.accuracy_and_loss(ctx.apply, params, model_state, *sets[name],
                                                 ctx.config.eval_batch_size,
@@ -238,7 +226,7 @@ def stage_sweep(ctx: Context, stage: Stage) -> dict:
   start = time.perf_counter()
   result, choice = sweep.sweep_and_select(
       ctx.apply, curve, model_state, sets=ctx.eval_sets(), targets=targets,
-      recal_inputs=_recalibration_images(ctx), points=settings.points,
+      recal_inputs=ctx.recalibration_images(), points=settings.points,
       t_search=tuple(settings.t_search), options=options)
   return context.finish(ctx, stage, {
       "sweep": result.to_dict(), "seconds": time.perf_counter() - start, "chosen_t": choice.t,
@@ -248,7 +236,7 @@ def stage_sweep(ctx: Context, stage: Stage) -> dict:
 
 
 def _point_metrics(ctx: Context, params, model_state) -> dict:
-  model_state = _recalibrated(ctx, params, model_state)
+  model_state = ctx.recalibrate(params, model_state)
   sets = ctx.eval_sets()
   metrics = mia.unlearning_metrics(ctx.apply, params, model_state, forget=sets["forget"],
                                    retain=sets["retain"], test=sets["test"],

@@ -86,7 +86,7 @@ class Population:
     if len(members) != len(seeds):
       raise InvalidArgument(f"seeds: expected one per member ({len(members)}), got {len(seeds)}")
     return cls(stack([m[0] for m in members]), stack([m[1] for m in members]),
-               tuple(int(s) for s in seeds), seconds, compile_seconds)
+               _check_seeds(seeds), seconds, compile_seconds)
 
 
 class MemberStore(Protocol):
@@ -101,10 +101,11 @@ class MemberStore(Protocol):
 
 
 def _check_seeds(seeds) -> tuple[int, ...]:
-  seeds = tuple(int(s) for s in seeds)
-  if not seeds or len(set(seeds)) != len(seeds):
+  seeds = tuple(seeds)
+  if (not seeds or len(set(seeds)) != len(seeds) or not all(
+      isinstance(s, (int, np.integer)) and not isinstance(s, bool) for s in seeds)):
     raise InvalidArgument(f"seeds: expected distinct integers, got {list(seeds)}")
-  return seeds
+  return tuple(int(s) for s in seeds)
 
 
 def train_population(loss_fn: train.LossFn, init: Callable[[jax.Array], tuple[PyTree, PyTree]],

@@ -24,7 +24,8 @@ import shutil
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
-
+import jax
+import numpy as np
 
 from mcu_jax import checkpoint, parallel, report
 from mcu_jax.validation import MCUError
@@ -73,6 +74,20 @@ class Stage:
     return run.has(self.record) or any(
         o.endswith("ckpt") and o not in self.keeps and (run.path / o).is_dir()
         and any((run.path / o).iterdir()) for o in self.outputs)
+
+
+def nonfinite_paths(value: Any, path: str = "record") -> list[str]:
+  """The paths (``record.a.b[3]``) of the NaN or infinite numbers in a record: floats, NumPy
+  and JAX scalars and arrays inside dicts, lists and tuples."""
+  if isinstance(value, dict):
+    return [p for k, v in value.items() for p in nonfinite_paths(v, f"{path}.{k}")]
+  if isinstance(value, (list, tuple)):
+    return [p for i, v in enumerate(value) for p in nonfinite_paths(v, f"{path}[{i}]")]
+  if isinstance(value, (float, np.floating, np.ndarray, jax.Array)):
+    array = np.asarray(value)
+    if np.issubdtype(array.dtype, np.floating) and not np.all(np.isfinite(array)):
+      return [path]
+  return []
 
 
 def downstream(stages: Sequence[Stage], record: str) -> tuple[str, ...]:
@@ -242,4 +257,5 @@ class RunDir:
     return checkpoint.Checkpointer(directory)
 
 
-__all__ = ["RunDir", "Stage", "StageError", "downstream", "config_section", "digest"]
+__all__ = ["RunDir", "Stage", "StageError", "downstream", "config_section", "digest",
+           "nonfinite_paths"]

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import shutil
 import signal
@@ -44,16 +43,6 @@ def mcu(*args, timeout=600):
 
 # ---------------------------------------------------------------------------------------------
 # Auditing a run directory.
-
-
-def _finite(value) -> bool:
-  if isinstance(value, float):
-    return math.isfinite(value)
-  if isinstance(value, dict):
-    return all(_finite(v) for v in value.values())
-  if isinstance(value, list):
-    return all(_finite(v) for v in value)
-  return True
 
 
 def audit(run_dir: Path) -> list[str]:
@@ -89,7 +78,7 @@ def audit(run_dir: Path) -> list[str]:
         continue     # an unreadable input: every stage that reads it refuses to go on
       if made.get("inputs", {}).get(need) != rundir.digest(inputs):
         problems.append(f"{stage.record}: its input {need} changed")
-    if not _finite(record):
+    if rundir.nonfinite_paths(record):
       problems.append(f"{stage.record}: holds a non-finite number")
   if run.has("split"):
     split = run.read("split")

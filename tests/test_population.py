@@ -107,6 +107,9 @@ def test_bad_populations():
   with pytest.raises(InvalidArgument, match="seeds: expected distinct integers"):
     population.train_population(None, None, {"labels": np.zeros(3)}, config=CONFIG,
                                 seeds=(1, 1))
+  with pytest.raises(InvalidArgument, match=r"seeds: expected distinct integers, got \[1\.5\]"):
+    population.train_population(None, None, {"labels": np.zeros(3)}, config=CONFIG,
+                                seeds=(1.5,))     # never truncated to 1
   with pytest.raises(InvalidArgument, match="trees: expected at least one pytree"):
     population.stack([])
   with pytest.raises(InvalidArgument, match="seeds: expected one per member"):

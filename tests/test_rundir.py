@@ -123,3 +123,12 @@ def test_checkpointer_policy_for_a_partial_run(tmp_path):
     assert ckpt.latest_step() == 1
   with run.checkpointer("s", resume=True, force=True) as ckpt:
     assert ckpt.latest_step() is None           # force starts over
+
+
+def test_nonfinite_paths_names_every_nan_and_inf():
+  record = {"a": 1.0, "b": {"c": float("nan"), "d": [0.5, np.float32(np.inf)]},
+            "e": np.array([1.0, np.nan]), "f": jnp.ones(3), "g": "nan", "h": 3, "i": None,
+            "j": (2.0, float("-inf"))}
+  assert rundir.nonfinite_paths(record) == ["record.b.c", "record.b.d[1]", "record.e",
+                                            "record.j[1]"]
+  assert rundir.nonfinite_paths({"x": [1.0, {"y": np.int64(2)}]}) == []
