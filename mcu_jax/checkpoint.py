@@ -37,8 +37,10 @@ def tree_digest(tree: PyTree) -> str:
 
 
 def _first_line(error: BaseException) -> str:
+  """The error's first line, without the TensorStore specs (a page of JSON) it appends."""
   lines = str(error).strip().splitlines()
-  return f"{type(error).__name__}: {lines[0] if lines else ''}"
+  line = lines[0].split(" [tensorstore_spec")[0] if lines else ""
+  return f"{type(error).__name__}: {line}"
 
 
 def _is_key(x) -> bool:

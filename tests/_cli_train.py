@@ -1,6 +1,5 @@
-"""Run by test_cli.py as a subprocess that the test kills with SIGKILL mid-training."""
-import sys
-
+"""Run by test_cli.py as a subprocess that the test kills with SIGKILL mid-training: the
+``mcu-jax`` command itself (``cli.run``)."""
 from mcu_jax import cli
 
-sys.exit(cli.main(sys.argv[1:]))
+cli.run()

@@ -214,8 +214,9 @@ def disk_cases():
           "corrupt newest checkpoint, resume": corrupt_newest_checkpoint}
 
 
-def run_killed(d: Path, sig=signal.SIGKILL) -> subprocess.CompletedProcess:
-  """Starts 6 training epochs and sends ``sig`` once two epoch checkpoints exist."""
+def run_killed(d: Path, sig=signal.SIGKILL, attempts: int = 3) -> subprocess.CompletedProcess:
+  """Starts 6 training epochs and sends ``sig`` once two epoch checkpoints exist (tried again
+  from scratch when the training finished before the signal could reach it)."""
   args = [sys.executable, "-m", "mcu_jax.cli", "train", "--run-dir", str(d), "--no-progress",
           "--set", "train.epochs=6", "--set", "model_options={width: 4}"]
   proc = subprocess.Popen(args, cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
@@ -226,6 +227,11 @@ def run_killed(d: Path, sig=signal.SIGKILL) -> subprocess.CompletedProcess:
     if ckpt.exists() and len([p for p in ckpt.iterdir() if p.name.isdigit()]) >= 2:
       break
     time.sleep(0.05)
+  if proc.poll() is not None:    # finished before the signal: no fault was injected
+    shutil.rmtree(d, ignore_errors=True)
+    if attempts > 1:
+      return run_killed(d, sig, attempts - 1)
+    raise RuntimeError(f"training in {d} finished before it could be signalled")
   proc.send_signal(sig)
   out, err = proc.communicate(timeout=120)
   return subprocess.CompletedProcess(args, proc.returncode, out, err)

@@ -320,6 +320,7 @@ def test_a_byte_flipped_model_is_refused(demo_dir, tmp_path, capsys):
   line = _one_error_line(capsys.readouterr().err)
   assert str(run_dir / "unlearn" / "model") in line
   assert "digest" in line or "cannot restore" in line
+  assert "tensorstore_spec" not in line            # the one line, not a page of JSON
   assert not (run_dir / "report.json").exists() and not (run_dir / "report.md").exists()
 
 
