@@ -35,6 +35,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from mcu_jax import data, loops, models, population, train  # noqa: E402
+from mcu_jax.preprocess import images  # noqa: E402
 
 
 def _max_difference(pop: population.Population, members: list) -> float:
@@ -61,7 +62,8 @@ def main(argv=None) -> dict:
                            schedule_unit="step", epochs=args.epochs, batch_size=args.batch_size)
   loss = train.supervised_loss(apply)
   warm = init(jax.random.PRNGKey(0))          # one-time costs (data upload, first traces)
-  train.train_model(loss, *warm, arrays, config=config, rng=jax.random.PRNGKey(1))
+  train.train_model(loss, *warm, arrays, config=config, rng=jax.random.PRNGKey(1),
+                    preprocess=images)
   rows = []
   for n in args.sizes:
     seeds = list(range(100, 100 + n))
@@ -70,7 +72,8 @@ def main(argv=None) -> dict:
     for seed in seeds:       # a new loss closure per run: nothing is shared, as across scripts
       params, state = init(jax.random.PRNGKey(seed))
       trained = train.train_model(train.supervised_loss(apply), params, state, arrays,
-                                  config=config, rng=jax.random.PRNGKey(seed + 1)).state
+                                  config=config, rng=jax.random.PRNGKey(seed + 1),
+                                  preprocess=images).state
       separate.append(jax.block_until_ready((trained.params, trained.model_state)))
     timings = {"separate": time.perf_counter() - start}
     errors = {}
@@ -79,7 +82,7 @@ def main(argv=None) -> dict:
         continue
       start = time.perf_counter()
       pop = population.train_population(loss, init, arrays, config=config, seeds=seeds,
-                                        vectorize=vectorize)
+                                        vectorize=vectorize, preprocess=images)
       jax.block_until_ready(pop.params)
       timings[name] = time.perf_counter() - start
       errors[name] = _max_difference(pop, separate)

@@ -62,6 +62,7 @@ from mcu_jax import mcu, parallel, train  # noqa: E402
 from mcu_jax.curves import Curve  # noqa: E402
 from mcu_jax.models import get_model, init_model, param_count  # noqa: E402
 from mcu_jax.optim import OptimConfig, make_optimizer  # noqa: E402
+from mcu_jax.preprocess import normalize_uint8  # noqa: E402
 
 NUM_CLASSES = 10
 # Alignment targets of the adaptive beta (percent): a CIFAR-10 PreResNet-110's train / test
@@ -150,7 +151,7 @@ def curve_trainer(models: dict, place: Placement, batch_size: int,
   curve = Curve.from_endpoints(models["start"], models["end"])
   return mcu.CurveTrainer(models["apply"], curve, mask=None, optimizer=CURVE_OPTIM,
                           beta=adaptive_beta(), batch_size=batch_size, mesh=place.mesh,
-                          loop=loop)
+                          loop=loop, preprocess=normalize_uint8)   # the epoch's uint8 data
 
 
 def _looped(step, state, *args):
@@ -283,7 +284,8 @@ def fastest_correct_curve(rows: list[dict], check: dict) -> dict | None:
 def jax_plain_scan(models: dict, data: dict, batch_size: int, place: Placement, steps: int,
                    warmup: int) -> dict:
   epoch = train.make_epoch(train.supervised_loss(models["apply"]), batch_size,
-                           batch_sharding=place.batch_sharding, loop="scan")
+                           batch_sharding=place.batch_sharding, loop="scan",
+                           preprocess=normalize_uint8)
   state = plain_state(models, place)
   data = {k: v for k, v in data.items() if k != "is_forget"}
   call = _looped(epoch, state, place.state(data))

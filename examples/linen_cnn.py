@@ -46,5 +46,5 @@ result = mcu_jax.unlearn_curve(
     mcu_jax.models.from_linen(model), original["params"], pre_unlearned["params"],
     model_state={"batch_stats": original["batch_stats"]}, scenario="class",
     forget=(x[forget], y[forget]), retain=(x[~forget], y[~forget]),
-    test=(xt[yt != 3], yt[yt != 3]))
+    test=(xt[yt != 3], yt[yt != 3]), preprocess=mcu_jax.preprocess.images)  # uint8 / 255
 print(f"t = {result.t:.3f}", {k: round(v, 2) for k, v in result.metrics.items()})

@@ -87,6 +87,10 @@ def _metric_row(label, records, extra_columns=()):
                                    3 if metric == "loss_auc" else 2)
   for name, fn, digits in extra_columns:
     row[name] = S.fmt([fn(r) for r in records], digits)
+  # The numbers behind the formatted cells, one per seed, so that every test can be recomputed.
+  row["per_seed"] = {"seeds": [r.get("seed") for r in records],
+                     **{m: [r["mcu"].get(m) for r in records] for m in ABL_METRICS},
+                     **{name: [fn(r) for r in records] for name, fn, _ in extra_columns}}
   return row
 
 
@@ -230,7 +234,10 @@ def tables(study, cells, main_cells) -> tuple[dict, str]:
              "non-empty regions": sum(1 for r in records if r["region"]),
              "regions": "; ".join(
                  " ∪ ".join(f"[{a:.2f}, {b:.2f}]" for a, b in r["region"]) or "∅"
-                 for r in records)}
+                 for r in records),
+             "per_seed": {"t": [r["chosen_t"] for r in records],
+                          "region_length": [r["region_length"] for r in records],
+                          "region": [r["region"] for r in records]}}
       rows.append(row)
     rec4[scenario] = rows
     lines += [f"### {scenario}", "",

@@ -8,8 +8,11 @@ For every scenario of the study config (seed 0), one run directory under ``--run
 the ``forget-quality`` stage (``mcu_jax.forget_stage``): populations of
 ``run.forget_quality.models`` originals, two retrained populations and, for each method, its
 base and base+MCU populations; scored with the NeurIPS 2023 challenge's F and U-LiRA against
-retraining, with the retrain-vs-retrain floor, and compared example by example. Writes
-``<results>/<study>/forget_quality.{md,json}`` and the per-scenario plots next to them.
+retraining, with the retrain-vs-retrain floor, 95 % bootstrap intervals over models and
+model-level paired permutation tests of base vs base+MCU. Writes
+``<results>/<study>/forget_quality.{md,json}``, the per-scenario plots and
+``confidences_<scenario>.npz`` (every population's per-model confidences, from which every
+number can be recomputed) next to them.
 """
 from __future__ import annotations
 
@@ -24,31 +27,42 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import study as S  # noqa: E402
 
 
-def verdict(scores: dict, methods: list[str]) -> list[str]:
-  """One sentence per method: what the stronger evaluation says of MCU."""
+def _ci(score: dict, key: str) -> str:
+  low, high = score[f"{key}_ci95"]
+  return f"{score[key]:.3f} [{low:.3f}, {high:.3f}]"
+
+
+def verdict(scores: dict, methods: list[str], alpha: float = 0.05) -> list[str]:
+  """One sentence per method: what the model-level tests say of MCU (the unit is the model
+  pair; the per-example description is not a test)."""
   floor = scores["floor"]
   lines = []
   for method in methods:
     base, mcu = scores[method], scores.get(f"{method}+mcu")
     if mcu is None:
       continue
-    paired = mcu["paired"]
-    d_f, d_auc = mcu["F"] - base["F"], base["lira_auc"] - mcu["lira_auc"]
-    better, worse = (d_f > 1e-3 or d_auc > 1e-3), (d_f < -1e-3 or d_auc < -1e-3)
-    change = ("improves forgetting quality" if better and not worse
-              else "worsens forgetting quality" if worse and not better
-              else "gives mixed forgetting quality" if better
-              else "leaves forgetting quality unchanged")
-    significant = paired["wilcoxon_p"] < 0.05
+    f, auc = mcu["vs_base"]["F"], mcu["vs_base"]["lira_auc"]
+    better = (f["difference"] > 0 and f["p_value"] < alpha,
+              auc["difference"] < 0 and auc["p_value"] < alpha)
+    worse = (f["difference"] < 0 and f["p_value"] < alpha,
+             auc["difference"] > 0 and auc["p_value"] < alpha)
+    change = ("improves forgetting quality" if any(better) and not any(worse)
+              else "worsens forgetting quality" if any(worse) and not any(better)
+              else "gives mixed forgetting quality" if any(better)
+              else "shows no detectable change in forgetting quality")
+    far = mcu["F_ci95"][1] < floor["F_ci95"][0]
+    n = len(mcu["ts"]) if "ts" in mcu else None
     lines.append(
-        f"- **{method.upper()}**: MCU {change}: F {base['F']:.3f} -> "
-        f"{mcu['F']:.3f} (floor {floor['F']:.3f}), LiRA AUC {base['lira_auc']:.3f} -> "
-        f"{mcu['lira_auc']:.3f} (floor {floor['lira_auc']:.3f}); per example, epsilon falls on "
-        f"{paired['mcu_lower']} and rises on {paired['mcu_higher']} of {paired['examples']} "
-        f"(Wilcoxon p = {paired['wilcoxon_p']:.3g}, "
-        f"{'significant' if significant else 'not significant'} at 0.05); RA "
-        f"{base['retain_acc']:.1f} -> {mcu['retain_acc']:.1f}, TA {base['test_acc']:.1f} -> "
-        f"{mcu['test_acc']:.1f}.")
+        f"- **{method.upper()}**: MCU {change} (model-level paired permutation tests, "
+        f"n = {n} model pairs, alpha = {alpha}): F {_ci(base, 'F')} -> {_ci(mcu, 'F')}, "
+        f"difference {f['difference']:+.4f} [{f['ci95'][0]:+.4f}, {f['ci95'][1]:+.4f}], "
+        f"p = {f['p_value']:.3g}; LiRA AUC {_ci(base, 'lira_auc')} -> {_ci(mcu, 'lira_auc')}, "
+        f"difference {auc['difference']:+.4f} [{auc['ci95'][0]:+.4f}, {auc['ci95'][1]:+.4f}], "
+        f"p = {auc['p_value']:.3g}. The floor (retrain B) is F {_ci(floor, 'F')}, AUC "
+        f"{_ci(floor, 'lira_auc')}"
+        + ("; MCU's F stays below the floor's interval: far from retraining" if far else "")
+        + f". RA {base['retain_acc']:.1f} -> {mcu['retain_acc']:.1f}, TA "
+        f"{base['test_acc']:.1f} -> {mcu['test_acc']:.1f}.")
   return lines
 
 
@@ -58,7 +72,10 @@ def main(argv=None) -> int:
   dataset = S.dataset_name(study, args.runs_dir)
   from mcu_jax import pipeline
   results = args.results_dir / study["name"]
-  record = {"study": study["name"], "config_file": study["config_file"], "scenarios": {}}
+  record = {"study": study["name"], "config_file": study["config_file"],
+            "command": " ".join(["python3", "experiments/forget_quality.py",
+                                 *(sys.argv[1:] if argv is None else argv)]),
+            "scenarios": {}}
   previous = results / "forget_quality.json"
   previous = json.loads(previous.read_text())["scenarios"] if previous.exists() else {}
   text = [f"# Forgetting quality over populations: {study['name']}", ""]
@@ -91,6 +108,11 @@ def main(argv=None) -> int:
     png = f"forget_quality_{scenario}.png"
     results.mkdir(parents=True, exist_ok=True)
     shutil.copy2(directory / "forget_quality.png", results / png)
+    shutil.copy2(directory / out["confidences"], results / f"confidences_{scenario}.npz")
+    record["scenarios"][scenario].update(
+        confidences=f"confidences_{scenario}.npz", statistics=out["statistics"],
+        seconds=out["seconds"], forget_indices=ctx.split.forget.tolist(),
+        forget_labels=ctx.dataset.train.labels[ctx.split.forget].tolist())
     body = out["table"].split("\n", 2)[2].replace("(forget_quality.png)", f"({png})")
     text += [f"## {scenario} forgetting", "", body, "", "Verdict:", "",
              *verdict(out["scores"], methods), ""]

@@ -289,7 +289,7 @@ def collect_cells(study: dict, runs: Path, names) -> dict:
       for seed in study["seeds"]:
         record = cell_record(seed_dir(runs, study, scenario, seed) / name)
         if record is not None:
-          cells[seed] = record
+          cells[seed] = {**record, "seed": seed}
       out[scenario][name] = cells
   return out
 
@@ -319,7 +319,8 @@ def paired_tests(before, after) -> dict:
   before, after = np.asarray(before, float), np.asarray(after, float)
   diff = after - before
   out = {"n": int(diff.size), "mean_diff": float(np.mean(diff)) if diff.size else float("nan"),
-         "improved": int(np.sum(diff < 0)), "worse": int(np.sum(diff > 0))}
+         "improved": int(np.sum(diff < 0)), "worse": int(np.sum(diff > 0)),
+         "differences": diff.tolist()}
   out["wilcoxon_p"] = float("nan")
   out["ttest_p"] = float("nan")
   if diff.size >= 2 and np.any(diff != 0):

@@ -6,7 +6,8 @@ L(D_r) - beta L(D_f) at random t, then picks the point of the curve whose accura
 best with the targets. With your own model and theta_p::
 
     import mcu_jax
-    apply = mcu_jax.models.from_function(my_fn)     # or from_linen(module) / from_nnx(model)
+    apply = mcu_jax.models.from_function(my_fn)     # or from_linen / from_nnx / from_haiku /
+                                                    # from_equinox
     result = mcu_jax.unlearn_curve(apply, theta_o, theta_p, forget=(xf, yf),
                                    retain=(xr, yr), test=(xt, yt))
     print(result.t, result.metrics)                 # the chosen model: result.params
@@ -19,19 +20,46 @@ seed as one stacked pytree) and ``mcu_jax.forget_quality`` (the NeurIPS 2023 cha
 U-LiRA). Submodules hold the rest (``mcu_jax.sweep.sweep``, ``mcu_jax.unlearn``,
 ``mcu_jax.data``, ...).
 """
-from mcu_jax import forget_quality, models, population
-from mcu_jax.api import MCUResult, unlearn_curve
-from mcu_jax.batchnorm import recalibrate_batch_stats
-from mcu_jax.beta import AdaptiveBeta, FixedBeta, Targets, alignment_targets
-from mcu_jax.choice import Choice, select_t
-from mcu_jax.curves import Curve, point, points
-from mcu_jax.masks import MaskResult, compute_mask, mcu_mask, salun_mask
-from mcu_jax.mcu import CurveTrainer, TrainedCurve, train_curve
-from mcu_jax.optim import OptimConfig
-from mcu_jax.sweep import SweepOptions, SweepResult, sweep_and_select
-from mcu_jax.validation import InvalidArgument, MCUError
+import importlib
 
 __version__ = "0.2.0"
+
+# Where each public name lives. They are imported on first use (PEP 562), so that importing
+# ``mcu_jax.cli`` stays light: the command installs its signal handlers before JAX is imported.
+_SUBMODULES = ("forget_quality", "models", "population", "preprocess")
+_FROM = {
+    "api": ("MCUResult", "unlearn_curve"),
+    "batchnorm": ("recalibrate_batch_stats",),
+    "beta": ("AdaptiveBeta", "FixedBeta", "Targets", "alignment_targets"),
+    "choice": ("Choice", "select_t"),
+    "curves": ("Curve", "point", "points"),
+    "masks": ("MaskResult", "compute_mask", "mcu_mask", "salun_mask"),
+    "mcu": ("CurveTrainer", "TrainedCurve", "train_curve"),
+    "optim": ("OptimConfig",),
+    "sweep": ("SweepOptions", "SweepResult", "sweep_and_select"),
+    "validation": ("InvalidArgument", "MCUError", "NonFiniteError"),
+}
+_HOME = {name: module for module, names in _FROM.items() for name in names}
+
+
+def __getattr__(name: str):
+  """A public name, or any submodule (``mcu_jax.data``), imported when first asked for."""
+  if name in _HOME:
+    value = getattr(importlib.import_module(f"mcu_jax.{_HOME[name]}"), name)
+  else:
+    try:
+      value = importlib.import_module(f"mcu_jax.{name}")
+    except ModuleNotFoundError as e:
+      if e.name != f"mcu_jax.{name}":
+        raise
+      raise AttributeError(f"module 'mcu_jax' has no attribute {name!r}") from None
+  globals()[name] = value
+  return value
+
+
+def __dir__() -> list[str]:
+  return sorted(set(globals()) | set(_HOME) | set(_SUBMODULES))
+
 
 __all__ = [
     "__version__",
@@ -42,9 +70,9 @@ __all__ = [
     # the pieces
     "Curve", "point", "points", "mcu_mask", "salun_mask", "AdaptiveBeta", "FixedBeta",
     "Targets", "alignment_targets", "CurveTrainer", "OptimConfig", "SweepOptions",
-    "SweepResult", "select_t", "Choice", "recalibrate_batch_stats", "models",
+    "SweepResult", "select_t", "Choice", "recalibrate_batch_stats", "models", "preprocess",
     # forgetting quality over populations
     "population", "forget_quality",
     # errors
-    "MCUError", "InvalidArgument",
+    "MCUError", "InvalidArgument", "NonFiniteError",
 ]

@@ -23,14 +23,13 @@ import time
 import warnings
 from typing import Any, Callable
 
-import jax
 import numpy as np
 
 from mcu_jax import batchnorm, evaluate, masks, mcu, parallel
 from mcu_jax import beta as beta_lib
-from mcu_jax.choice import Choice, bound_warning
+from mcu_jax.choice import Choice, bound_warning, collapse_warning
 from mcu_jax.curves import Curve, check_same_tree, point
-from mcu_jax.models.adapters import Apply, check_model_state, with_precision
+from mcu_jax.models.adapters import Apply, check_data, with_precision
 from mcu_jax.optim import OptimConfig, check_mask
 from mcu_jax.preprocess import Preprocess, default_preprocess
 from mcu_jax.sweep import SweepOptions, SweepResult, sweep_and_select
@@ -93,7 +92,14 @@ def _check_inputs(forget, retain, test):
   return sets
 
 
-def _targets(apply, theta_o, model_state, sets, scenario, batch_size, preprocess, mesh):
+CHANCE_FACTOR = 2.0
+"""theta_o's accuracy on D_f + D_r below ``CHANCE_FACTOR`` x chance (100 / C %) is warned about:
+targets from a model that does not fit its inputs (inputs preprocessed unlike its training)
+mean nothing."""
+
+
+def _targets(apply, theta_o, model_state, sets, scenario, batch_size, preprocess, mesh,
+             num_classes):
   """The alignment targets from theta_o's accuracy on D_f + D_r and on test."""
   if scenario == "random" and "test" not in sets:
     raise InvalidArgument("test: random forgetting aims D_f at the original model's test "
@@ -103,8 +109,13 @@ def _targets(apply, theta_o, model_state, sets, scenario, batch_size, preprocess
   acc = lambda inputs, labels: evaluate.accuracy_and_loss(
       apply, theta_o, model_state, inputs, labels, batch_size, preprocess, mesh=mesh)[0]
   test_acc = acc(*sets["test"]) if scenario == "random" else 0.0
-  return beta_lib.alignment_targets(train_acc=acc(train_inputs, train_labels),
-                                    test_acc=test_acc, scenario=scenario)
+  train_acc = acc(train_inputs, train_labels)
+  chance = 100.0 / num_classes
+  if train_acc < CHANCE_FACTOR * chance:
+    warnings.warn(f"theta_o's accuracy on D_f + D_r is {train_acc:.1f} %, near chance "
+                  f"({chance:.1f} % for {num_classes} classes): are the inputs preprocessed as "
+                  "in its training? The alignment targets come from it", stacklevel=3)
+  return beta_lib.alignment_targets(train_acc=train_acc, test_acc=test_acc, scenario=scenario)
 
 
 def unlearn_curve(apply: Apply, theta_o: PyTree, theta_p: PyTree, *, forget, retain,
@@ -130,8 +141,11 @@ def unlearn_curve(apply: Apply, theta_o: PyTree, theta_p: PyTree, *, forget, ret
     theta_o: the original model's params; theta_p: the pre-unlearned model's (any base
       method), a pytree of the same structure, shapes and dtypes.
     forget, retain, test: (inputs, labels) pairs of NumPy or JAX arrays; inputs (N, ...) are
-      uint8 images or float features (whatever ``preprocess`` takes), labels (N,) integers.
-      ``test`` is needed for random forgetting's targets unless ``targets`` is given.
+      what ``preprocess`` takes (by default float features or integer ids, unchanged; uint8
+      images need ``preprocess=mcu_jax.preprocess.images``), labels (N,) integers in [0, C)
+      for a model of C classes. ``test`` is needed for random forgetting's targets unless
+      ``targets`` is given. Labels out of range, non-finite float inputs and non-finite
+      parameters are refused before any training.
     model_state: theta_o's model state (``{}`` or None for a stateless model). theta_p's own
       statistics are not needed: every point's are recomputed.
     scenario: "random" (forget target = theta_o's test accuracy) or "class" (0).
@@ -151,7 +165,7 @@ def unlearn_curve(apply: Apply, theta_o: PyTree, theta_p: PyTree, *, forget, ret
     seed: seeds the curve's retain subset and its training randomness.
     mesh: a ``jax.sharding.Mesh`` (default: all devices); batches are split over it.
     precision: "fp32" or "bf16" (bfloat16 compute while training the curve).
-    preprocess: ``preprocess(key, inputs) -> float inputs``.
+    preprocess: ``preprocess(key, inputs) -> model inputs`` (``mcu_jax.preprocess``).
     checkpointer: a ``mcu_jax.checkpoint.Checkpointer`` for resumable curve training.
     progress: progress bars (off by default).
   """
@@ -161,13 +175,16 @@ def unlearn_curve(apply: Apply, theta_o: PyTree, theta_p: PyTree, *, forget, ret
   check_choice("recalibrate_on", recalibrate_on, ("retain", "train"))
   check_positive("eval_batch_size", eval_batch_size, integer=True)
   model_state = {} if model_state is None else model_state
-  sample = jax.eval_shape(lambda x: preprocess(None, x), jax.ShapeDtypeStruct(
-      (1,) + np.shape(sets["forget"][0])[1:], dtype_of(sets["forget"][0])))
-  check_model_state(apply, theta_o, model_state, sample)
+  num_classes = check_data(apply, theta_o, model_state, sets, preprocess,
+                           {"theta_o": theta_o, "theta_p": theta_p})
+  recal_inputs = np.asarray(sets["retain"][0])
+  if recalibrate_on == "train":
+    recal_inputs = np.concatenate([np.asarray(sets["forget"][0]), recal_inputs])
+  layout = batchnorm.stats_layout(apply, theta_o, model_state, recal_inputs, preprocess)
   mesh = parallel.make_mesh() if mesh is None else mesh
   if targets is None:
     targets = _targets(apply, theta_o, model_state, sets, scenario, eval_batch_size, preprocess,
-                       mesh)
+                       mesh, num_classes)
   targets = beta_lib.as_targets(targets)
   policy = beta_lib.as_policy(beta, targets, beta_low, beta_high)
   seconds = {"mask": 0.0, "curve": 0.0}
@@ -192,9 +209,6 @@ def unlearn_curve(apply: Apply, theta_o: PyTree, theta_p: PyTree, *, forget, ret
         checkpointer=checkpointer, progress=progress)
     curve, history, seconds["curve"] = trained.curve, trained.history, trained.seconds
 
-  recal_inputs = np.asarray(sets["retain"][0])
-  if recalibrate_on == "train":
-    recal_inputs = np.concatenate([np.asarray(sets["forget"][0]), recal_inputs])
   options = SweepOptions(batch_size=eval_batch_size, recal_batch_size=batch_size,
                          preprocess=preprocess, chunk_size=chunk_size, progress=progress,
                          mesh=mesh)
@@ -204,12 +218,15 @@ def unlearn_curve(apply: Apply, theta_o: PyTree, theta_p: PyTree, *, forget, ret
                                    t_search=t_search, options=options, warn=False)
   if choice.at_bound is not None:
     warnings.warn(bound_warning(choice), stacklevel=2)
+  if choice.collapsed:
+    warnings.warn(collapse_warning(choice), stacklevel=2)
   seconds["sweep"] = time.perf_counter() - start
 
   def at(t: float) -> tuple[PyTree, PyTree]:
     params = point(curve, t)
     return params, batchnorm.recalibrate_batch_stats(apply, params, model_state, recal_inputs,
-                                                     batch_size, preprocess, mesh=mesh)
+                                                     batch_size, preprocess, layout=layout,
+                                                     mesh=mesh)
 
   params, state = at(choice.t)
   metrics = {}

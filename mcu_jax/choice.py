@@ -9,6 +9,11 @@ with RA and FA not-a-knot cubic splines through the sampled retain and forget ac
 (scipy's ``interp1d(kind="cubic")``, the reference's). The chosen t minimises gap on the
 search window (default [0.75, 1]); the effective region is where gap(t) < gap(1), the t that
 beat the pre-unlearned model. Accuracies and targets are in percent.
+
+A chosen point whose retain accuracy (the same spline at t) lies more than
+``COLLAPSE_POINTS`` below the lower of the two ends' (the first and last swept t: theta_o and
+theta_p) is flagged ``Choice.collapsed``: the curve broke the model there (a learning rate far
+too large, say), and no alignment makes that a result.
 """
 from __future__ import annotations
 
@@ -22,6 +27,8 @@ from mcu_jax.beta import Targets, as_targets
 from mcu_jax.curves import check_t
 from mcu_jax.validation import InvalidArgument
 
+COLLAPSE_POINTS = 10.0
+"""Percentage points of retain accuracy below both ends that flag a chosen t as collapsed."""
 
 def check_ts(ts, name: str = "ts") -> np.ndarray:
   """``ts`` as a strictly increasing, non-empty float64 1-D array in [0, 1]."""
@@ -126,6 +133,8 @@ class Choice:
     t_search: the window t was searched in.
     at_bound: "lower" or "upper" when t sits on that end of ``t_search`` (the minimum may lie
       outside the window, or t = 1 may mean the base model alone is best), else None.
+    retain_acc: the interpolated retain accuracy at t (percent).
+    collapsed: retain_acc lies more than ``COLLAPSE_POINTS`` below both ends' retain accuracy.
   """
   t: float
   gap: float
@@ -133,6 +142,8 @@ class Choice:
   targets: Targets
   t_search: tuple[float, float] = (0.75, 1.0)
   at_bound: str | None = None
+  retain_acc: float = float("nan")
+  collapsed: bool = False
 
 
 def bound_warning(choice: Choice) -> str:
@@ -142,6 +153,13 @@ def bound_warning(choice: Choice) -> str:
          else "no point of the curve aligns better than the end, theta_p itself")
   return f"the chosen t = {choice.t:.3f} lies on the {choice.at_bound} bound of t_search = " \
          f"[{lo}, {hi}]: {why}"
+
+
+def collapse_warning(choice: Choice) -> str:
+  """What a collapsed choice means, in one sentence."""
+  return (f"the chosen t = {choice.t:.3f} has retain accuracy {choice.retain_acc:.1f} %, more "
+          f"than {COLLAPSE_POINTS:g} points below both ends of the curve: the curve training "
+          "broke the model (is the learning rate too large?); this is not an unlearned model")
 
 
 def select_t(result, targets: Targets, *, t_search: tuple[float, float] = (0.75, 1.0),
@@ -162,12 +180,19 @@ def select_t(result, targets: Targets, *, t_search: tuple[float, float] = (0.75,
   value = float(gap(*curves, targets=targets)(np.asarray([t]))[0])
   first, last = max(lo, float(result.ts[0])), min(hi, float(result.ts[-1]))  # the grid's ends
   bound = "lower" if t == first else "upper" if t == last else None
+  from scipy.interpolate import CubicSpline
+  ts, ra = np.asarray(result.ts, np.float64), np.asarray(result.accuracy[retain], np.float64)
+  retain_acc = float(CubicSpline(ts, ra, bc_type="not-a-knot")(t))
+  collapsed = retain_acc < min(ra[0], ra[-1]) - COLLAPSE_POINTS
   chosen = Choice(t=t, gap=value, region=effective_region(*curves, targets=targets),
-                  targets=targets, t_search=(lo, hi), at_bound=bound)
+                  targets=targets, t_search=(lo, hi), at_bound=bound, retain_acc=retain_acc,
+                  collapsed=bool(collapsed))
   if bound is not None and warn:
     warnings.warn(bound_warning(chosen), stacklevel=2)
+  if collapsed and warn:
+    warnings.warn(collapse_warning(chosen), stacklevel=2)
   return chosen
 
 
 __all__ = ["check_ts", "gap", "optimal_t", "effective_region", "Choice", "select_t",
-           "bound_warning"]
+           "bound_warning", "collapse_warning", "COLLAPSE_POINTS"]

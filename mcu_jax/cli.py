@@ -7,19 +7,23 @@
 Configuration: ``--config FILE`` (YAML, TOML or JSON) and ``--set key.sub=value`` overrides
 (repeatable), validated before anything is written. ``--resume`` continues a killed stage from
 its last epoch checkpoint; ``--force`` recomputes finished stages. Failures are one line on
-stderr and a non-zero exit (2 for bad input or state, 1 for the system, 130 for Ctrl-C);
-``--debug`` shows the traceback.
+stderr and a non-zero exit (2 for bad input or state, 1 for the system, 130 for Ctrl-C, 143 for
+SIGTERM); ``--debug`` shows the traceback.
+
+The command (``run``) records SIGINT and SIGTERM from its first line on (``mcu_jax.signals``)
+and imports JAX and the rest after that: a signal at any moment stops the run at the next loop
+boundary, with one line naming the stage and the checkpoint it kept; a second one exits at once.
 """
 from __future__ import annotations
 
 import argparse
+import atexit
 import datetime
 import os
 import sys
 from pathlib import Path
 
-from mcu_jax import config as config_lib
-from mcu_jax.validation import MCUError
+from mcu_jax import signals
 
 
 def stage_commands() -> tuple[str, ...]:
@@ -81,7 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
 DEMO_PRESET = {"forget": {"kind": "class", "classes": [3]}}
 
 
-def _config(args) -> config_lib.RunConfig:
+def _config(args):
+  from mcu_jax import config as config_lib
   overrides = list(args.overrides)
   if getattr(args, "method", None):
     overrides.append(f"unlearn.method={args.method}")
@@ -108,25 +113,32 @@ def _demo_dir() -> Path:
       return candidate
     except FileExistsError:
       continue
+  from mcu_jax.validation import MCUError
   raise MCUError("cannot find a free runs/demo-* directory name")
 
 
 def _run(args) -> int:
+  signals.check("start-up")
   if args.command == "import-torch":
     from mcu_jax import torch_import
-    print(torch_import.convert_file(args.checkpoint, args.model, args.num_classes, args.out,
-                                    bend=args.bend, force=args.force))
+    out = torch_import.convert_file(args.checkpoint, args.model, args.num_classes, args.out,
+                                    bend=args.bend, force=args.force)
+    signals.check("the end of import-torch")
+    print(out)
     return 0
   config = _config(args)
   from mcu_jax import parallel, pipeline, report
   parallel.initialize(args.coordinator, args.num_processes, args.process_id)
-  run_dir = args.run_dir if args.run_dir is not None else _demo_dir()
+  if args.run_dir is None:
+    args.run_dir = _demo_dir()
+  run_dir = args.run_dir
   ctx = pipeline.make_context(config, run_dir, progress=not args.no_progress,
                               resume=args.resume, force=args.force)
   if args.command in ("demo", "run"):
     record = pipeline.run_all(ctx)
   else:
     record = pipeline.run_stage(ctx, args.command)
+  signals.check("the end")        # a signal after the last boundary still ends in 130/143
   if args.command in ("demo", "run", "report"):
     print()
     print(record["table"])
@@ -141,6 +153,32 @@ def _run(args) -> int:
   return 0
 
 
+def _interrupted(args, e: signals.Interrupted) -> str:
+  """The one line of an interrupted command: the stage, what it kept, how to continue."""
+  what = f"mcu-jax: interrupted by {signals.name(e.signum)}"
+  if args.command == "import-torch":
+    if e.where == "the end of import-torch":
+      return f"{what} after import-torch had finished: {args.out} is complete"
+    return f"{what} during import-torch ({e.where}): nothing was written to {args.out}"
+  if e.stage is None:
+    if e.where == "the end":
+      return f"{what} after its last stage had finished: every result is kept"
+    return f"{what} before any stage ran ({e.where}): nothing was marked done"
+  from mcu_jax import pipeline
+  run_dir = args.run_dir
+  kept = pipeline.STAGE_OF[e.stage].kept(run_dir)
+  again = f"mcu-jax {args.command} --run-dir {run_dir} --resume"
+  return (f"{what} in stage '{e.stage}' ({e.where}): nothing of it was marked done; "
+          f"{kept}; `{again}` continues")
+
+
+def _stage(error: BaseException, named: bool = True) -> str:
+  """The prefix "stage 'train': " of an error a stage raised (``pipeline.run_stage`` sets
+  ``.stage``), where ``named``."""
+  stage = getattr(error, "stage", None)
+  return f"stage '{stage}': " if stage and named else ""
+
+
 def _one_line(error: BaseException) -> str:
   """The first line of an error's message (TensorStore and orbax add pages of detail)."""
   text = str(error).strip().splitlines()
@@ -148,10 +186,19 @@ def _one_line(error: BaseException) -> str:
 
 
 def main(argv=None) -> int:
-  args = build_parser().parse_args(argv)
+  """The command's exit status for ``argv``: 0, or one line on stderr and 1, 2, 130 or 143.
+  The signal handlers are ``run``'s: in-process callers keep their own."""
+  args = build_parser().parse_args(argv)     # imports the pipeline, JAX with it
   from mcu_jax import checkpoint
+  from mcu_jax.validation import MCUError
   try:
     return _run(args)
+  except signals.Interrupted as e:
+    if args.debug:
+      raise
+    signals.exiting()          # a second signal now would only add a line
+    print(_interrupted(args, e), file=sys.stderr)
+    return e.exit_code
   except KeyboardInterrupt:
     print("mcu-jax: interrupted; finished stages are kept, and --resume continues a training "
           "stage from its last epoch", file=sys.stderr)
@@ -160,29 +207,57 @@ def main(argv=None) -> int:
           ImportError) as e:
     if args.debug:
       raise
-    print(f"mcu-jax: error: {_one_line(e)}", file=sys.stderr)
+    print(f"mcu-jax: error: {_stage(e, isinstance(e.__cause__, OSError))}{_one_line(e)}",
+          file=sys.stderr)
     return 2
   except OSError as e:
     if args.debug:
       raise
-    where = f" ({e.filename})" if getattr(e, "filename", None) else ""
-    print(f"mcu-jax: error: {e.strerror or _one_line(e)}{where}: check the path, its "
+    path = f": {e.filename}" if getattr(e, "filename", None) else ""
+    print(f"mcu-jax: error: {_stage(e)}{e.strerror or _one_line(e)}{path}: check the path, its "
           "permissions and the free space", file=sys.stderr)
     return 1
 
 
+def _quiet_unraisable(unraisable) -> None:
+  """Drops the one harmless "ignored" exception, passes on the rest: when a restore fails,
+  orbax closes its event loop while TensorStore still has reads in flight, and their results,
+  discarded anyway, meet the closed loop (``RuntimeError: Event loop is closed``, a traceback
+  after the one-line error in 1 of 6 byte-flipped models)."""
+  error = unraisable.exc_value
+  if isinstance(error, RuntimeError) and str(error) == "Event loop is closed":
+    return
+  sys.__unraisablehook__(unraisable)
+
+
 def run() -> None:
-  """The ``mcu-jax`` command: ``main``'s exit status for the process. After a failure or an
-  interrupt the process leaves without interpreter teardown: XLA's and orbax's threads may
-  still be running the work that failed, and tearing the interpreter down under them crashed
-  it (SIGSEGV after Ctrl-C in 4 of 7 tries) or printed asyncio tracebacks after the one-line
-  error. Everything written is atomic; an uncommitted checkpoint is ignored on resume."""
+  """The ``mcu-jax`` command: ``main``'s exit status for the process, which leaves without
+  interpreter teardown. After a failure or an interrupt XLA's and orbax's threads may still
+  be running the work that failed, and tearing the interpreter down under them crashed it
+  (SIGSEGV after Ctrl-C in 4 of 7 tries) or printed asyncio tracebacks after the one-line
+  error. After a success the exit functions run (jax.distributed's shutdown, logging's flush),
+  but the teardown does not: it puts SIGINT back to Python's default, and a Ctrl-C in it ended
+  a finished run with -2 and no word (1 of 20 random-time interrupts). Everything written is
+  atomic; an uncommitted checkpoint is ignored on resume.
+
+  SIGINT and SIGTERM are recorded from here on, before JAX is imported (``mcu_jax.signals``):
+  the run stops at its next loop boundary with one line, and a second signal exits at once.
+  """
+  signals.install("mcu-jax: interrupted again: stopped at once; finished stages and the last "
+                  "checkpoints are kept")
+  sys.unraisablehook = _quiet_unraisable
   code = main()
-  if code:
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
-  sys.exit(0)
+  sys.stdout.flush()
+  if code == 0:
+    atexit._run_exitfuncs()
+    if signals.requested() is not None:   # after main's last check: the work is all done
+      signals.exiting()
+      code = signals.exit_code(signals.requested())
+      print(f"mcu-jax: interrupted by {signals.name(signals.requested())} after the command "
+            "had finished: every result is kept", file=sys.stderr)
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os._exit(code)
 
 
 if __name__ == "__main__":

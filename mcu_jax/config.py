@@ -148,14 +148,21 @@ class SweepConfig:
 @dataclasses.dataclass(frozen=True)
 class ForgetQualityConfig:
   """``mcu-jax forget-quality``: populations of ``models`` members per method (empty
-  ``methods``: the run's own method), each with and without MCU."""
+  ``methods``: the run's own method), each with and without MCU; intervals from ``resamples``
+  bootstrap resamples over models, base vs MCU tested with ``permutations`` random swaps (all
+  2^models when fewer), U-LiRA over ``splits`` random splits."""
   models: int = 16
   methods: list[str] = dataclasses.field(default_factory=list)
   mcu: bool = True
+  resamples: int = 200             # the intervals use the bootstrap sd: 200 give it to ~5 %
+  permutations: int = 2000
+  splits: int = 20
 
   def validate(self, where):
     from mcu_jax import unlearn
     _number(where, "models", self.models, low=4, integer=True)
+    for name in ("resamples", "permutations", "splits"):
+      _number(where, name, getattr(self, name), low=1, integer=True)
     for i, method in enumerate(self.methods):
       _choice(where, f"methods[{i}]", method, tuple(m for m in unlearn.METHODS if m != "retrain"))
 
@@ -280,9 +287,35 @@ def merge(base: dict, update: dict) -> dict:
   return out
 
 
+# YAML 1.2's floats: PyYAML resolves YAML 1.1, where a float needs a dot and a signed
+# exponent, so that 1e-3, 1E3 and 1.0e3 would be strings. A digit and a dot or an exponent.
+_FLOAT = re.compile(r"""^[-+]?(?:[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+                       |\.[0-9][0-9_]*(?:[eE][-+]?[0-9]+)?
+                       |[0-9][0-9_]*[eE][-+]?[0-9]+)$""", re.X)
+
+
+def _yaml_loader():
+  """PyYAML's safe loader, reading numbers as YAML 1.2 (and TOML and JSON) do."""
+  import yaml
+
+  class Loader(yaml.SafeLoader):
+    pass
+  Loader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT, list("-+.0123456789"))
+  return Loader
+
+
+def _yaml(text: str):
+  import yaml
+  return yaml.load(text, Loader=_yaml_loader())
+
+
 def read_file(path: str | os.PathLike) -> dict:
-  """A config file as a dict: ``.yaml``/``.yml``, ``.toml`` or ``.json``."""
+  """A config file as a dict: ``.yaml``/``.yml``, ``.toml`` or ``.json``. Numbers read the
+  same in the three: ``1e-3``, ``1E3``, ``.5`` and ``5.`` are floats in YAML (as with
+  ``--set``), wherever TOML and JSON accept them."""
   path = Path(path)
+  if path.is_dir():
+    raise ConfigError(f"config file {path} is a directory: give a .yaml, .toml or .json file")
   if not path.is_file():
     raise ConfigError(f"config file {path} does not exist")
   try:
@@ -291,8 +324,7 @@ def read_file(path: str | os.PathLike) -> dict:
     raise ConfigError(f"config file {path} cannot be read: {e}") from None
   try:
     if path.suffix in (".yaml", ".yml"):
-      import yaml
-      values = yaml.safe_load(text) or {}
+      values = _yaml(text) or {}
     elif path.suffix == ".toml":
       import tomllib
       values = tomllib.loads(text)
@@ -310,21 +342,17 @@ def read_file(path: str | os.PathLike) -> dict:
   return values
 
 
-_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
-
-
 def parse_override(text: str) -> dict:
-  """``"curve.epochs=3"`` -> ``{"curve": {"epochs": 3}}``; values are parsed as YAML."""
+  """``"curve.epochs=3"`` -> ``{"curve": {"epochs": 3}}``; values are parsed as YAML, numbers
+  as in config files."""
   import yaml
   if "=" not in text:
     raise ConfigError(f"override {text!r} must look like key.sub=value")
   key, raw = text.split("=", 1)
   try:
-    value = yaml.safe_load(raw) if raw.strip() else ""
+    value = _yaml(raw) if raw.strip() else ""
   except yaml.YAMLError as e:
     raise ConfigError(f"override {text!r}: cannot parse value: {e}") from e
-  if isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
-    value = float(value)           # YAML 1.1 reads 1e-3 (no dot) as a string
   out: dict = value
   for part in reversed(key.strip().split(".")):
     if not part:

@@ -2,8 +2,9 @@
 
 ``make_context`` reads (or makes) what a run directory holds besides the stages' outputs: its
 configuration and its forget split. Records carry their provenance (``rundir``): the digest of
-the configuration keys their stage reads and of the records they were made from, so
-``Context.done`` and ``Context.record`` know a stale record from a current one.
+the configuration keys their stage reads and of the records they were made from, and the list
+of their output files with their sizes, so ``Context.done`` and ``Context.record`` know a stale
+record, or one whose outputs are gone, from a current one.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mcu_jax import batchnorm, data, models, parallel, preprocess, report, rundir
+from mcu_jax import batchnorm, data, models, parallel, preprocess, report, rundir, signals
 from mcu_jax.config import RunConfig
 from mcu_jax.rundir import Stage, StageError
 
@@ -49,22 +50,33 @@ class Context:
       print(message, flush=True)
 
   def record(self, name: str) -> dict:
-    """A finished stage's record; a missing or stale one says which command makes it."""
+    """A finished stage's record; a missing or stale one, or one whose outputs are gone, says
+    which command makes it."""
     stage = self.stages[name]
+    command = f"`mcu-jax {stage.name} --run-dir {self.run_dir}`"
     if not self.run.has(stage.record):
-      raise StageError(f"stage {stage.record!r} has not run in {self.run_dir}: run "
-                       f"`mcu-jax {stage.name} --run-dir {self.run_dir}` first")
+      raise StageError(f"stage {stage.record!r} has not run in {self.run_dir}: run {command} "
+                       "first")
+    lost = damage(self, stage)
+    if lost:
+      raise StageError(f"stage {stage.record!r} in {self.run_dir} is not done: {lost}; "
+                       f"{command} rebuilds it")
     why = stale(self, stage)
     if why:
       raise StageError(f"stage {stage.record!r} in {self.run_dir} is stale ({why}): run "
-                       f"`mcu-jax {stage.name} --run-dir {self.run_dir}` first")
+                       f"{command} first")
     return self.run.read(stage.record)
 
   def done(self, name: str) -> bool:
-    """Whether stage ``name`` (command or record) is finished and current (never under
-    ``force``)."""
-    stage = self.stages[name]
-    return not self.force and self.run.has(stage.record) and not stale(self, stage)
+    """Whether stage ``name`` (command or record) is finished and current, its outputs there,
+    and so is every stage it is made from (never under ``force``)."""
+    return not self.force and self._current(self.stages[name], {})
+
+  def _current(self, stage: Stage, seen: dict) -> bool:
+    if stage.record not in seen:
+      seen[stage.record] = (self.run.has(stage.record) and not stale(self, stage) and all(
+          self._current(self.stages[n], seen) for n in stage.needs if n in self.stages))
+    return seen[stage.record]
 
   # ---- models
 
@@ -131,9 +143,9 @@ def provenance(ctx: Context, stage: Stage) -> dict:
           "inputs": {need: rundir.digest(ctx.run.read(need)) for need in stage.needs}}
 
 
-def stale(ctx: Context, stage: Stage) -> str | None:
-  """Why ``stage``'s record no longer fits its configuration or inputs, or None."""
-  made = ctx.run.read(stage.record).get("provenance")
+def _unfit(ctx: Context, stage: Stage, record: dict) -> str | None:
+  """Why ``record`` no longer fits its configuration or inputs, or None."""
+  made = record.get("provenance")
   if made is None:
     return "it has no provenance (made by an older mcu_jax)"
   now = provenance(ctx, stage) if all(ctx.run.has(n) for n in stage.needs) else None
@@ -145,25 +157,50 @@ def stale(ctx: Context, stage: Stage) -> str | None:
   return f"{', '.join(changed)} changed since" if changed else None
 
 
+def _damage(ctx: Context, record: dict) -> str | None:
+  if "outputs" not in record:
+    return "it lists no outputs (made by an older mcu_jax)"
+  return ctx.run.damage(record["outputs"])
+
+
+def stale(ctx: Context, stage: Stage) -> str | None:
+  """Why ``stage``'s record is not done: it no longer fits its configuration or inputs, or an
+  output it lists is missing or has another size; None when it is done."""
+  record = ctx.run.read(stage.record)
+  return _unfit(ctx, stage, record) or _damage(ctx, record)
+
+
+def damage(ctx: Context, stage: Stage) -> str | None:
+  """Why a record that fits its configuration and inputs is not done (a missing or damaged
+  output), or None: such a stage is rebuilt from its own checkpoints, which were made with
+  the same configuration and inputs."""
+  record = ctx.run.read(stage.record)
+  return None if _unfit(ctx, stage, record) else _damage(ctx, record)
+
+
 def begin(ctx: Context, stage: Stage) -> None:
   """Before ``stage`` runs: its record and everything downstream of it are no longer done,
   so a crash or a changed input never leaves a stale result that looks finished. The
-  stage's own checkpoints stay (``--resume``)."""
-  own = [stage.record + ".json"] + [o for o in stage.outputs if not o.endswith("ckpt")]
+  stage's own checkpoints stay (``--resume``). Every record goes before any output, so that a
+  removal that fails (a read-only model directory) leaves no record behind whose inputs or
+  outputs are gone."""
   order = list(dict.fromkeys(ctx.stages.values()))
   later = [ctx.stages[r] for r in rundir.downstream(order, stage.record)]
-  ctx.run.remove(own + [f for s in later for f in (s.record + ".json",) + s.outputs])
+  ctx.run.remove([s.record + ".json" for s in (stage, *later)] + list(stage.products)
+                 + [o for s in later for o in s.outputs])
 
 
 def finish(ctx: Context, stage: Stage, record: dict) -> dict:
-  """Writes ``stage``'s record, last, with its provenance; refuses a record that holds a NaN
-  or an infinite number (nothing is marked done)."""
+  """Writes ``stage``'s record, last, with its provenance and the list of its output files;
+  refuses a record that holds a NaN or an infinite number (nothing is marked done)."""
   bad = rundir.nonfinite_paths(record)
   if bad:
     shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
     raise StageError(f"stage {stage.name!r}: non-finite value(s) at {shown}; nothing of it "
                      "was marked done")
-  record = {**record, "provenance": provenance(ctx, stage)}
+  signals.check(f"the end of {stage.name}, before its record")
+  files = ctx.run.inventory(o for o in stage.products if o not in stage.keeps)
+  record = {**record, "outputs": files, "provenance": provenance(ctx, stage)}
   ctx.run.write(stage.record, record)
   return record
 

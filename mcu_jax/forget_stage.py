@@ -5,15 +5,22 @@ members each (``mcu_jax.population``): the originals on D, two retrained populat
 (A, the reference, and B, for the retrain-vs-retrain floor), and for every method its base
 population (the method applied to each original) and its MCU population (``unlearn_curve`` on
 each pair). Members are kept under ``forget_quality/ckpt`` as they are made, so an interrupted
-command resumes member by member; a configuration change makes new ones.
+command resumes member by member; a configuration change makes new ones. An MCU member also
+keeps its sweep, its targets and (``<method>+mcu-curves``) its trained curve.
 
-Every member's BatchNorm statistics are recomputed on D_r (as every row of the run's report),
-its logit-scaled confidence on each forget example read off, and each population scored against
-retrained population A (``mcu_jax.forget_quality``): the challenge's F and final score, and
-U-LiRA with the first halves of the population and of A fitting the Gaussians and their second
-halves as targets. The floor is retrained population B scored the same way. Base and
-MCU are compared example by example (Wilcoxon signed-rank on the per-example epsilon).
-Writes ``forget_quality.json`` (the record), ``forget_quality.md`` and ``forget_quality.png``.
+Every member's BatchNorm statistics are recomputed on D_r (as every row of the run's report)
+and its logit-scaled confidence on each forget example read off; they are written to
+``forget_quality/confidences.npz`` (float32 (N, |D_f|) per population: ``originals``,
+``retrain_a``, ``retrain_b``, ``<method>``, ``<method>+mcu``), and every score is computed from
+exactly those values. The unit of every statistic is the model
+(``mcu_jax.forget_quality.model_level``): each population is scored against retrained
+population A with 95 % bootstrap intervals over models (F, the challenge's score, U-LiRA's AUC
+over ``forget_quality.splits`` random splits); the floor is retrained population B scored the
+same way; base and MCU are compared by the difference of F, of the challenge score and of the
+AUC with a paired bootstrap interval and a paired permutation test over the (base_i, mcu_i)
+pairs. The per-example Wilcoxon test stays in the record as a description only. Writes
+``forget_quality.json`` (the record, per-model accuracies included), ``forget_quality.md`` and
+``forget_quality.png``.
 """
 from __future__ import annotations
 
@@ -23,13 +30,15 @@ import time
 import numpy as np
 
 from mcu_jax import context, evaluate, forget_quality, models, population, report
-from mcu_jax import rundir, train
+from mcu_jax import rundir, signals, train
 from mcu_jax.context import Context
+from mcu_jax.forget_quality import model_level
 from mcu_jax.rundir import Stage
 
 SEED_OFFSETS = {"originals": 10_000, "retrain_a": 20_000, "retrain_b": 30_000,
                 "base": 40_000, "mcu": 60_000}
 COMMON = ("dataset", "model", "model_options", "seed", "augment")
+CONFIDENCES = "forget_quality/confidences.npz"
 
 
 class RunStore:
@@ -101,6 +110,7 @@ def make_populations(ctx: Context, methods: list[str]) -> tuple[dict, dict]:
   pops, walls = {}, {}
 
   def timed(name, make, store):
+    signals.check(f"the {name} population")
     pops[name] = make(store)
     walls[name] = store.wall_seconds
     ctx.log(f"[forget-quality] {name}: {len(pops[name])} models, {walls[name]:.1f} s")
@@ -124,19 +134,21 @@ def make_populations(ctx: Context, methods: list[str]) -> tuple[dict, dict]:
         seeds=_seeds(ctx, "base", k), config=options, init=init, store=store, **common),
         RunStore(ctx, method, keys))
     if ctx.config.forget_quality.mcu:
+      mcu_keys = keys + ("mask", "curve", "sweep", "eval_batch_size")
       timed(f"{method}+mcu", lambda store: population.mcu_population(
           apply, pops["originals"], pops[method], forget=forget, retain=retain, test=test,
           seeds=_seeds(ctx, "mcu", k), progress=ctx.progress, store=store,
-          **_mcu_options(ctx)),
-          RunStore(ctx, f"{method}+mcu", keys + ("mask", "curve", "sweep", "eval_batch_size")))
+          curve_store=RunStore(ctx, f"{method}+mcu-curves", mcu_keys), **_mcu_options(ctx)),
+          RunStore(ctx, f"{method}+mcu", mcu_keys))
   return pops, walls
 
 
-def _evaluate(ctx: Context, pop: population.Population, sets: dict) -> dict:
+def evaluate_population(ctx: Context, pop: population.Population, sets: dict) -> dict:
   """Per member, BatchNorm recalibrated as every stage does (``Context.recalibrate``):
   logit-scaled confidences on D_f (N, E) and accuracies (N,) in percent on every set."""
   out = {"confs": [], **{f"{n}_acc": [] for n in sets}}
   for i in range(len(pop)):
+    signals.check(f"evaluating member {i}")
     params, state = pop.member(i)
     state = ctx.recalibrate(params, state)
     logits = evaluate.predict_logits(ctx.apply, params, state, sets["forget"][0],
@@ -148,69 +160,194 @@ def _evaluate(ctx: Context, pop: population.Population, sets: dict) -> dict:
   return {k: np.asarray(v) for k, v in out.items()}
 
 
-def _score(tested: dict, reference: dict) -> dict:
-  """F, the challenge's score and U-LiRA of population ``tested`` against ``reference``.
+def _settings(ctx: Context) -> dict:
+  c = ctx.config.forget_quality
+  return {"resamples": c.resamples, "splits": c.splits, "seed": ctx.config.seed}
 
-  LiRA fits its Gaussians on the first halves of both populations and attacks their second
-  halves (``tested``'s as unlearned, ``reference``'s as retrained): no model is both fitted
-  and attacked.
-  """
-  half_t, half_r = len(tested["confs"]) // 2, len(reference["confs"]) // 2
+
+def _accuracies(evaluated: dict) -> np.ndarray:
+  """(N, 2): each member's retain and test accuracy in percent."""
+  return np.stack([evaluated["retain_acc"], evaluated["test_acc"]], axis=1)
+
+
+def _score(ctx: Context, tested: dict, reference: dict, compared: dict | None = None,
+           side: str = "") -> dict:
+  """F, the challenge's score and U-LiRA (K random splits) of population ``tested`` against
+  ``reference``, each with a 95 % bootstrap interval over models
+  (``forget_quality.model_level.population_scores``; for one side, "base" or "mcu", of a
+  comparison ``compared``, its resamples' intervals), the per-example eps and the mean
+  accuracies."""
   f = forget_quality.forget_score(tested["confs"], reference["confs"])
-  targets = np.concatenate([tested["confs"][half_t:], reference["confs"][half_r:]])
-  labels = np.r_[np.ones(len(tested["confs"]) - half_t, bool),
-                 np.zeros(len(reference["confs"]) - half_r, bool)]
-  attack = forget_quality.lira(targets, tested["confs"][:half_t], reference["confs"][:half_r],
-                               labels)
+  if compared is None:
+    scores = model_level.population_scores(
+        tested["confs"], reference["confs"], tested_acc=_accuracies(tested),
+        reference_acc=_accuracies(reference), **_settings(ctx))
+  else:
+    splits = model_level.lira_splits(tested["confs"], reference["confs"],
+                                     splits=ctx.config.forget_quality.splits,
+                                     seed=ctx.config.seed)
+    scores = {key: {"value": compared[key][side], "ci95": compared[key][f"{side}_ci95"]}
+              for key in ("F", "challenge", "lira_auc")}
+    scores["lira_auc"].update(splits.to_dict())
+    scores["resamples"] = compared["resamples"]
+  auc = scores["lira_auc"]
   mean = {k: float(np.mean(tested[k])) for k in ("retain_acc", "test_acc", "forget_acc")}
-  return {"F": f.score, "epsilons": f.epsilons, "lira_auc": attack.auc,
-          "lira_tpr_at_1pct_fpr": attack.tpr_at_1pct_fpr,
-          "lira_balanced_accuracy": attack.balanced_accuracy,
-          "challenge": forget_quality.challenge_score(
-              f.score, mean["retain_acc"], float(np.mean(reference["retain_acc"])),
-              mean["test_acc"], float(np.mean(reference["test_acc"]))), **mean}
+  return {"F": f.score, "F_ci95": scores["F"]["ci95"], "epsilons": f.epsilons,
+          "challenge": scores["challenge"]["value"],
+          "challenge_ci95": scores["challenge"]["ci95"],
+          "lira_auc": auc["value"], "lira_auc_ci95": auc["ci95"], "lira_auc_sd": auc["sd"],
+          "lira_aucs": auc["aucs"], "resamples": scores["resamples"], **mean}
 
 
-def _paired(base: np.ndarray, mcu: np.ndarray) -> dict:
-  """Per-example epsilon, base minus MCU: how often MCU is closer to retraining."""
+def _per_example(base: np.ndarray, mcu: np.ndarray) -> dict:
+  """Per-example eps, base minus MCU: a description of where MCU moved the examples. Not a
+  test of MCU: every example is scored by the same models (the test is ``vs_base``)."""
   from scipy import stats
   diff = np.asarray(base) - np.asarray(mcu)
-  out = {"examples": int(diff.size), "mean_eps_base": float(np.mean(base)),
+  out = {"note": "description over examples, not a test (the unit is the model: see vs_base)",
+         "examples": int(diff.size), "mean_eps_base": float(np.mean(base)),
          "mean_eps_mcu": float(np.mean(mcu)), "mcu_lower": int(np.sum(diff > 0)),
-         "mcu_higher": int(np.sum(diff < 0)), "wilcoxon_p": 1.0}
+         "mcu_higher": int(np.sum(diff < 0)), "wilcoxon_p_examples": 1.0}
   if np.any(diff != 0):
-    out["wilcoxon_p"] = float(stats.wilcoxon(diff).pvalue)
+    out["wilcoxon_p_examples"] = float(stats.wilcoxon(diff).pvalue)
   return out
 
 
+def _vs_base(ctx: Context, base: dict, mcu: dict, reference: dict) -> dict:
+  """Base vs base+MCU at the model level (``model_level.compare``): MCU minus base for F, the
+  challenge's score and the LiRA AUC, paired bootstrap intervals and paired permutation
+  p-values over the N (base_i, mcu_i) pairs."""
+  return model_level.compare(
+      base["confs"], mcu["confs"], reference["confs"], base_acc=_accuracies(base),
+      mcu_acc=_accuracies(mcu), reference_acc=_accuracies(reference),
+      permutations=ctx.config.forget_quality.permutations, **_settings(ctx))
+
+
+def _write_confidences(ctx: Context, evaluated: dict) -> str:
+  """``RUN/forget_quality/confidences.npz``: per population, the float32 (N, |D_f|)
+  logit-scaled confidences every score was computed from."""
+  path = ctx.run_dir / CONFIDENCES
+  arrays = {name: ev["confs"].astype(np.float32) for name, ev in evaluated.items()}
+  ctx.run.write_file(lambda p: report.atomic_write(p, lambda f: np.savez(f, **arrays), "wb"),
+                     path)
+  return CONFIDENCES
+
+
+def _markdown(scores: dict, sizes: dict, *, methods, n: int, kind: str, forget_size: int,
+              settings: dict) -> str:
+  """The report: every population's scores with their intervals, the floor beside them, the
+  model-level comparisons of base and MCU, the per-example description, the populations."""
+  interval = lambda v, ci: f"{v:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]"
+  rows = []
+  for name in ["floor"] + [m for method in methods for m in (method, f"{method}+mcu")
+                           if m in scores]:
+    s = scores[name]
+    rows.append({"population": "retrain B (the floor)" if name == "floor" else name,
+                 "F [95% CI]": interval(s["F"], s["F_ci95"]),
+                 "challenge [95% CI]": interval(s["challenge"], s["challenge_ci95"]),
+                 "LiRA AUC [95% CI]": interval(s["lira_auc"], s["lira_auc_ci95"]),
+                 "AUC sd over splits": f"{s['lira_auc_sd']:.3f}",
+                 "RA": s["retain_acc"], "TA": s["test_acc"], "FA": s["forget_acc"],
+                 "mean t": s.get("mean_t")})
+  lines = [
+      "# Forgetting quality over model populations", "",
+      f"{n} models per population, {kind} forgetting, |D_f| = {forget_size}. Every population "
+      "is scored against retrained population A; retrained population B scored the same way "
+      "is the floor (what retraining itself gets). F: the NeurIPS 2023 unlearning challenge's "
+      "forgetting quality (two draws of one distribution score about 0.2 with its empirical "
+      f"rates; with N models eps has at most ln(N - 1) = {np.log(max(n - 1, 2)):.2f} as its "
+      "largest finite value, so F resolves little below N = 64); the challenge score F x "
+      "RA_U/RA_R x TA_U/TA_R; U-LiRA's ROC-AUC (0.5: indistinguishable), the mean over "
+      f"{settings['splits']} random splits (half of each population fits, the other half is "
+      "attacked), with its sd over the splits. Intervals: 95 %, bootstrap over models "
+      f"({settings['resamples']} resamples; estimate -+ 1.96 bootstrap sd). RA, TA, FA in "
+      "percent, the mean over the population, BatchNorm statistics recomputed on D_r.", "",
+      report.markdown_table(rows, list(rows[0]), floatfmt=".2f"), ""]
+  compared = [(m, scores[f"{m}+mcu"]) for m in methods if f"{m}+mcu" in scores]
+  if compared:
+    lines += ["Base vs base + MCU at the model level (unit: the model pair i, which shares "
+              "original i; n = N pairs). Difference = MCU minus base (F and the challenge "
+              "score: higher is closer to retraining; AUC: lower is), 95 % paired bootstrap "
+              "interval, two-sided paired permutation test swapping base_i and mcu_i:", ""]
+    rows = []
+    for method, s in compared:
+      for key, label in (("F", "F"), ("lira_auc", "LiRA AUC"), ("challenge", "challenge")):
+        c = s["vs_base"][key]
+        rows.append({"comparison": f"{method} -> {method}+MCU", "score": label,
+                     "base": c["base"], "MCU": c["mcu"], "difference": c["difference"],
+                     "95% CI": f"[{c['ci95'][0]:.4f}, {c['ci95'][1]:.4f}]",
+                     "p": (f"{c['p_value']:.3g} ({'exact, ' if c['exact'] else ''}"
+                           f"{c['flips']} swaps)") if "p_value" in c else "-"})
+    lines += [report.markdown_table(rows, list(rows[0]), floatfmt=".4f"), ""]
+    for method, s in compared:
+      d = s["per_example"]
+      lines.append(f"Description, not a test: per example, {method} + MCU has a lower eps than "
+                   f"{method} on {d['mcu_lower']} and a higher one on {d['mcu_higher']} of "
+                   f"{d['examples']} forget examples (mean {d['mean_eps_base']:.2f} -> "
+                   f"{d['mean_eps_mcu']:.2f}); the examples share their models, so a test "
+                   f"over them (Wilcoxon p = {d['wilcoxon_p_examples']:.3g}) overstates the "
+                   "evidence.")
+  size_rows = [{"population": k, "models": v["models"], "wall s": v["wall_seconds"],
+                "training s": v["seconds"]} for k, v in sizes.items()]
+  lines += ["", "Populations (wall seconds of making each, compilation and for MCU the sweeps "
+            "included; training seconds: the unlearning itself). Per-model confidences: "
+            f"`{CONFIDENCES}`.", "",
+            report.markdown_table(size_rows, list(size_rows[0]), floatfmt=".1f"), "",
+            "![per-example epsilon](forget_quality.png)", ""]
+  return "\n".join(lines)
+
+
 def stage_forget_quality(ctx: Context, stage: Stage) -> dict:
-  """The populations, their scores, the report's markdown and plot, the record."""
+  """The populations, their scores, the confidences, the report's markdown and plot, the
+  record."""
   settings = ctx.config.forget_quality
   methods = list(settings.methods) or [ctx.config.unlearn.method]
   pops, walls = make_populations(ctx, methods)
+  start = time.perf_counter()
   host = {name: (np.asarray(x), np.asarray(y)) for name, (x, y) in ctx.eval_sets().items()
           if name in ("forget", "retain", "test")}
-  evaluated = {name: _evaluate(ctx, pop, host) for name, pop in pops.items()}
+  evaluated = {name: evaluate_population(ctx, pop, host) for name, pop in pops.items()}
+  for ev in evaluated.values():     # scores from exactly the float32 values the file keeps
+    ev["confs"] = ev["confs"].astype(np.float32).astype(np.float64)
+  evaluate_seconds = time.perf_counter() - start
+  confidences = _write_confidences(ctx, evaluated)
   reference = evaluated["retrain_a"]
-  scores = {"floor": _score(evaluated["retrain_b"], reference)}
+  scores = {"floor": _score(ctx, evaluated["retrain_b"], reference)}
   for method in methods:
-    scores[method] = _score(evaluated[method], reference)
-    if settings.mcu:
-      scores[f"{method}+mcu"] = _score(evaluated[f"{method}+mcu"], reference)
-      scores[f"{method}+mcu"]["mean_t"] = float(np.mean(pops[f"{method}+mcu"].ts))
-      scores[f"{method}+mcu"]["paired"] = _paired(scores[method]["epsilons"],
-                                                  scores[f"{method}+mcu"]["epsilons"])
+    signals.check(f"scoring {method}")
+    if not settings.mcu:
+      scores[method] = _score(ctx, evaluated[method], reference)
+    else:
+      mcu = f"{method}+mcu"
+      compared = _vs_base(ctx, evaluated[method], evaluated[mcu], reference)
+      scores[method] = _score(ctx, evaluated[method], reference, compared, "base")
+      scores[mcu] = _score(ctx, evaluated[mcu], reference, compared, "mcu")
+      scores[mcu]["mean_t"] = float(np.mean(pops[mcu].ts))
+      scores[mcu]["ts"] = list(pops[mcu].ts)
+      scores[mcu]["vs_base"] = compared
+      scores[mcu]["per_example"] = _per_example(scores[method]["epsilons"],
+                                                scores[mcu]["epsilons"])
   sizes = {name: {"models": len(pop), "wall_seconds": walls[name], "seconds": pop.seconds,
-                  "seeds": list(pop.seeds)} for name, pop in pops.items()}
-  text = report.forget_quality_markdown(scores, sizes, methods=methods,
-                                        n=settings.models, kind=ctx.split.kind,
-                                        forget_size=len(ctx.split.forget))
+                  "seeds": list(pop.seeds),
+                  **{k: evaluated[name][k].tolist()
+                     for k in ("retain_acc", "test_acc", "forget_acc")}}
+           for name, pop in pops.items()}
+  statistics = {"resamples": settings.resamples, "permutations": settings.permutations,
+                "splits": settings.splits, "seed": ctx.config.seed, "level": 0.95,
+                "interval": "normal (estimate -+ 1.96 bootstrap sd)"}
+  text = _markdown(scores, sizes, methods=methods, n=settings.models, kind=ctx.split.kind,
+                   forget_size=len(ctx.split.forget), settings=statistics)
   for name, write in (("forget_quality.md", lambda path: report.write_markdown(path, text)),
                       ("forget_quality.png", lambda path: report.plot_epsilons(
                           scores, methods, path=path))):
     ctx.run.write_file(write, ctx.run_dir / name)
+  seconds = {"populations": float(sum(walls.values())), "evaluation": evaluate_seconds,
+             "statistics": time.perf_counter() - start - evaluate_seconds}
   return context.finish(ctx, stage, {"models": settings.models, "methods": methods,
-                                     "populations": sizes, "scores": scores, "table": text})
+                                     "populations": sizes, "scores": scores, "table": text,
+                                     "confidences": confidences, "statistics": statistics,
+                                     "seconds": seconds})
 
 
-__all__ = ["stage_forget_quality", "make_populations", "RunStore"]
+__all__ = ["stage_forget_quality", "make_populations", "evaluate_population", "RunStore",
+           "CONFIDENCES"]

@@ -22,6 +22,9 @@ the same results up to float reassociation.
 
 ``make_batch_sum`` applies the same choice to a sum over pre-cut batches (the masks' gradient
 accumulation).
+
+The host loops check for a recorded SIGINT or SIGTERM before every step (``mcu_jax.signals``),
+so a long epoch stops within a step; a scanned epoch is checked between epochs by its caller.
 """
 from __future__ import annotations
 
@@ -32,6 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mcu_jax import signals
 from mcu_jax.validation import InvalidArgument
 
 PyTree = Any
@@ -115,7 +119,9 @@ class LoopedEpoch:
   def __call__(self, state, *inputs):
     state, xs = self._plan(state, *inputs)
     metrics = []
-    for i in range(xs[0].shape[0]):
+    steps = xs[0].shape[0]
+    for i in range(steps):
+      signals.check(f"step {i + 1} of {steps}")
       state, m = self._step(state, xs, np.int32(i), *inputs)
       metrics.append(m)
     return state, jax.tree.map(lambda *values: jnp.stack(values), *metrics)
@@ -207,7 +213,9 @@ class LoopedSum:
   def __call__(self, *inputs):
     *args, batches = inputs
     total = self._zeros(*inputs)
-    for i in range(jax.tree.leaves(batches)[0].shape[0]):
+    count = jax.tree.leaves(batches)[0].shape[0]
+    for i in range(count):
+      signals.check(f"batch {i + 1} of {count}")
       total = self._step(total, *args, _index(batches, np.int32(i)))
     return total
 

@@ -22,6 +22,7 @@ import numpy as np
 
 from mcu_jax import data, loops, objectives, parallel, train
 from mcu_jax.curves import check_same_tree
+from mcu_jax.models.adapters import check_data
 from mcu_jax.preprocess import Preprocess, default_preprocess
 from mcu_jax.validation import InvalidArgument, check_number, check_pair
 
@@ -66,8 +67,19 @@ def summed_ce_gradients_fn(apply, preprocess, loop: str = "auto"):
   ``batches`` holds ``images`` (steps, B, ...) inputs, ``labels`` (steps, B) and ``valid``
   (steps, B) bool, e.g. from ``mcu_jax.data.padded_batches``. ``fn`` is jitted (or a host loop
   over a jitted step on CPU, see ``loops.make_batch_sum``) and supports
-  ``fn.lower(...).compile()``. Build it once and reuse it: each new function compiles anew.
+  ``fn.lower(...).compile()``. It is made once per (apply, preprocess, loop) when they are
+  hashable, so that the masks of a population's members share one compiled program; otherwise
+  each new function compiles anew.
   """
+  try:
+    hash((apply, preprocess, loop))
+  except TypeError:
+    return _summed_ce_gradients.__wrapped__(apply, preprocess, loop)
+  return _summed_ce_gradients(apply, preprocess, loop)
+
+
+@functools.lru_cache(maxsize=16)
+def _summed_ce_gradients(apply, preprocess, loop: str):
   def batch_loss(params, model_state, batch):
     logits, _ = apply(params, model_state, preprocess(None, batch["images"]), False)
     return objectives.masked_mean(objectives.cross_entropy(logits, batch["labels"]),
@@ -108,7 +120,10 @@ def mcu_mask(retain_grads: PyTree, forget_grads: PyTree, k: float = 0.5,
      bound is excluded too; kr = 0 excludes nothing);
   2. walk the tensors not excluded by forget score, descending; while the selected count is
      below ``floor(k * N)``, select the tensor and add its size.
-  The counting and the floors are the reference's (generate_weight_mask.py). One difference:
+  The counting and the floors are the reference's (generate_weight_mask.py). k is a greedy
+  threshold over the sorted scores, not an exact share: on a small model a few large tensors
+  hold most parameters, so k = 0.5 often selects nearly every tensor (``mask_fraction`` says
+  how much trains). One difference:
   the reference gives excluded tensors score 0 rather than removing them, so it can still
   select them when the others hold fewer than k * N parameters; here excluded means frozen.
 
@@ -214,12 +229,14 @@ def compute_mask(apply, params: PyTree, model_state: PyTree, *, forget, retain, 
   (``mcu_jax.loops``).
   """
   check_fractions(k, kr)
+  pairs = {"retain": check_pair("retain", retain), "forget": check_pair("forget", forget)}
+  check_data(apply, params, model_state, pairs, preprocess, {"params": params})
   mesh = parallel.make_mesh() if mesh is None else mesh
   gradients_fn = summed_ce_gradients_fn(apply, preprocess, loop)
   params, model_state = parallel.replicate((params, model_state), mesh)
   batches, compiled, compile_seconds = {}, {}, 0.0
-  for name, pair in (("retain", retain), ("forget", forget)):
-    batches[name] = parallel.replicate(batched(*check_pair(name, pair), batch_size), mesh)
+  for name, pair in pairs.items():
+    batches[name] = parallel.replicate(batched(*pair, batch_size), mesh)
     compiled[name], seconds = train.compile_ahead(gradients_fn, params, model_state,
                                                   batches[name])
     compile_seconds += seconds

@@ -19,6 +19,7 @@ size, preprocessing, mesh)::
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import jax
@@ -29,7 +30,7 @@ from mcu_jax import beta as beta_lib
 from mcu_jax import objectives, parallel, train
 from mcu_jax.checkpoint import Checkpointer
 from mcu_jax.curves import Curve, check_same_tree, coefficients, combine
-from mcu_jax.models.adapters import Apply
+from mcu_jax.models.adapters import Apply, check_data, forward
 from mcu_jax.optim import OptimConfig, check_mask, make_optimizer
 from mcu_jax.preprocess import Preprocess, default_preprocess
 from mcu_jax.validation import InvalidArgument, check_number, check_pair, check_positive
@@ -50,7 +51,8 @@ def curve_loss(apply: Apply, policy: beta_lib.BetaPolicy, kind: str, num_bends: 
   """MCU's per-batch loss ``loss_fn(controls, model_state, batch, rng, start, end)``.
 
   ``batch`` holds ``images`` (B, ...) float, ``labels`` (B,), ``is_forget`` (B,) bool and
-  ``valid`` (B,) bool. Metrics: t, beta, loss, forget/retain loss and accuracy (percent) and
+  ``valid`` (B,) bool. The step's key draws t; a key folded from it is the model's (dropout).
+  Metrics: t, beta, loss, forget/retain loss and accuracy (percent) and
   counts.
   """
   t_min, t_max = t_range
@@ -58,7 +60,8 @@ def curve_loss(apply: Apply, policy: beta_lib.BetaPolicy, kind: str, num_bends: 
   def loss_fn(controls, model_state, batch, rng, start, end):
     t = jax.random.uniform(rng, (), jnp.float32, t_min, t_max)
     params = combine(coefficients(kind, t, num_bends), start, controls, end)
-    logits, new_state = apply(params, model_state, batch["images"], True)
+    logits, new_state = forward(apply, params, model_state, batch["images"], True,
+                                jax.random.fold_in(rng, 1))
     metrics = objectives.subset_metrics(logits, batch)
     b = jax.lax.stop_gradient(policy(metrics))
     loss = objectives.unlearning_loss(metrics["retain_loss"], metrics["forget_loss"], b)
@@ -86,6 +89,20 @@ def curve_data(forget, retain, retain_ratio: float = 0.5, seed: int = 0) -> dict
       "labels": np.concatenate([np.asarray(yf), np.asarray(yr)[chosen]]).astype(np.int32),
       "is_forget": np.concatenate([np.ones(len(yf), bool), np.zeros(count, bool)]),
   }
+
+
+@functools.lru_cache(maxsize=8)
+def _programs(apply, policy, kind, num_bends, t_range, optimizer, epochs, steps_per_epoch,
+              mask_tree, mask_leaves, batch_size, preprocess, mesh, loop):
+  """(optimizer, loss, jitted epoch) of one curve-training setup, made once per setup: the
+  endpoints are jit arguments, so the trainers of a population's members (one setup, other
+  endpoints) run one compiled program."""
+  tx = make_optimizer(optimizer, epochs=epochs, steps_per_epoch=steps_per_epoch,
+                      mask=mask_tree.unflatten(mask_leaves))
+  loss = curve_loss(apply, policy, kind, num_bends, t_range)
+  epoch = train.make_epoch(loss, batch_size, preprocess=preprocess,
+                           batch_sharding=parallel.batch_sharding(mesh), loop=loop)
+  return tx, loss, epoch
 
 
 class CurveTrainer:
@@ -128,13 +145,17 @@ class CurveTrainer:
                             f"{self.mesh.devices.size} devices, got {batch_size}")
     self.policy = beta_lib.as_policy(beta)
     self.batch_size = int(batch_size)
-    self.tx = make_optimizer(optimizer, epochs=epochs, steps_per_epoch=steps_per_epoch,
-                             mask=self.mask)
+    leaves, treedef = jax.tree.flatten(self.mask)
+    setup = (apply, self.policy, curve.kind, curve.num_bends, tuple(t_range), optimizer,
+             epochs, steps_per_epoch, treedef, tuple(leaves), self.batch_size, preprocess,
+             self.mesh, loop)
+    try:      # trainers of one setup (a population's members) share one compiled program
+      shared = all(isinstance(m, (bool, np.bool_)) for m in leaves) and hash(setup) is not None
+    except TypeError:
+      shared = False
+    self.tx, self._loss, self._epoch = (_programs if shared else _programs.__wrapped__)(*setup)
     self._curve = curve
     self._endpoints = parallel.replicate((curve.start, curve.end), self.mesh)
-    self._loss = curve_loss(apply, self.policy, curve.kind, curve.num_bends, t_range)
-    self._epoch = train.make_epoch(self._loss, self.batch_size, preprocess=preprocess,
-                                   batch_sharding=parallel.batch_sharding(self.mesh), loop=loop)
 
   def init(self, model_state: PyTree, rng: jax.Array) -> train.TrainState:
     """The state before the first step: params = the curve's controls (copied)."""
@@ -236,6 +257,10 @@ def train_curve(apply: Apply, curve: Curve, model_state: PyTree, *, forget, reta
     checkpointer, progress, desc: see ``train.fit``.
   """
   check_positive("epochs", epochs, integer=True)
+  check_data(apply, curve.start, model_state,
+             {"forget": check_pair("forget", forget), "retain": check_pair("retain", retain)},
+             preprocess, {"theta_o": curve.start, "controls": curve.controls,
+                          "theta_p": curve.end})
   data = curve_data(forget, retain, retain_ratio, seed)
   steps = -(-len(data["labels"]) // batch_size)
   trainer = CurveTrainer(apply, curve, mask=mask, optimizer=optimizer, beta=beta,

@@ -11,10 +11,13 @@
 ``STAGES`` is the one list of stages (``rundir.Stage``): the CLI's commands, what depends on
 what, what a stage owns and which configuration keys it reads are all derived from it. A stage
 is done when its record exists and is current (``rundir``: made from today's inputs and
-configuration); running a done stage is a no-op unless ``force``. Training stages checkpoint
-every epoch and continue with ``resume``. Every stage runs on all devices of a 1-D mesh; in a
-multi-host run every process runs the same stages on one shared run directory and process 0
-writes (``rundir.RunDir``).
+configuration, its output files all there with the sizes they were written with); running a
+done stage is a no-op unless ``force``. Training stages checkpoint every epoch and continue with
+``resume``; a stage whose outputs were lost is rebuilt from its own checkpoints. A SIGINT or
+SIGTERM recorded by ``mcu_jax.signals`` stops a stage at its next loop boundary, with nothing of
+it marked done. Every stage runs on all devices of a 1-D mesh; in a multi-host run every
+process runs the same stages on one shared run directory and process 0 writes
+(``rundir.RunDir``).
 """
 from __future__ import annotations
 
@@ -26,7 +29,7 @@ from typing import Any
 import jax
 
 from mcu_jax import context, evaluate, masks, mcu, mia, models, parallel, report
-from mcu_jax import forget_stage, rundir, sweep, train, unlearn
+from mcu_jax import forget_stage, rundir, signals, sweep, train, unlearn
 from mcu_jax import beta as beta_lib
 from mcu_jax.context import Context
 from mcu_jax.curves import Curve, point
@@ -264,8 +267,10 @@ def stage_report(ctx: Context, stage: Stage) -> dict:
   rows = []
   for name, record in (("Original", "original"), ("Retrain", "retrain"),
                        (method.upper(), "unlearn")):
+    signals.check(f"report row {name}")
     rows.append({"method": name, **_point_metrics(ctx, *ctx.load_model(record)),
                  "RTE": ctx.record(record)["rte_seconds"]})
+  signals.check(f"report row {method.upper()}+MCU")
   rows.append({"method": f"{method.upper()}+MCU (t={t:.2f})",
                **_point_metrics(ctx, point(curve, t), model_state),
                "RTE": ctx.record("unlearn")["rte_seconds"] + ctx.record("curve")["rte_seconds"]})
@@ -317,7 +322,8 @@ STAGES: tuple[Stage, ...] = (
     Stage("forget-quality", "forget_quality", ("split",),
           COMMON + ("forget", "train", "retrain", "unlearn", "mask", "curve", "sweep",
                     "eval_batch_size", "forget_quality"),
-          ("forget_quality.md", "forget_quality.png", "forget_quality/ckpt"),
+          ("forget_quality.md", "forget_quality.png", "forget_quality/confidences.npz",
+           "forget_quality/ckpt"),
           forget_stage.stage_forget_quality, in_run=False, keeps=("forget_quality/ckpt",)),
 )
 STAGE_OF = {**{s.record: s for s in STAGES}, **{s.name: s for s in STAGES}}
@@ -325,15 +331,34 @@ make_context = functools.partial(context.make_context, stages=STAGES)
 
 
 def run_stage(ctx: Context, name: str) -> dict:
-  """One stage (by command or record name): a no-op returning its record when done."""
+  """One stage (by command or record name): a no-op returning its record when done. A stage
+  whose record is current but whose outputs are missing or damaged is rebuilt, from its own
+  checkpoints where it has them. An interruption, an OS error or an error it causes leaving
+  the stage names it (``.stage``)."""
   stage = STAGE_OF[name]
+  try:
+    return _run_stage(ctx, stage)
+  except (signals.Interrupted, Exception) as e:
+    e.stage = getattr(e, "stage", None) or stage.name
+    raise
+
+
+def _run_stage(ctx: Context, stage: Stage) -> dict:
   if ctx.done(stage.record):
     return ctx.run.read(stage.record)
-  for need in stage.needs:
-    if need != "split":
-      ctx.record(need)               # missing or stale inputs: one line naming the command
+  # A missing, stale or lost input: one line naming the command, the most upstream first.
+  for need in rundir.upstream(STAGES, stage.record):
+    ctx.record(need)
+  signals.check(f"the start of {stage.name}")
+  lost = None if ctx.force or not ctx.run.has(stage.record) else context.damage(ctx, stage)
+  if lost:
+    ctx.log(f"[{stage.name}] {lost}: rebuilding it (and what depends on it)")
   context.begin(ctx, stage)
-  return stage.run(ctx, stage)
+  resume, ctx.resume = ctx.resume, ctx.resume or lost is not None
+  try:
+    return stage.run(ctx, stage)
+  finally:
+    ctx.resume = resume
 
 
 def copy_stage(ctx: Context, source, name: str) -> bool:

@@ -13,13 +13,17 @@ Drivers (the CPU policy of ``mcu_jax.loops``):
   Member i equals ``train.train_model`` with ``rng=PRNGKey(seeds[i] + 1)`` from
   ``init(PRNGKey(seeds[i]))`` (the loop: exactly; vmapped: to float tolerance).
 * ``unlearn_population`` applies a base method to every member of a population
-  (``unlearn.run``, member by member, every backend: the methods have loops of their own);
-  ``mcu_population`` applies ``unlearn_curve`` to every (theta_o, theta_p) pair.
+  (``unlearn.run``, member by member, every backend: the methods have loops of their own),
+  every member running the first member's compiled epoch (``unlearn.run``'s ``programs``; not
+  SalUn, whose per-member mask is part of its optimizer); ``mcu_population`` applies
+  ``unlearn_curve`` to every (theta_o, theta_p) pair, whose mask gradients and curve training
+  are compiled once per setup (members whose mask or alignment targets differ compile their
+  own curve step).
 * ``population_logits`` evaluates every member on a set: (N, E, C).
 
 Every driver takes an optional ``store`` (``MemberStore``): members it already holds are
-loaded instead of made, and every new member is handed to it as soon as it exists, so an
-interrupted population resumes member by member.
+loaded instead of made, and every new member is handed to it as soon as it exists (the vmapped
+driver: chunk by chunk), so an interrupted population resumes member by member.
 """
 from __future__ import annotations
 
@@ -34,9 +38,10 @@ import numpy as np
 import tqdm.auto as tqdm
 
 from mcu_jax import evaluate, loops, parallel, train
+from mcu_jax import signals
 from mcu_jax.optim import make_optimizer
 from mcu_jax.preprocess import Preprocess, default_preprocess
-from mcu_jax.validation import InvalidArgument
+from mcu_jax.validation import InvalidArgument, check_positive
 
 PyTree = Any
 
@@ -112,10 +117,13 @@ def train_population(loss_fn: train.LossFn, init: Callable[[jax.Array], tuple[Py
                      data: dict, *, config: train.FitConfig, seeds: Sequence[int],
                      preprocess: Preprocess = default_preprocess, mesh=None,
                      vectorize: bool | None = None, progress: bool = False,
-                     desc: str = "population", store: MemberStore | None = None
-                     ) -> Population:
+                     desc: str = "population", store: MemberStore | None = None,
+                     chunk: int | None = None) -> Population:
   """Trains one member per seed from ``init(PRNGKey(seed))`` on ``data`` (see the module
-  docstring for the drivers). ``vectorize`` None follows the CPU policy."""
+  docstring for the drivers). ``vectorize`` None follows the CPU policy. Members the
+  ``store`` holds are loaded, only the others trained: the loop driver keeps each as it is
+  made; the vmapped one trains ``chunk`` members at a time (default: all missing ones) with
+  one compiled program and keeps each chunk before the next starts."""
   seeds = _check_seeds(seeds)
   mesh = parallel.make_mesh() if mesh is None else mesh
   steps = -(-int(data["labels"].shape[0]) // config.batch_size)
@@ -125,29 +133,41 @@ def train_population(loss_fn: train.LossFn, init: Callable[[jax.Array], tuple[Py
   held = [None if store is None else store.load(i, like) for i in range(len(seeds))]
   if all(h is not None for h in held):
     return Population.of([h[:2] for h in held], seeds, sum(h[2]["seconds"] for h in held))
-  states = [train.TrainState.create(params=p, model_state=s, tx=tx,
-                                    rng=jax.random.PRNGKey(seed + 1))
-            for seed in seeds for p, s in [init(jax.random.PRNGKey(seed))]]
+  missing = [i for i, h in enumerate(held) if h is None]
+  states = {i: train.TrainState.create(params=p, model_state=s, tx=tx,
+                                       rng=jax.random.PRNGKey(seeds[i] + 1))
+            for i in missing for p, s in [init(jax.random.PRNGKey(seeds[i]))]}
   data = parallel.replicate(dict(data), mesh)
   hint = f"lr = {config.lr:g} may be too large"
   if loops.resolve_vectorize(vectorize):
-    made = _vectorized(loss_fn, states, data, config, seeds, preprocess, mesh, progress, desc,
-                       hint)
-    for i in range(len(seeds)) if store is not None else ():
-      store.save(i, *made.member(i), {"seconds": made.seconds / len(seeds)})
-    return made
+    chunk = len(missing) if chunk is None else check_positive("chunk", chunk, integer=True)
+    compile_seconds, vepochs = 0.0, {}
+    for first in range(0, len(missing), chunk):
+      part = missing[first:first + chunk]
+      made = _vectorized(loss_fn, [states[i] for i in part], data, config,
+                         [seeds[i] for i in part], preprocess, mesh, progress, desc, hint,
+                         vepochs)
+      compile_seconds += made.compile_seconds
+      for j, i in enumerate(part):     # kept chunk by chunk: a rerun trains only the rest
+        held[i] = (*made.member(j), {"seconds": made.seconds / len(part)})
+        if store is not None:
+          store.save(i, *held[i])
+    return Population.of([h[:2] for h in held], seeds, sum(h[2]["seconds"] for h in held),
+                         compile_seconds)
   if config.batch_size % mesh.devices.size:
     raise InvalidArgument(f"batch_size: expected a multiple of the mesh's "
                           f"{mesh.devices.size} devices, got {config.batch_size}")
   epoch = train.make_epoch(loss_fn, config.batch_size, preprocess=preprocess,
                            batch_sharding=parallel.batch_sharding(mesh))
-  first = parallel.replicate(states[0], mesh)
+  first = parallel.replicate(states[missing[0]], mesh)
   epoch, compile_seconds = train.compile_ahead(epoch, first, data)
   members, seconds = [], 0.0
-  for i, state in enumerate(tqdm.tqdm(states, desc=desc, disable=not progress, leave=False)):
+  for i in tqdm.trange(len(seeds), desc=desc, disable=not progress, leave=False):
+    signals.check(f"{desc} member {i}")
     if held[i] is None:
-      state, history = train.fit(parallel.replicate(state, mesh), epoch, data, config.epochs,
-                                 progress=False, desc=f"{desc} member {i}", hint=hint)
+      state, history = train.fit(parallel.replicate(states[i], mesh), epoch, data,
+                                 config.epochs, progress=False, desc=f"{desc} member {i}",
+                                 hint=hint)
       held[i] = (state.params, state.model_state,
                  {"seconds": sum(h["seconds"] for h in history)})
       if store is not None:
@@ -157,19 +177,24 @@ def train_population(loss_fn: train.LossFn, init: Callable[[jax.Array], tuple[Py
   return Population.of(members, seeds, seconds, compile_seconds)
 
 
-def _vectorized(loss_fn, states, data, config, seeds, preprocess, mesh, progress, desc, hint):
-  """All members in one vmapped epoch, the population axis over the mesh when it divides."""
+def _vectorized(loss_fn, states, data, config, seeds, preprocess, mesh, progress, desc, hint,
+                vepochs):
+  """Members in one vmapped epoch, the population axis over the mesh when it divides;
+  ``vepochs`` keeps the compiled epoch per chunk size for the next chunks."""
   stacked = stack(states)
   n = len(seeds)
   spec = jax.sharding.PartitionSpec("data" if n % mesh.devices.size == 0 else None)
   stacked = jax.device_put(stacked, jax.sharding.NamedSharding(mesh, spec))
-  epoch = train.make_epoch(loss_fn, config.batch_size, preprocess=preprocess, loop="scan")
-  vepoch = jax.jit(jax.vmap(epoch, in_axes=(0, None)), donate_argnums=(0,))
   start = time.perf_counter()
-  vepoch = vepoch.lower(stacked, data).compile()
+  if n not in vepochs:
+    epoch = train.make_epoch(loss_fn, config.batch_size, preprocess=preprocess, loop="scan")
+    vepoch = jax.jit(jax.vmap(epoch, in_axes=(0, None)), donate_argnums=(0,))
+    vepochs[n] = vepoch.lower(stacked, data).compile()
+  vepoch = vepochs[n]
   compile_seconds = time.perf_counter() - start
   seconds = 0.0
   for e in tqdm.trange(config.epochs, desc=desc, disable=not progress, leave=False):
+    signals.check(f"{desc} epoch {e + 1}")
     start = time.perf_counter()
     stacked, metrics = vepoch(stacked, data)
     metrics = jax.device_get(metrics)
@@ -189,15 +214,16 @@ def unlearn_population(method: str, originals: Population, *, apply, train_set, 
   if len(seeds) != len(originals):
     raise InvalidArgument(f"seeds: expected {len(originals)} (one per original), got "
                           f"{len(seeds)}")
-  members, seconds, compile_seconds = [], 0.0, 0.0
+  members, seconds, compile_seconds, programs = [], 0.0, 0.0, {}
   for i in tqdm.trange(len(seeds), desc=method, disable=not progress, leave=False):
+    signals.check(f"{method} member {i}")
     params, model_state = originals.member(i)
     held = None if store is None else store.load(i, (params, model_state))
     if held is None:
       result = unlearn.run(method, apply=apply, params=params, model_state=model_state,
                            train=train_set, split=split, preprocess=preprocess, config=config,
                            rng=jax.random.PRNGKey(seeds[i]), progress=False, init=init,
-                           mesh=mesh)
+                           mesh=mesh, programs=programs)
       held = (result.params, result.model_state, {"seconds": result.rte_seconds})
       compile_seconds += result.compile_seconds
       if store is not None:
@@ -209,11 +235,15 @@ def unlearn_population(method: str, originals: Population, *, apply, train_set, 
 
 def mcu_population(apply, originals: Population, unlearned: Population, *, forget, retain,
                    test=None, seeds: Sequence[int], progress: bool = False,
-                   store: MemberStore | None = None, **options) -> Population:
+                   store: MemberStore | None = None, curve_store: MemberStore | None = None,
+                   **options) -> Population:
   """``unlearn_curve`` on every (theta_o, theta_p) pair, member i with ``seed=seeds[i]``;
   ``options`` are its keyword options. The members are the chosen points, BatchNorm
   recalibrated; ``Population.ts`` their t (a t on its window's bound is not warned about
-  member by member: ``ts`` shows it)."""
+  member by member: ``ts`` shows it). A member's info also keeps its sweep
+  (``SweepResult.to_dict``) and alignment targets, and ``curve_store`` (optional) its trained
+  controls (as params, with an empty model state), so that another t rule can be applied to
+  the same curves later."""
   from mcu_jax.api import unlearn_curve
   seeds = _check_seeds(seeds)
   if not len(originals) == len(unlearned) == len(seeds):
@@ -221,6 +251,7 @@ def mcu_population(apply, originals: Population, unlearned: Population, *, forge
                           f"({len(originals)}, {len(seeds)}), got {len(unlearned)}")
   members, seconds, ts = [], 0.0, []
   for i in tqdm.trange(len(seeds), desc="mcu", disable=not progress, leave=False):
+    signals.check(f"mcu member {i}")
     theta_o, model_state = originals.member(i)
     held = None if store is None else store.load(i, (theta_o, model_state))
     if held is None:
@@ -230,7 +261,12 @@ def mcu_population(apply, originals: Population, unlearned: Population, *, forge
                                retain=retain, test=test, model_state=model_state,
                                seed=seeds[i], **options)
       held = (result.params, result.model_state,   # the unlearning's seconds: mask and curve
-              {"seconds": result.seconds["mask"] + result.seconds["curve"], "t": result.t})
+              {"seconds": result.seconds["mask"] + result.seconds["curve"], "t": result.t,
+               "sweep": result.sweep.to_dict(),
+               "targets": {"retain": float(result.targets.retain),
+                           "forget": float(result.targets.forget)}})
+      if curve_store is not None:
+        curve_store.save(i, result.curve.controls, {}, {"seconds": 0.0, "t": result.t})
       if store is not None:
         store.save(i, *held)
     members.append(held[:2])

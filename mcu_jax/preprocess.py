@@ -1,15 +1,25 @@
-"""Preprocessing: what turns stored inputs into the float arrays a model sees.
+"""Preprocessing: what turns stored inputs into the arrays a model sees.
 
-A ``Preprocess`` is ``fn(key, inputs) -> float inputs``. Training calls it with a PRNG key
+A ``Preprocess`` is ``fn(key, inputs) -> model inputs``. Training calls it with a PRNG key
 (augmentation may use it); evaluation calls it with ``key=None`` (no randomness). Every
-function in mcu_jax that feeds a model takes one.
+function in mcu_jax that feeds a model takes one. Nothing is rescaled unless you say so:
 
-* ``default_preprocess``: uint8 -> float32 / 255; floating inputs pass unchanged (they are
-  never rescaled). The default everywhere.
-* ``normalize_uint8``: uint8 -> float32 / 255, and an error for anything else.
+==============  ====================================================================
+inputs          ``default_preprocess``
+==============  ====================================================================
+floating        passed unchanged (never rescaled)
+int8..int64,    passed unchanged: integer ids (tokens, buckets) reach the model as they
+uint16..uint64  are
+uint8           refused: pixels or ids? say which with ``preprocess=images`` (divided by
+                255) or ``preprocess=as_is`` (unchanged)
+bool, other     refused
+==============  ====================================================================
+
+* ``images`` (= ``normalize_uint8``): uint8 images -> float32 / 255; anything else raises.
+* ``as_is``: every dtype unchanged.
 * ``make_preprocess``: per-channel ``(x / 255 - mean) / std`` of uint8 NHWC images, with
   random crop and flip when given a key (``Preprocessor``, hashable so that jitted functions
-  reuse their compilation).
+  reuse their compilation). The command line's data sets are images and use it.
 
 ``random_crop`` and ``random_flip`` keep the dtype (uint8 in, uint8 out), so augmentation runs
 on the compact on-device data before the float conversion.
@@ -31,24 +41,33 @@ Preprocess = Callable[[jax.Array | None, jax.Array], jax.Array]
 def _require_uint8(inputs, who: str) -> None:
   if jnp.result_type(inputs) != jnp.uint8:
     raise InvalidArgument(f"{who} takes uint8 images (it divides by 255), got "
-                    f"{jnp.result_type(inputs)} inputs; float inputs are never rescaled: use "
-                    "default_preprocess, or a preprocess of your own")
+                          f"{jnp.result_type(inputs)} inputs; float inputs are never rescaled: "
+                          "use default_preprocess, or a preprocess of your own")
 
 
 def default_preprocess(key: jax.Array | None, inputs: jax.Array) -> jax.Array:
-  """uint8 inputs -> float32 in [0, 1]; floating inputs unchanged. Ignores ``key``.
+  """Floating inputs and integer ids unchanged; uint8 refused. Ignores ``key``.
 
-  Any other dtype raises InvalidArgument: an integer array could be pixels or token ids, and
-  guessing would be a silent wrong answer.
+  uint8 arrays are images as often as ids, and guessing would be a silent wrong answer either
+  way, so they raise ``InvalidArgument`` asking for ``images`` or ``as_is``.
   """
   del key
   dtype = jnp.result_type(inputs)
   if dtype == jnp.uint8:
-    return jnp.asarray(inputs).astype(jnp.float32) / 255.0
-  if jnp.issubdtype(dtype, jnp.floating):
+    raise InvalidArgument(
+        "inputs: uint8 arrays are images to divide by 255 or integer ids to pass unchanged; "
+        "say which with preprocess=mcu_jax.preprocess.images or "
+        "preprocess=mcu_jax.preprocess.as_is")
+  if jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.integer):
     return jnp.asarray(inputs)
-  raise InvalidArgument(f"inputs must be uint8 images or floating features, got {dtype}; pass a "
-                  "preprocess that maps them to floats")
+  raise InvalidArgument(f"inputs: expected floating features, integer ids or uint8 images, got "
+                        f"{dtype}; pass a preprocess that maps them to what the model takes")
+
+
+def as_is(key: jax.Array | None, inputs: jax.Array) -> jax.Array:
+  """Inputs of any dtype unchanged (uint8 ids, say). Ignores ``key``."""
+  del key
+  return jnp.asarray(inputs)
 
 
 def normalize_uint8(key: jax.Array | None, images: jax.Array) -> jax.Array:
@@ -56,6 +75,10 @@ def normalize_uint8(key: jax.Array | None, images: jax.Array) -> jax.Array:
   del key
   _require_uint8(images, "normalize_uint8")
   return jnp.asarray(images).astype(jnp.float32) / 255.0
+
+
+images = normalize_uint8
+"""uint8 images -> float32 in [0, 1] (``normalize_uint8``)."""
 
 
 def random_crop(key: jax.Array, images: jax.Array, padding: int) -> jax.Array:

@@ -284,46 +284,6 @@ def run_markdown(*, title: str, kind: str, forget_size: int, retain_size: int, m
 # Forgetting quality over populations.
 
 
-def forget_quality_markdown(scores: Mapping, sizes: Mapping, *, methods: Sequence[str], n: int,
-                            kind: str, forget_size: int) -> str:
-  """The markdown of ``mcu-jax forget-quality``: the scores table, the paired comparison of
-  base and MCU, and the populations' sizes and wall times."""
-  rows = []
-  for name in ["floor"] + [m for method in methods for m in (method, f"{method}+mcu")
-                           if m in scores]:
-    s = scores[name]
-    rows.append({"population": "retrain B (the floor)" if name == "floor" else name,
-                 "F": s["F"], "challenge score": s["challenge"], "LiRA AUC": s["lira_auc"],
-                 "TPR @ 1% FPR": s["lira_tpr_at_1pct_fpr"], "RA": s["retain_acc"],
-                 "TA": s["test_acc"], "FA": s["forget_acc"], "mean t": s.get("mean_t")})
-  lines = [
-      "# Forgetting quality over model populations", "",
-      f"{n} models per population, {kind} forgetting, |D_f| = {forget_size}. Every population "
-      "is scored against retrained population A: F is the NeurIPS 2023 unlearning challenge's "
-      "forgetting quality (1: indistinguishable on every forget example; two draws of the same "
-      "distribution score about 0.2 with these empirical rates, see the floor), the challenge "
-      "score F x RA_U/RA_R x TA_U/TA_R, and U-LiRA's ROC-AUC of telling the population's held-out "
-      "half from retrained models (0.5: indistinguishable). RA, TA, FA in percent, the mean "
-      "over the population, BatchNorm statistics recomputed on D_r.", "",
-      markdown_table(rows, list(rows[0]), floatfmt=".3f"), ""]
-  for method in methods:
-    paired = scores.get(f"{method}+mcu", {}).get("paired")
-    if paired:
-      lines.append(
-          f"{method} vs {method}+MCU, example by example: mean epsilon "
-          f"{paired['mean_eps_base']:.2f} -> {paired['mean_eps_mcu']:.2f}; MCU lower on "
-          f"{paired['mcu_lower']}, higher on "
-          f"{paired['mcu_higher']} of {paired['examples']} forget examples (Wilcoxon signed-rank "
-          f"p = {paired['wilcoxon_p']:.3g}).")
-  size_rows = [{"population": k, "models": v["models"], "wall s": v["wall_seconds"],
-                "training s": v["seconds"]} for k, v in sizes.items()]
-  lines += ["", "Populations (wall seconds of making each, compilation and for MCU the sweeps "
-            "included; training seconds: the unlearning itself):", "",
-            markdown_table(size_rows, list(size_rows[0]), floatfmt=".1f"), "",
-            "![per-example epsilon](forget_quality.png)", ""]
-  return "\n".join(lines)
-
-
 def plot_epsilons(scores: Mapping, methods: Sequence[str], path="forget_quality.png") -> str:
   """Per method, the empirical distribution (ECDF) of the per-example epsilon of the base
   population, the MCU population and the retrain-vs-retrain floor (lower is better)."""
@@ -349,4 +309,4 @@ def plot_epsilons(scores: Mapping, methods: Sequence[str], path="forget_quality.
 
 __all__ = ["to_jsonable", "write_json", "read_json", "write_text", "write_markdown",
            "markdown_table", "plot_sweep", "plot_methods", "run_markdown", "atomic_write",
-           "forget_quality_markdown", "plot_epsilons"]
+           "plot_epsilons"]

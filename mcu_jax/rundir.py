@@ -9,9 +9,12 @@
 
 Every record carries its provenance: the digest of the configuration keys its stage reads and
 the digests of the records it was made from, so a stage whose inputs changed is stale whatever
-touched them. Every write goes through this class: process 0 of a multi-host run writes, all
-processes wait for it (``parallel.sync``), and the first write takes the directory's lock, so
-a finished run can be read (and reported) from read-only media without taking it.
+touched them. It lists its outputs too, file by file with their sizes (``RunDir.inventory``),
+so a stage whose outputs were deleted or truncated is not done either (``RunDir.damage``).
+Every write goes through this class: process 0 of a multi-host run writes, all processes wait
+for it (``parallel.sync``), and the first write takes the directory's lock, so a finished run
+can be read (and reported) from read-only media without taking it. OS errors name the full
+path, not the bare file name that shutil and orbax give.
 """
 from __future__ import annotations
 
@@ -21,6 +24,8 @@ import hashlib
 import json
 import os
 import shutil
+import sys
+import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
@@ -75,6 +80,27 @@ class Stage:
         o.endswith("ckpt") and o not in self.keeps and (run.path / o).is_dir()
         and any((run.path / o).iterdir()) for o in self.outputs)
 
+  @property
+  def products(self) -> tuple[str, ...]:
+    """Its outputs but its checkpoints: what its record lists and ``begin`` removes."""
+    return tuple(o for o in self.outputs if not o.endswith("ckpt"))
+
+  def kept(self, run_dir: str | os.PathLike) -> str:
+    """What an interrupted run of it kept to continue from, in words."""
+    for output in self.outputs:
+      if not output.endswith("ckpt"):
+        continue
+      directory = Path(run_dir) / output
+      if output in self.keeps:
+        members = len(list(directory.glob("*/*.json"))) if directory.is_dir() else 0
+        return f"kept: {members} finished population member(s) in {directory}"
+      steps = [int(p.name) for p in directory.iterdir()
+               if p.name.isdigit()] if directory.is_dir() else []
+      if steps:
+        return f"last checkpoint kept: epoch {max(steps)} in {directory}"
+      return f"no epoch had finished, so no checkpoint was kept in {directory}"
+    return "it keeps no checkpoint and restarts from its beginning"
+
 
 def nonfinite_paths(value: Any, path: str = "record") -> list[str]:
   """The paths (``record.a.b[3]``) of the NaN or infinite numbers in a record: floats, NumPy
@@ -96,6 +122,35 @@ def downstream(stages: Sequence[Stage], record: str) -> tuple[str, ...]:
   for stage in stages:       # stages are in order: a stage's needs come before it
     if record in stage.needs or found & set(stage.needs):
       found.add(stage.record)
+  return tuple(s.record for s in stages if s.record in found)
+
+
+def _with_path(error: OSError, path) -> OSError:
+  """``error`` naming ``path`` in full (shutil and orbax name bare file names)."""
+  return type(error)(error.errno, error.strerror or str(error), str(Path(path).absolute()))
+
+
+def _rmtree(path: Path) -> None:
+  def raise_with_path(function, name, info):
+    error = info if isinstance(info, BaseException) else info[1]
+    if isinstance(error, OSError):
+      raise _with_path(error, name) from None
+    raise error
+  if sys.version_info >= (3, 12):
+    shutil.rmtree(path, onexc=raise_with_path)
+  else:
+    shutil.rmtree(path, onerror=raise_with_path)
+
+
+def upstream(stages: Sequence[Stage], record: str) -> tuple[str, ...]:
+  """The records ``record`` is made from, directly or not, in stage order."""
+  by_record = {s.record: s for s in stages}
+  found, todo = set(), [record]
+  while todo:
+    for need in by_record[todo.pop()].needs:
+      if need in by_record and need not in found:
+        found.add(need)
+        todo.append(need)
   return tuple(s.record for s in stages if s.record in found)
 
 
@@ -199,7 +254,18 @@ class RunDir:
   def save_tree(self, relative: str, tree: PyTree) -> str:
     """Saves ``tree`` under ``relative`` (orbax, atomic); returns its ``tree_digest``."""
     self.acquire()
-    checkpoint.save_tree(self.path / relative, tree, force=True)
+    target = self.path / relative
+    try:        # orbax fails in a thread, with a page of log, where it cannot write: ask first
+      target.parent.mkdir(parents=True, exist_ok=True)
+      os.rmdir(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    except OSError as e:
+      raise _with_path(e, target.parent) from None
+    try:
+      checkpoint.save_tree(target, tree, force=True)
+    except OSError as e:
+      if e.filename and Path(e.filename).is_absolute():
+        raise
+      raise _with_path(e, target / e.filename if e.filename else target) from None
     return checkpoint.tree_digest(tree)
 
   def load_tree(self, relative: str, like: PyTree, expected_digest: str | None) -> PyTree:
@@ -223,12 +289,41 @@ class RunDir:
         self.acquire()
       for relative in present:
         target = self.path / relative
-        shutil.rmtree(target) if target.is_dir() else target.unlink()
+        _rmtree(target) if target.is_dir() else target.unlink()
         parent = target.parent
         while parent != self.path and parent.is_dir() and not any(parent.iterdir()):
           parent.rmdir()           # a stage's directory goes with its last output
           parent = parent.parent
     parallel.sync(f"removed {relatives}")
+
+  # ---- the outputs a record lists
+
+  def inventory(self, relatives: Iterable[str]) -> dict[str, int]:
+    """{file relative to the run directory: size in bytes} of the files and directories
+    ``relatives`` that exist, every file of a directory listed."""
+    out = {}
+    for relative in relatives:
+      path = self.path / relative
+      if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file())
+      else:
+        files = [path] if path.is_file() else []
+      out.update({str(f.relative_to(self.path)): f.stat().st_size for f in files})
+    return out
+
+  def damage(self, inventory: dict[str, int]) -> str | None:
+    """The first file of ``inventory`` that is missing or has another size, in words, or
+    None when every one is there (the digests are checked when they are loaded)."""
+    for relative, size in inventory.items():
+      path = self.path / relative
+      if not path.is_file():
+        while not path.parent.exists() and path.parent != self.path:
+          path = path.parent         # name the directory that went with it
+        return f"its output {path} is missing"
+      if path.stat().st_size != size:
+        return (f"its output {path} has {path.stat().st_size} bytes, not the {size} it was "
+                "written with (damaged)")
+    return None
 
   def copy_from(self, source: "RunDir", relatives: Iterable[str]) -> None:
     """Copies files and directories of another run directory into this one (process 0)."""
@@ -237,7 +332,7 @@ class RunDir:
       for relative in relatives:
         src, dst = source.path / relative, self.path / relative
         if dst.is_dir():
-          shutil.rmtree(dst)
+          _rmtree(dst)
         dst.parent.mkdir(parents=True, exist_ok=True)
         shutil.copytree(src, dst) if src.is_dir() else shutil.copy2(src, dst)
     parallel.sync(f"copied {list(relatives)}")
@@ -257,5 +352,5 @@ class RunDir:
     return checkpoint.Checkpointer(directory)
 
 
-__all__ = ["RunDir", "Stage", "StageError", "downstream", "config_section", "digest",
-           "nonfinite_paths"]
+__all__ = ["RunDir", "Stage", "StageError", "downstream", "upstream", "config_section",
+           "digest", "nonfinite_paths"]

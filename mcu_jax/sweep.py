@@ -23,11 +23,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from mcu_jax import batchnorm, choice, evaluate, loops
+from mcu_jax import signals
 from mcu_jax.beta import Targets
 from mcu_jax.curves import Curve, point
-from mcu_jax.models.adapters import Apply
+from mcu_jax.models.adapters import Apply, check_data
 from mcu_jax.preprocess import Preprocess, default_preprocess
-from mcu_jax.validation import InvalidArgument, check_pair, check_positive
+from mcu_jax.validation import InvalidArgument, NonFiniteError, check_pair, check_positive
 
 PyTree = Any
 
@@ -40,8 +41,7 @@ class SweepOptions:
     batch_size: inference batch size.
     recal_batch_size: batch size of the BatchNorm recalibration pass (the reference's loader
       uses 128).
-    preprocess: ``preprocess(None, inputs) -> float`` (evaluation: no key).
-    momentum: BatchNorm momentum, or None to infer it (``batchnorm.recalibrate_batch_stats``).
+    preprocess: ``preprocess(None, inputs) -> model inputs`` (evaluation: no key).
     chunk_size: how many t one vmapped call evaluates (None: all at once); giving it implies
       vmapping. The last chunk is padded by repeating its last t, so chunks compile once.
     vectorize: vmap over t (True), one t per call (False; same results), or None: the CPU
@@ -57,7 +57,6 @@ class SweepOptions:
   batch_size: int = 512
   recal_batch_size: int = 128
   preprocess: Preprocess = default_preprocess
-  momentum: float | None = None
   chunk_size: int | None = None
   vectorize: bool | None = None
   keep_states: bool = False
@@ -115,7 +114,7 @@ class SweepResult:
 
 
 def _evaluate_point(curve, t, t_prev, model_state, recal_inputs, sets, *, apply, batch_size,
-                    recal_batch_size, preprocess, momentum, mesh):
+                    recal_batch_size, preprocess, layout, mesh):
   """Everything the sweep reports for one t; traceable. With ``mesh``, every inference and
   recalibration batch is split over it (``evaluate.hits_and_loss``, ``batchnorm.recalibrated``)."""
   params = point(curve, t)
@@ -125,7 +124,7 @@ def _evaluate_point(curve, t, t_prev, model_state, recal_inputs, sets, *, apply,
   state = model_state
   if recal_inputs is not None:
     state = batchnorm.recalibrated(apply, params, model_state, recal_inputs, recal_batch_size,
-                                   preprocess, momentum, mesh=mesh)
+                                   preprocess, layout, mesh=mesh)
   metrics = {}
   for name, (inputs, labels) in sets.items():
     size = evaluate.inference_batch_size(batch_size, labels.shape[0], mesh)
@@ -134,7 +133,27 @@ def _evaluate_point(curve, t, t_prev, model_state, recal_inputs, sets, *, apply,
   return {"metrics": metrics, "step": jnp.sqrt(sq), "state": state}   # sums; divided later
 
 
-_STATIC = ("apply", "batch_size", "recal_batch_size", "preprocess", "momentum", "mesh")
+_STATIC = ("apply", "batch_size", "recal_batch_size", "preprocess", "layout", "mesh")
+
+
+def _is_key(x) -> bool:
+  return jnp.issubdtype(jnp.result_type(x), jax.dtypes.prng_key)
+
+
+def _on_host(out: dict, index, keep_states: bool) -> dict:
+  """``out``'s metrics as NumPy arrays sliced by ``index``; the states too when kept (key
+  leaves, which NumPy cannot hold, stay JAX arrays)."""
+  metrics = jax.tree.map(lambda x: index(np.asarray(x)), {k: v for k, v in out.items()
+                                                          if k != "state"})
+  state = None
+  if keep_states:
+    state = jax.tree.map(lambda x: index(x) if _is_key(x) else index(np.asarray(x)),
+                         out["state"])
+  return {**metrics, "state": state}
+
+
+def _concatenate(xs):
+  return jnp.concatenate(xs) if _is_key(xs[0]) else np.concatenate(xs)
 
 
 @functools.partial(jax.jit, static_argnames=_STATIC)
@@ -178,21 +197,23 @@ def sweep(curve: Curve, ts, apply: Apply, model_state: PyTree, sets: Mapping[str
   mesh = options.mesh
   # Without a mesh: device arrays on the default device. With one: replicated on the mesh.
   place = jnp.asarray if mesh is None else functools.partial(evaluate.on_mesh, mesh=mesh)
-  device_sets = {name: tuple(place(a) for a in check_pair(f"sets[{name!r}]", value))
-                 for name, value in sets.items()}
+  checked = {name: check_pair(f"sets[{name!r}]", value) for name, value in sets.items()}
+  check_data(apply, curve.start, model_state, checked, options.preprocess)
+  device_sets = {name: tuple(place(a) for a in pair) for name, pair in checked.items()}
+  layout = None
   if not jax.tree.leaves(model_state):
     recal_inputs = None
   elif recal_inputs is None or int(np.shape(recal_inputs)[0]) == 0:
     raise InvalidArgument("recal_inputs: a model with BatchNorm statistics needs a non-empty set "
                           "of inputs to recalibrate them on at every t")
   else:
-    batchnorm.variance_pairs(model_state)
+    layout = batchnorm.stats_layout(apply, curve.start, model_state, recal_inputs,
+                                    options.preprocess)
     recal_inputs = place(recal_inputs)
   curve, model_state = evaluate.on_mesh((curve, model_state), mesh)
   static = dict(apply=apply, batch_size=options.batch_size,
                 recal_batch_size=options.recal_batch_size, preprocess=options.preprocess,
-                momentum=None if options.momentum is None else float(options.momentum),
-                mesh=mesh)
+                layout=layout, mesh=mesh)
   vectorize = options.chunk_size is not None or loops.resolve_vectorize(options.vectorize)
   num = ts.size
   t_prevs = np.concatenate([ts[:1], ts[:-1]])
@@ -204,28 +225,27 @@ def sweep(curve: Curve, ts, apply: Apply, model_state: PyTree, sets: Mapping[str
   outputs = []
   for start in tqdm(range(0, num, size), desc="sweep", unit="chunk",
                     disable=not options.progress, leave=False):
+    signals.check(f"sweep point {start + 1} of {num}")
     stop = min(start + size, num)
     if not vectorize:
       out = _sweep_one(curve, as_t(ts[start]), as_t(t_prevs[start]), model_state, recal_inputs,
                        device_sets, **static)
-      out = jax.tree.map(lambda x: np.asarray(x)[None], out)
+      out = _on_host(out, lambda x: x[None], options.keep_states)
     else:
       pad = size - (stop - start)
       chunk_ts = np.concatenate([ts[start:stop], np.repeat(ts[stop - 1], pad)])
       chunk_prev = np.concatenate([t_prevs[start:stop], np.repeat(t_prevs[stop - 1], pad)])
       out = _sweep_chunk(curve, as_t(chunk_ts), as_t(chunk_prev), model_state, recal_inputs,
                          device_sets, **static)
-      out = jax.tree.map(lambda x: np.asarray(x)[:stop - start], out)
-    if not options.keep_states:
-      out = {**out, "state": None}
+      out = _on_host(out, lambda x: x[:stop - start], options.keep_states)
     outputs.append(out)
 
-  merged = jax.tree.map(lambda *xs: np.concatenate(xs), *outputs)
+  merged = jax.tree.map(lambda *xs: _concatenate(xs), *outputs)
   metrics = merged["metrics"]
   counts = {name: int(labels.shape[0]) for name, (_, labels) in device_sets.items()}
   steps = merged["step"].astype(np.float64)
   steps[0] = 0.0
-  return SweepResult(
+  result = SweepResult(
       ts=ts,
       accuracy={name: 100.0 * metrics[name][0].astype(np.float64) / counts[name]
                 for name in sets},
@@ -233,6 +253,19 @@ def sweep(curve: Curve, ts, apply: Apply, model_state: PyTree, sets: Mapping[str
       path_length=np.cumsum(steps),
       model_states=merged["state"] if options.keep_states else None,
   )
+  check_finite_sweep(result)
+  return result
+
+
+def check_finite_sweep(result: SweepResult) -> None:
+  """Raises ``NonFiniteError`` naming the first t, set and metric that is NaN or infinite: a
+  sweep with one is not a spectrum to choose from."""
+  for i, t in enumerate(result.ts):
+    for metric, values in (("accuracy", result.accuracy), ("loss", result.loss)):
+      for name, series in values.items():
+        if not np.isfinite(series[i]):
+          raise NonFiniteError(f"sweep: the {name} {metric} at t = {t:.4g} is {series[i]}; "
+                               "phi(t) or its recalibrated statistics are not finite there")
 
 
 def sweep_and_select(apply: Apply, curve: Curve, model_state: PyTree, *,
@@ -260,4 +293,4 @@ def sweep_and_select(apply: Apply, curve: Curve, model_state: PyTree, *,
   return result, chosen
 
 
-__all__ = ["SweepOptions", "SweepResult", "sweep", "sweep_and_select"]
+__all__ = ["SweepOptions", "SweepResult", "sweep", "sweep_and_select", "check_finite_sweep"]

@@ -30,7 +30,8 @@ layers hold one set of running statistics shared by all bends; those are returne
 own buffers (``coeff_layer.*``) and the other bends' tensors are ignored.
 
 torch is imported only to read ``.pt`` files (``pip install 'mcu_jax[torch]'``); state dicts of
-numpy arrays, and ``.npz`` files, need no torch.
+numpy arrays, and ``.npz`` files, need no torch. A SIGINT or SIGTERM recorded by
+``mcu_jax.signals`` stops the conversion between tensors, before anything is written.
 """
 from __future__ import annotations
 
@@ -44,7 +45,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mcu_jax import checkpoint
+from mcu_jax import checkpoint, signals
 from mcu_jax.models import get_model, init_model, preresnet, resnet, vgg
 
 PyTree = Any
@@ -201,6 +202,7 @@ def state_dict_to_flax(state_dict: Mapping[str, Any], model_name: str, num_class
   def fill(path, like):
     names_ = _path_names(path)
     key = lookup(torch_key(names_[1:]))  # names_[0] is the collection
+    signals.check(f"converting {key}")
     if key not in arrays:
       missing.append(f"{key} (expected shape {tuple(_unconvert_shape(names_[-1], like.shape))})")
       return None
@@ -328,10 +330,12 @@ def convert_file(path: str | os.PathLike, model_name: str, num_classes: int,
                      "command line, to overwrite)")
   _check_writable_parent(out)
   state_dict = load_state_dict_file(path)
+  signals.check(f"reading {path}")
   try:
     params, model_state = state_dict_to_flax(state_dict, model_name, num_classes,
                                              input_shape, bend=bend)
   except ValueError as e:
     raise ValueError(f"cannot convert {path}: {e}") from e
+  signals.check(f"converting {path}")
   checkpoint.save_tree(out, {"params": params, "model_state": model_state}, force=force)
   return str(out)

@@ -32,10 +32,12 @@ import jax.numpy as jnp
 import optax
 
 from mcu_jax import loops, objectives, parallel
+from mcu_jax import signals
 from mcu_jax.checkpoint import Checkpointer
+from mcu_jax.models.adapters import forward
 from mcu_jax.optim import OptimConfig, make_optimizer
 from mcu_jax.preprocess import Preprocess, default_preprocess
-from mcu_jax.validation import InvalidArgument, MCUError, check_number
+from mcu_jax.validation import InvalidArgument, NonFiniteError, check_number
 
 PyTree = Any
 LossFn = Callable[..., tuple[jax.Array, tuple[PyTree, dict]]]
@@ -78,10 +80,10 @@ class TrainState:
 
 
 def supervised_loss(apply) -> LossFn:
-  """Mean cross-entropy of the valid examples, with their accuracy (percent) as a metric."""
+  """Mean cross-entropy of the valid examples, with their accuracy (percent) as a metric. The
+  step's key is the model's (dropout)."""
   def loss_fn(params, model_state, batch, rng):
-    del rng
-    logits, new_state = apply(params, model_state, batch["images"], True)
+    logits, new_state = forward(apply, params, model_state, batch["images"], True, rng)
     ce = objectives.cross_entropy(logits, batch["labels"])
     loss = objectives.masked_mean(ce, batch["valid"])
     acc = 100.0 * objectives.masked_mean(objectives.correct(logits, batch["labels"]),
@@ -142,10 +144,6 @@ def epoch_means(metrics: dict) -> dict[str, float]:
   return out
 
 
-class NonFiniteError(MCUError, FloatingPointError):
-  """Training produced a NaN or an infinity; nothing of that epoch was kept."""
-
-
 def _finite(tree: PyTree) -> bool:
   leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(jnp.result_type(x), jnp.floating)]
   return bool(jax.device_get(jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves])))
@@ -190,6 +188,7 @@ def fit(state, epoch_fn: Callable, data: dict, num_epochs: int, *,
   bar = tqdm.tqdm(range(first, num_epochs), initial=first, total=num_epochs, desc=desc,
                   disable=not progress, leave=False, dynamic_ncols=True)
   for epoch in bar:
+    signals.check(f"{desc} epoch {epoch + 1}")
     start = time.perf_counter()
     state, metrics = epoch_fn(state, data)
     metrics = jax.device_get(metrics)  # waits for the epoch: the timing is honest
@@ -249,7 +248,8 @@ def train_model(loss_fn: LossFn, params: PyTree, model_state: PyTree, data: dict
                 penalty: Callable[[int], optax.GradientTransformation] | None = None,
                 evaluate: Callable[[TrainState], dict] | None = None,
                 checkpointer: Checkpointer | None = None, progress: bool = False,
-                desc: str = "train", loop: str = "auto") -> Trained:
+                desc: str = "train", loop: str = "auto", programs: dict | None = None
+                ) -> Trained:
   """``config.epochs`` epochs of ``loss_fn`` over ``data`` from (params, model_state).
 
   The data and the state are replicated on ``mesh`` (default: all devices) and every batch
@@ -257,20 +257,30 @@ def train_model(loss_fn: LossFn, params: PyTree, model_state: PyTree, data: dict
   the epochs' seconds. ``mask`` restricts what may move (``optim.masked``); ``penalty(steps
   per epoch)`` adds a regulariser's gradient (l1-sparse). ``evaluate(state)`` runs after each
   epoch (its values go into the history). With a ``checkpointer`` every epoch is saved and a
-  rerun resumes.
+  rerun resumes. ``programs``: a dict the caller keeps across calls that train the same kind
+  of loss with the same recipe (a population's members): the optimizer and the jitted epoch are
+  made on the first call and reused, so later calls trace and compile nothing (not with a
+  ``mask``, which the optimizer holds as constants).
   """
   mesh = parallel.make_mesh() if mesh is None else mesh
   if config.batch_size % mesh.devices.size:
     raise InvalidArgument(f"batch_size: expected a multiple of the mesh's {mesh.devices.size} "
                           f"devices, got {config.batch_size}")
   steps = -(-int(data["labels"].shape[0]) // config.batch_size)
-  tx = make_optimizer(config, epochs=config.epochs, steps_per_epoch=steps, mask=mask,
-                      penalty=None if penalty is None else penalty(steps))
+  key = (desc, getattr(loss_fn, "__code__", loss_fn), repr(config), steps, penalty is None,
+         preprocess, mesh, loop)
+  made = programs.get(key) if programs is not None and mask is None else None
+  if made is None:
+    made = (make_optimizer(config, epochs=config.epochs, steps_per_epoch=steps, mask=mask,
+                           penalty=None if penalty is None else penalty(steps)),
+            make_epoch(loss_fn, config.batch_size, preprocess=preprocess,
+                       batch_sharding=parallel.batch_sharding(mesh), loop=loop))
+    if programs is not None and mask is None:
+      programs[key] = made
+  tx, epoch = made
   data = parallel.replicate(dict(data), mesh)
   state = parallel.replicate(
       TrainState.create(params=params, model_state=model_state, tx=tx, rng=rng), mesh)
-  epoch = make_epoch(loss_fn, config.batch_size, preprocess=preprocess,
-                     batch_sharding=parallel.batch_sharding(mesh), loop=loop)
   epoch, compile_seconds = compile_ahead(epoch, state, data)
   state, history = fit(state, epoch, data, config.epochs, evaluate=evaluate,
                        checkpointer=checkpointer, desc=desc, progress=progress,

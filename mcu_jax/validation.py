@@ -28,6 +28,10 @@ class InvalidArgument(MCUError, ValueError, TypeError):
   """An argument the code cannot handle correctly; the message names it."""
 
 
+class NonFiniteError(MCUError, FloatingPointError):
+  """A computation produced a NaN or an infinity (training, a sweep); nothing of it was kept."""
+
+
 def fail(name: str, expected: str, got: Any, error: type = InvalidArgument) -> NoReturn:
   """Raises ``error("<name>: expected <expected>, got <got>")``."""
   raise error(f"{name}: expected {expected}, got {got!r}")
@@ -99,3 +103,36 @@ def check_pair(name: str, value: Any) -> tuple[np.ndarray | Any, np.ndarray | An
   if not np.issubdtype(dtype_of(labels), np.integer):
     fail(f"{name} labels", "integers", str(dtype_of(labels)))
   return inputs, labels
+
+
+def check_labels(name: str, labels, num_classes: int) -> None:
+  """Raises unless every label of ``labels`` (N,) is an integer in [0, num_classes), naming
+  ``name`` and the first bad index."""
+  values = np.asarray(labels)
+  bad = np.flatnonzero((values < 0) | (values >= num_classes))
+  if bad.size:
+    i = int(bad[0])
+    raise InvalidArgument(f"{name} labels: expected integers in [0, {num_classes}) (the model "
+                          f"has {num_classes} classes), got {values[i]} at index {i} "
+                          f"({bad.size} bad in all)")
+
+
+def check_finite_inputs(name: str, inputs) -> None:
+  """Raises unless floating ``inputs`` are all finite, naming the first bad example."""
+  if not np.issubdtype(dtype_of(inputs), np.floating):
+    return
+  values = np.asarray(inputs)
+  ok = np.isfinite(values.reshape(values.shape[0], -1)).all(axis=1)
+  if not ok.all():
+    i = int(np.flatnonzero(~ok)[0])
+    raise InvalidArgument(f"{name} inputs: expected finite values, got NaN or infinity in "
+                          f"example {i} ({int((~ok).sum())} such examples)")
+
+
+def check_finite_tree(name: str, tree) -> None:
+  """Raises unless every floating leaf of ``tree`` is finite, naming the first bad leaf."""
+  import jax
+  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    if np.issubdtype(dtype_of(leaf), np.floating) and not np.all(np.isfinite(np.asarray(leaf))):
+      raise InvalidArgument(f"{name}: expected finite parameters, got NaN or infinity in "
+                            f"{jax.tree_util.keystr(path)}")

@@ -9,10 +9,10 @@ import numpy as np
 
 from mcu_jax import beta as beta_lib
 from _tiny_curve import tiny_problem
-from mcu_jax import data, evaluate, loops, mcu, parallel, sweep, unlearn
+from mcu_jax import batchnorm, data, evaluate, loops, mcu, parallel, sweep, unlearn
 from mcu_jax.curves import Curve
 from mcu_jax.optim import OptimConfig
-from mcu_jax.preprocess import default_preprocess
+from mcu_jax.preprocess import normalize_uint8
 
 
 def main():
@@ -74,7 +74,7 @@ def unlearn_on_meshes(apply, params, model_state, single_mesh, mesh) -> dict:
                        10)
   split = data.random_forget_split(48, 0.25, seed=0)
   results = [unlearn.run("rl", apply=apply, params=params, model_state=model_state, train=train,
-                         split=split, preprocess=default_preprocess, rng=5, progress=False,
+                         split=split, preprocess=normalize_uint8, rng=5, progress=False,
                          config={"epochs": 1, "batch_size": 16, "lr": 0.05}, mesh=m)
              for m in (single_mesh, mesh)]
   one, four = results
@@ -102,7 +102,7 @@ def sweep_on_meshes(apply, start, end, model_state, single_mesh, mesh) -> dict:
   results = {}
   for name, m in (("one", single_mesh), ("four", mesh)):
     options = sweep.SweepOptions(batch_size=32, recal_batch_size=16, chunk_size=2,
-                                 keep_states=True, mesh=m)
+                                 keep_states=True, mesh=m, preprocess=normalize_uint8)
     results[name] = sweep.sweep(curve, ts, apply, model_state, sets, images[:50], options)
   one, four = results["one"], results["four"]
   out = {name: {k: _max_diff(getattr(one, name)[k], getattr(four, name)[k])
@@ -112,15 +112,16 @@ def sweep_on_meshes(apply, start, end, model_state, single_mesh, mesh) -> dict:
   out["accuracy_one"] = {k: v.tolist() for k, v in one.accuracy.items()}
 
   x = sets["test"][0]
-  logits = [evaluate.predict_logits(apply, start, model_state, x, 32, mesh=m)
+  logits = [evaluate.predict_logits(apply, start, model_state, x, 32, normalize_uint8, mesh=m)
             for m in (single_mesh, mesh)]
   out["logits_diff"] = _max_diff(*logits)
 
   # The program the 4-device sweep ran (lowered for the same arguments: the compilation is
   # cached). Its inputs are all replicated, so any all-reduce in it comes from batches split
   # by the sharding constraints.
-  static = dict(apply=apply, batch_size=32, recal_batch_size=16, preprocess=default_preprocess,
-                momentum=None)
+  layout = batchnorm.stats_layout(apply, curve.start, model_state, images[:50], normalize_uint8)
+  static = dict(apply=apply, batch_size=32, recal_batch_size=16, preprocess=normalize_uint8,
+                layout=layout)
   args = evaluate.on_mesh((curve, np.asarray(ts[:2], np.float32), np.asarray(ts[:2], np.float32),
                            model_state, images[:50],
                            {k: (jnp.asarray(a), jnp.asarray(b)) for k, (a, b) in sets.items()}),

@@ -46,6 +46,7 @@ def digits_original():
   import jax.numpy as jnp
   from mcu_jax import data, models, train
   from mcu_jax.optim import make_optimizer
+  from mcu_jax.preprocess import normalize_uint8
   tt = data.load_digits()
   module = models.get_model("small_cnn", 10, width=8)
   apply = models.from_linen(module)
@@ -55,7 +56,8 @@ def digits_original():
   opt = make_optimizer(SGD_COSINE, epochs=10, steps_per_epoch=steps)
   state = train.TrainState.create(params=params, model_state=model_state, tx=opt,
                                   rng=jax.random.PRNGKey(1))
-  state, _ = train.fit(state, train.make_epoch(train.supervised_loss(apply), 64),
+  state, _ = train.fit(state, train.make_epoch(train.supervised_loss(apply), 64,
+                                                preprocess=normalize_uint8),
                        arrays, 10, progress=False)
   return tt, module, apply, state
 

@@ -1,6 +1,6 @@
 """The fault matrix of the command line: bad input, broken files, signals, races, NaN.
 
-    python3 tests/fault_matrix.py [--out matrix.json] [--only NAME ...]
+    python3 tests/fault_matrix.py [--out matrix.json] [--only NAME ...] [--trials 20]
 
 Each case sets up a tiny digits run directory (a finished demo with small epochs, made once and
 copied), breaks something, runs ``mcu-jax`` as a user would, and sorts the outcome:
@@ -12,15 +12,28 @@ copied), breaks something, runs ``mcu-jax`` as a user would, and sorts the outco
   inputs or its model files, or holds a non-finite number.
 
 After every case the run directory is audited (``audit``): every record's provenance must match
-today's configuration and inputs, every saved model its digest, every number be finite. Not
-collected by pytest (the name does not start with test_); tests/test_cli.py holds one test per
-kind of fault. Prints a table and the totals; exits 1 if any case is not ok.
+today's configuration and inputs, every number be finite; a case may add checks of its own
+(a rebuilt model's digest, the words of its one line).
+
+Signal trials (``signal_trials``): SIGINT and SIGTERM (``--trials`` of each, 20 by default) at
+seeded random times across ``train``, ``curve``, ``sweep`` and ``forget-quality``, from
+0.15 s (JAX still importing) to the end of an uninterrupted run of the same command. A trial
+is ok when the command exits 130 or 143 with one ``mcu-jax:`` line and no traceback or
+"Exception ignored", and the command that line names (``... --resume``) then finishes with
+results bit-identical to the uninterrupted run's. Their exit codes, stderr and resume outcome are in the JSON
+(``signals``) and in a table per command and signal.
+
+Not collected by pytest (the name does not start with test_); tests/test_cli.py and
+tests/test_signals.py hold one test per kind of fault. Prints a table and the totals; exits 1
+if any case is not ok.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import random
+import re
 import shutil
 import signal
 import subprocess
@@ -214,9 +227,117 @@ def disk_cases():
           "corrupt newest checkpoint, resume": corrupt_newest_checkpoint}
 
 
-def run_killed(d: Path, sig=signal.SIGKILL, attempts: int = 3) -> subprocess.CompletedProcess:
-  """Starts 6 training epochs and sends ``sig`` once two epoch checkpoints exist (tried again
-  from scratch when the training finished before the signal could reach it)."""
+def _model_digest(path: Path) -> str:
+  from mcu_jax import checkpoint
+  return checkpoint.tree_digest(checkpoint.load_tree(path))
+
+
+def _expect_line(result, *parts) -> list[str]:
+  """A problem when the last command's one line lacks one of ``parts``."""
+  missing = [p for p in parts if p not in result.stderr]
+  return [f"its line lacks {missing}: {result.stderr.strip()[-200:]}"] if missing else []
+
+
+def issue_cases():
+  """The last silent seams: a done stage whose model is gone, numbers in YAML, a directory as
+  --config, a read-only model directory."""
+  def model_gone_run(d, b):
+    copy(b, d)
+    shutil.rmtree(d / "original" / "model")
+    result = mcu("run", "--run-dir", d, "--no-progress")
+    problems = []
+    if result.returncode == 0:
+      record = json.loads((d / "original.json").read_text())
+      if not (d / "original" / "model").is_dir():
+        problems.append("run exited 0 with original/model still missing")
+      elif _model_digest(d / "original" / "model") != record["model_digest"]:
+        problems.append("the rebuilt model does not match its record")
+      elif record["model_digest"] != json.loads((b / "original.json").read_text())[
+          "model_digest"]:
+        problems.append("the rebuilt model is not the one it replaces")
+    return True, [result], problems
+
+  def model_gone_stage(name, command, rebuilder):
+    def case(d, b):
+      copy(b, d)
+      shutil.rmtree(d / name)
+      result = mcu(command, "--run-dir", d, "--no-progress")
+      return False, [result], _expect_line(result, f"{d / name} is missing",
+                                           f"`mcu-jax {rebuilder} --run-dir {d}` rebuilds it")
+    return case
+
+  def numbers_in(suffix, text, key, value):
+    def case(d, b):
+      d.mkdir()
+      config = d / f"c{suffix}"
+      config.write_text(text)
+      result = mcu("train", "--config", config, "--run-dir", d / "run", "--no-progress",
+                   "--set", "train.epochs=1", "--set", "model_options={width: 4}")
+      problems = []
+      if result.returncode == 0:
+        saved = json.loads((d / "run" / "config.json").read_text())
+        for part in key.split("."):
+          saved = saved[part]
+        if saved != value or type(saved) is not float:
+          problems.append(f"{key} = {saved!r}, not {value!r}")
+      return True, [result], problems
+    return case
+
+  def directory_as_config(d, b):
+    d.mkdir()
+    result = mcu("run", "--config", d, "--run-dir", d / "run", *FAST)
+    problems = _expect_line(result, f"config file {d} is a directory")
+    if (d / "run").exists():
+      problems.append("a run directory was made")
+    return False, [result], problems
+
+  def read_only_model(d, b):
+    copy(b, d)
+    prefix = _no_permission_override()
+    model = d / "original" / "model"
+    for path in [model, *model.rglob("*")]:
+      path.chmod(path.stat().st_mode & ~0o222)
+    try:
+      result = subprocess.run([*prefix, sys.executable, "-m", "mcu_jax.cli", "train",
+                               "--run-dir", str(d), "--force", "--no-progress"], cwd=ROOT,
+                              env=ENV, capture_output=True, text=True, timeout=600)
+    finally:
+      for path in [model, *model.rglob("*")]:
+        path.chmod(path.stat().st_mode | 0o200)
+    return False, [result], _expect_line(result, "stage 'train'", f"Permission denied: {model}/")
+
+  yaml_numbers = ("train:\n  lr: 1e-3\ncurve:\n  lr: 1E-2\n  momentum: .5\n"
+                  "  beta_high: 5.\n")
+  return {"done stage, model gone: run rebuilds it": model_gone_run,
+          "done stage, model gone: report names it": model_gone_stage(
+              "original/model", "report", "train"),
+          "done stage, controls gone: sweep names them": model_gone_stage(
+              "curve/controls", "sweep", "curve"),
+          "config file: YAML 1e-3": numbers_in(".yaml", yaml_numbers, "train.lr", 1e-3),
+          "config file: YAML 1E-2": numbers_in(".yaml", yaml_numbers, "curve.lr", 1e-2),
+          "config file: YAML .5": numbers_in(".yaml", yaml_numbers, "curve.momentum", 0.5),
+          "config file: YAML 5.": numbers_in(".yaml", yaml_numbers, "curve.beta_high", 5.0),
+          "config file: TOML 1e-3": numbers_in(".toml", "[train]\nlr = 1e-3\n", "train.lr",
+                                               1e-3),
+          "config file: JSON 1E-3": numbers_in(".json", '{"train": {"lr": 1E-3}}', "train.lr",
+                                               1e-3),
+          "--config is a directory": directory_as_config,
+          "read-only model directory": read_only_model}
+
+
+def _no_permission_override() -> list[str]:
+  """A command prefix under which file permissions bind: root ignores them unless it drops
+  CAP_DAC_OVERRIDE."""
+  if os.geteuid() != 0:
+    return []
+  return ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--"]
+
+
+def run_killed(d: Path, sig=signal.SIGKILL, attempts: int = 3,
+               twice: bool = False) -> subprocess.CompletedProcess:
+  """Starts 6 training epochs and sends ``sig`` (``twice``: two of it, 50 ms apart) once two
+  epoch checkpoints exist (tried again from scratch when the training finished before the
+  signal could reach it)."""
   args = [sys.executable, "-m", "mcu_jax.cli", "train", "--run-dir", str(d), "--no-progress",
           "--set", "train.epochs=6", "--set", "model_options={width: 4}"]
   proc = subprocess.Popen(args, cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
@@ -230,9 +351,13 @@ def run_killed(d: Path, sig=signal.SIGKILL, attempts: int = 3) -> subprocess.Com
   if proc.poll() is not None:    # finished before the signal: no fault was injected
     shutil.rmtree(d, ignore_errors=True)
     if attempts > 1:
-      return run_killed(d, sig, attempts - 1)
+      return run_killed(d, sig, attempts - 1, twice)
     raise RuntimeError(f"training in {d} finished before it could be signalled")
   proc.send_signal(sig)
+  if twice:
+    time.sleep(0.05)
+    if proc.poll() is None:
+      proc.send_signal(sig)
   out, err = proc.communicate(timeout=120)
   return subprocess.CompletedProcess(args, proc.returncode, out, err)
 
@@ -264,7 +389,14 @@ def signal_cases():
       holder.wait()
     return False, [second]
 
-  return {"SIGINT during training": sigint, "SIGKILL then resume": sigkill_resume,
+  def sigterm(d, b):
+    return False, [run_killed(d, signal.SIGTERM)]
+
+  def sigint_twice(d, b):
+    return False, [run_killed(d, signal.SIGINT, twice=True)]
+
+  return {"SIGINT during training": sigint, "SIGTERM during training": sigterm,
+          "SIGINT twice during training": sigint_twice, "SIGKILL then resume": sigkill_resume,
           "two writers": two_writers}
 
 
@@ -293,29 +425,165 @@ def copy(base: Path, d: Path) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def classify(expect_success: bool, results, run_dir: Path) -> tuple[str, str]:
+def _noisy(stderr: str) -> bool:
+  return "Traceback" in stderr or "Exception ignored" in stderr
+
+
+def classify(expect_success: bool, results, run_dir: Path, problems=()) -> tuple[str, str]:
   last = results[-1]
-  problems = audit(run_dir) if run_dir.is_dir() else []
+  problems = [*problems, *(audit(run_dir) if run_dir.is_dir() else [])]
   if problems:
     return "wrong-done", "; ".join(problems)
   errors = [line for line in last.stderr.splitlines() if line.startswith("mcu-jax: error:")]
+  stops = [line for line in last.stderr.splitlines() if line.startswith("mcu-jax: interrupted")]
   if last.returncode == 0:
     return ("ok", "succeeded") if expect_success else ("silent", "exited 0")
   if expect_success:
     return "unclear", f"exit {last.returncode}: {(errors or last.stderr.splitlines()[-1:])}"
-  if "Traceback" in last.stderr or (len(errors) != 1 and last.returncode != 130):
+  if last.returncode in (130, 143):
+    if _noisy(last.stderr) or len(stops) != 1 or errors:
+      return "unclear", f"exit {last.returncode}: {last.stderr.strip()[-160:]}"
+    return "ok", stops[0][:160]
+  if _noisy(last.stderr) or len(errors) != 1:
     tail = last.stderr.strip().splitlines()[-1:] if last.stderr.strip() else ["(no output)"]
     return "unclear", f"exit {last.returncode}: {tail[0][:160]}"
-  return "ok", (errors[0] if errors else "interrupted")[:160]
+  return "ok", errors[0][:160]
+
+
+# ---------------------------------------------------------------------------------------------
+# Signals at random times, then --resume, against an uninterrupted run.
+
+
+def _same(record: dict, keys) -> dict:
+  return {k: record.get(k) for k in keys}
+
+
+# command -> (its arguments, the record it writes, what must be bit-identical, whether the
+# trial runs on a copy of the finished base run rather than an empty directory)
+SIGNAL_COMMANDS = {
+    "train": (["train", "--set", "train.epochs=6", "--set", "model_options={width: 4}"],
+              "original", lambda r: _same(r, ("model_digest", "train_acc", "test_acc")) | {
+                  "loss": [h["train_loss"] for h in r["history"]]}, False),
+    "curve": (["curve", "--force", "--set", "curve.epochs=4"], "curve",
+              lambda r: _same(r, ("controls_digest",)) | {
+                  "loss": [h["train_loss"] for h in r["history"]]}, True),
+    "sweep": (["sweep", "--force"], "sweep",
+              lambda r: _same(r, ("sweep", "chosen_t", "gap", "region")), True),
+    "forget-quality": (["forget-quality", "--models", "4"], "forget_quality",
+                       lambda r: _same(r, ("scores", "models", "methods")), True),
+}
+
+
+def _prepare(work: Path, base: Path, name: str, copied: bool) -> Path:
+  d = work / name
+  shutil.rmtree(d, ignore_errors=True)
+  if copied:
+    copy(base, d)
+  return d
+
+
+def _resume_args(args: list[str], said: list[str], d: Path) -> list[str]:
+  """What the user does next: the command the line names (``mcu-jax ... --resume``), the same
+  command again when nothing had started, else the command without ``--force``."""
+  quoted = re.search(r"`mcu-jax ([^`]*)`", said[0]) if len(said) == 1 else None
+  if quoted:
+    return quoted.group(1).split()
+  if said and "before any stage ran" in said[0]:
+    return [*args, "--run-dir", str(d)]
+  return [*(a for a in args if a != "--force"), "--run-dir", str(d), "--resume"]
+
+
+def signal_trials(work: Path, base: Path, trials: int, seed: int = 0) -> list[dict]:
+  """``trials`` SIGINTs and as many SIGTERMs, spread over the commands in turn, each at a
+  seeded random time within an uninterrupted run of its command (from 0.15 s: the ~50 ms
+  before the interpreter runs the command's first line are Python's own); each then
+  resumed."""
+  reference, seconds = {}, {}
+  for command, (args, record, same, copied) in SIGNAL_COMMANDS.items():
+    d = _prepare(work, base, f"reference-{command}", copied)
+    start = time.perf_counter()
+    done = mcu(*args, "--run-dir", d, "--no-progress")
+    seconds[command] = time.perf_counter() - start
+    if done.returncode != 0:
+      raise SystemExit(f"uninterrupted {command} failed: {done.stderr[-2000:]}")
+    reference[command] = same(json.loads((d / f"{record}.json").read_text()))
+    shutil.rmtree(d, ignore_errors=True)
+  rng = random.Random(seed)
+  rows, commands = [], list(SIGNAL_COMMANDS)
+  for i in range(2 * trials):
+    sig = (signal.SIGINT, signal.SIGTERM)[i % 2]
+    command = commands[(i // 2) % len(commands)]
+    args, record, same, copied = SIGNAL_COMMANDS[command]
+    d = _prepare(work, base, f"trial{i}", copied)
+    at, redraws = rng.uniform(0.15, 0.95 * seconds[command]), 0
+    while True:
+      proc = subprocess.Popen([sys.executable, "-m", "mcu_jax.cli", *args, "--run-dir", str(d),
+                               "--no-progress"], cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+      try:
+        proc.wait(timeout=at)
+      except subprocess.TimeoutExpired:
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=300)
+        break
+      proc.communicate()      # it finished first (a slower machine now): earlier, from scratch
+      d = _prepare(work, base, f"trial{i}", copied)
+      at, redraws = rng.uniform(0.15, at), redraws + 1
+    lines = [line for line in err.splitlines() if line.strip()]
+    said = [line for line in lines if line.startswith("mcu-jax:")]
+    resumed = mcu(*_resume_args(args, said, d), "--no-progress")
+    identical = None
+    if resumed.returncode == 0:
+      identical = same(json.loads((d / f"{record}.json").read_text())) == reference[command]
+    one_line = len(said) == 1 and not _noisy(err)
+    problems = audit(d)
+    if proc.returncode == 0:
+      outcome = "silent"
+    elif problems or identical is False:
+      outcome = "wrong-done"
+    elif proc.returncode == 128 + sig and one_line and identical:
+      outcome = "ok"
+    else:
+      outcome = "unclear"
+    rows.append({"signal": signal.Signals(sig).name, "command": command, "at_s": round(at, 2),
+                 "redraws": redraws, "exit": proc.returncode, "one_line": one_line,
+                 "stderr": err.strip()[-600:], "other_stderr_lines": len(lines) - len(said),
+                 "resume_exit": resumed.returncode, "bit_identical": identical,
+                 "audit": problems, "outcome": outcome})
+    print(f"{outcome:10s} {rows[-1]['signal']} at {at:6.2f} s: {command}: exit "
+          f"{proc.returncode}, resume {resumed.returncode}, identical {identical}: "
+          f"{(said or lines or ['(no output)'])[-1][:110]}", flush=True)
+    shutil.rmtree(d, ignore_errors=True)
+  return rows
+
+
+def signal_table(rows: list[dict]) -> str:
+  """Per command and signal: trials, exit codes, one line, resumed bit-identically."""
+  out = ["| command | signal | trials | exit codes | one line | resume bit-identical |",
+         "|---|---|---|---|---|---|"]
+  for command in SIGNAL_COMMANDS:
+    for name in ("SIGINT", "SIGTERM"):
+      group = [r for r in rows if r["command"] == command and r["signal"] == name]
+      if not group:
+        continue
+      codes = ", ".join(f"{c} x{n}" for c, n in sorted(
+          {r["exit"]: sum(x["exit"] == r["exit"] for x in group) for r in group}.items()))
+      out.append(f"| {command} | {name} | {len(group)} | {codes} | "
+                 f"{sum(r['one_line'] for r in group)}/{len(group)} | "
+                 f"{sum(bool(r['bit_identical']) for r in group)}/{len(group)} |")
+  return "\n".join(out)
 
 
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--out", type=Path)
   parser.add_argument("--only", nargs="*", default=None, help="substrings of case names")
+  parser.add_argument("--trials", type=int, default=20,
+                      help="random-time SIGINTs, and as many SIGTERMs (0: none)")
+  parser.add_argument("--seed", type=int, default=0, help="of the signal times")
   args = parser.parse_args(argv)
   cases = {**config_cases(), **stage_cases(), **disk_cases(), **signal_cases(),
-           **import_cases()}
+           **import_cases(), **issue_cases()}
   if args.only:
     cases = {k: v for k, v in cases.items() if any(s in k for s in args.only)}
   work = Path(tempfile.mkdtemp(prefix="fault-matrix-"))
@@ -327,16 +595,24 @@ def main(argv=None) -> int:
   for i, (name, case) in enumerate(cases.items()):
     run_dir = work / f"case{i}"
     start = time.perf_counter()
-    expect, results = case(run_dir, base)
-    outcome, detail = classify(expect, results, run_dir)
+    expect, results, *problems = case(run_dir, base)
+    outcome, detail = classify(expect, results, run_dir, *problems)
     rows.append({"case": name, "outcome": outcome, "detail": detail,
                  "seconds": round(time.perf_counter() - start, 1)})
     print(f"{outcome:10s} {name}: {detail}", flush=True)
+  trials = signal_trials(work, base, args.trials, args.seed) if args.trials else []
+  rows += [{"case": f"{t['signal']} at {t['at_s']} s: {t['command']}", "outcome": t["outcome"],
+            "detail": f"exit {t['exit']}, resume {t['resume_exit']}, identical "
+                      f"{t['bit_identical']}"} for t in trials]
   totals = {k: sum(r["outcome"] == k for r in rows) for k in
             ("ok", "unclear", "silent", "wrong-done")}
+  if trials:
+    print("\n" + signal_table(trials))
   print(f"\n{len(rows)} cases: " + ", ".join(f"{v} {k}" for k, v in totals.items()))
   if args.out:
-    args.out.write_text(json.dumps({"rows": rows, "totals": totals}, indent=2) + "\n")
+    args.out.write_text(json.dumps({"rows": rows, "totals": totals, "signals": trials,
+                                    "signal_table": signal_table(trials) if trials else ""},
+                                   indent=2) + "\n")
   shutil.rmtree(work, ignore_errors=True)
   return 0 if totals["ok"] == len(rows) else 1
 

@@ -142,7 +142,7 @@ def test_with_precision_computes_in_bfloat16_with_float32_params():
   assert not np.array_equal(out, (X @ np.ones((5, 3), np.float32)).astype(np.float32))
   with pytest.raises(InvalidArgument, match="precision: expected one of 'fp32', 'bf16'"):
     models.with_precision(apply, "fp16")
-  with pytest.raises(InvalidArgument, match="needs an apply from models.from_linen"):
+  with pytest.raises(InvalidArgument, match="needs an apply from a models.from_\* adapter"):
     models.with_precision(lambda p, s, x, t: (x, s), "bf16")
 
 
@@ -165,3 +165,105 @@ def test_check_model_state():
   flat = lambda p, s, x, t: (jnp.zeros((3,)), s)
   with pytest.raises(InvalidArgument, match=r"logits of shape \(batch, num_classes\)"):
     models.check_model_state(flat, variables["params"], state, X)
+
+
+# ---------------------------------------------------------------------------------------------
+# Randomness: a fresh key at every training step, derived from the seed; inference without.
+
+import _adapter_models as am   # noqa: E402
+from mcu_jax import evaluate, mcu  # noqa: E402
+from mcu_jax.curves import Curve  # noqa: E402
+from mcu_jax.optim import OptimConfig  # noqa: E402
+
+
+def _case(library, dropout):
+  if library in ("haiku", "equinox"):
+    pytest.importorskip(library, reason=f"{library} is not installed "
+                        f"(pip install -e '.[{library}]')")
+  return am.build(library, dropout=dropout)
+
+
+def _stepper(case):
+  """``losses(seed)``: the losses of three curve steps on the same batch with theta_o =
+  theta_p (t changes nothing) and a learning rate too small to move anything: they differ
+  only by the dropout masks. One trainer, so one compilation."""
+  curve = Curve.from_endpoints(case.params, case.params)
+  trainer = mcu.CurveTrainer(case.apply, curve, optimizer=OptimConfig(lr=1e-12, momentum=0.0),
+                             beta=0.0, batch_size=8)
+  batch = {"images": jnp.asarray(np.tile(X, (2, 1))[:8]), "labels": jnp.arange(8) % 3,
+           "is_forget": jnp.zeros(8, bool)}
+
+  def losses(seed):
+    state = trainer.init(case.state, jax.random.PRNGKey(seed))
+    out = []
+    for _ in range(3):
+      state, metrics = trainer.step(state, batch)
+      out.append(float(metrics["loss"]))
+    return out
+  return losses
+
+
+@pytest.mark.parametrize("library", am.LIBRARIES)
+def test_dropout_draws_a_fresh_mask_at_every_step_reproducibly(library):
+  case = _case(library, dropout=0.5)
+  losses = _stepper(case)
+  first = losses(0)
+  assert len(set(first)) == 3, first                     # a new key at every step
+  assert losses(0) == first                               # the same seed, the same masks
+  assert losses(1) != first                               # another seed, other masks
+  quiet = _stepper(_case(library, dropout=0.0))(0)
+  np.testing.assert_allclose(quiet, quiet[0], rtol=1e-6)  # without dropout: no randomness
+  # Inference is deterministic.
+  x = np.tile(X, (2, 1))
+  a = evaluate.predict_logits(case.apply, case.params, case.state, x)
+  b = evaluate.predict_logits(case.apply, case.params, case.state, x)
+  np.testing.assert_array_equal(a, b)
+
+
+def test_from_function_feeds_rng_to_a_function_that_takes_it():
+  seen = []
+
+  def noisy(params, x, rng=None):
+    seen.append(rng is None)
+    if rng is None:
+      return x @ params
+    return x @ params * jax.random.bernoulli(rng, 0.5, (x.shape[0], 1))
+  apply = models.from_function(noisy)
+  w = np.ones((5, 3), np.float32)
+  train_a, _ = apply(w, {}, X, True, rng=jax.random.PRNGKey(0))
+  train_b, _ = apply(w, {}, X, True, rng=jax.random.PRNGKey(1))
+  assert not np.array_equal(np.asarray(train_a), np.asarray(train_b))
+  np.testing.assert_allclose(apply(w, {}, X, False)[0], X @ w, rtol=1e-6)
+  assert seen == [False, False, True]                    # inference: rng=None
+
+
+class NeedsNoise(nn.Module):
+  @nn.compact
+  def __call__(self, x, train=False):
+    if train:
+      x = x + jax.random.normal(self.make_rng("noise"), x.shape)
+    return nn.Dense(3)(x)
+
+
+def test_linen_rng_streams_other_than_dropout_are_named_or_refused():
+  module = NeedsNoise()
+  params = module.init(jax.random.key(0), X)["params"]
+  with pytest.raises(InvalidArgument, match=r"needs an RNG stream mcu_jax does not feed.*"
+                                            r"from_linen\(module, rngs=\(...\)\)"):
+    models.from_linen(module)(params, {}, X, True, rng=jax.random.PRNGKey(0))
+  apply = models.from_linen(module, rngs=("noise",))
+  a, _ = apply(params, {}, X, True, rng=jax.random.PRNGKey(0))
+  b, _ = apply(params, {}, X, True, rng=jax.random.PRNGKey(1))
+  assert not np.array_equal(np.asarray(a), np.asarray(b))
+  with pytest.raises(InvalidArgument, match="rngs: expected a tuple"):
+    models.from_linen(module, rngs="noise")
+
+
+def test_nnx_rng_state_stays_keys_through_a_training_step():
+  case = am.build("nnx", dropout=0.5)
+  _, new_state = case.apply(case.params, case.state, jnp.asarray(X), True,
+                            rng=jax.random.PRNGKey(0))
+  keys = [x for x in jax.tree.leaves(new_state)
+          if jnp.issubdtype(x.dtype, jax.dtypes.prng_key)]
+  assert len(keys) == 1
+  chex.assert_trees_all_equal_structs(new_state, case.state)

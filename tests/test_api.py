@@ -179,7 +179,7 @@ def linen_result(digits):
                           train=True, mutable=["batch_stats"])
   result = mcu_jax.unlearn_curve(models.from_linen(module), theta_o, theta_p,
                                  model_state={"batch_stats": state["batch_stats"]},
-                                 scenario="class",
+                                 scenario="class", preprocess=mcu_jax.preprocess.images,
                                  **sets(digits, digits["images"], digits["test_images"]), **FAST)
   return module, theta_o, theta_p, result
 
@@ -289,7 +289,8 @@ def test_bad_calls_name_the_argument(digits, function_models):
 def test_linen_state_convention_is_checked(digits, linen_result):
   module, theta_o, theta_p, result = linen_result
   apply = models.from_linen(module)
-  kw = sets(digits, digits["images"], digits["test_images"])
+  kw = dict(sets(digits, digits["images"], digits["test_images"]),
+            preprocess=mcu_jax.preprocess.images)
   with pytest.raises(InvalidArgument, match=r"model_state does not fit LinenCNN.*Expected the "
                                             r"module's non-'params' collections as a dict"):
     mcu_jax.unlearn_curve(apply, theta_o, theta_p,
@@ -298,3 +299,150 @@ def test_linen_state_convention_is_checked(digits, linen_result):
     mcu_jax.unlearn_curve(apply, theta_o, theta_p,
                           model_state={"params": theta_o, **result.model_state}, **kw)
 
+
+
+def _no_training(monkeypatch):
+  """Makes any mask computation or curve training fail the test: refusals come first."""
+  def boom(*args, **kwargs):
+    raise AssertionError("training ran before the bad input was refused")
+  monkeypatch.setattr(mcu_jax.masks, "compute_mask", boom)
+  monkeypatch.setattr(mcu_jax.mcu, "train_curve", boom)
+
+
+@pytest.mark.parametrize("change, match", [
+    (lambda kw: {"forget": (kw["forget"][0], np.where(np.arange(len(kw["forget"][1])) == 5, 10,
+                                                      kw["forget"][1]))},
+     r"forget labels: expected integers in \[0, 10\) \(the model has 10 classes\), got 10 at "
+     r"index 5"),
+    (lambda kw: {"retain": (kw["retain"][0], np.where(np.arange(len(kw["retain"][1])) == 7, -1,
+                                                      kw["retain"][1]))},
+     r"retain labels: expected integers in \[0, 10\) .*got -1 at index 7"),
+    (lambda kw: {"test": (np.where(np.arange(len(kw["test"][1]))[:, None] == 2, np.nan,
+                                   kw["test"][0]), kw["test"][1])},
+     "test inputs: expected finite values, got NaN or infinity in example 2"),
+])
+def test_bad_data_is_refused_before_any_training(digits, function_models, monkeypatch, change,
+                                                 match):
+  theta_o, theta_p = function_models
+  kw = sets(digits, digits["features"], digits["test_features"])
+  _no_training(monkeypatch)
+  with pytest.raises(InvalidArgument, match=match):
+    mcu_jax.unlearn_curve(models.from_function(mlp), theta_o, theta_p, **{**kw, **change(kw)})
+
+
+def test_non_finite_parameters_and_uint8_are_refused_before_any_training(digits,
+                                                                        function_models,
+                                                                        monkeypatch):
+  theta_o, theta_p = function_models
+  kw = sets(digits, digits["features"], digits["test_features"])
+  apply = models.from_function(mlp)
+  _no_training(monkeypatch)
+  with pytest.raises(InvalidArgument, match=r"theta_o: expected finite parameters, got NaN or "
+                                            r"infinity in \['b1'\]"):
+    mcu_jax.unlearn_curve(apply, {**theta_o, "b1": theta_o["b1"].at[3].set(np.nan)}, theta_p,
+                          **kw)
+  with pytest.raises(InvalidArgument, match=r"theta_p: expected finite parameters"):
+    mcu_jax.unlearn_curve(apply, theta_o, {**theta_p, "w2": theta_p["w2"] * np.inf}, **kw)
+  as_uint8 = sets(digits, digits["images"].reshape(-1, 64), digits["test_images"].reshape(-1, 64))
+  with pytest.raises(InvalidArgument, match="inputs: uint8 arrays are images to divide by 255 "
+                                            "or integer ids"):
+    mcu_jax.unlearn_curve(apply, theta_o, theta_p, **as_uint8)
+
+
+def bag_of_ids(params, ids):
+  """A user's model over integer ids (tokens, buckets): an embedding per position, summed,
+  then a dense layer."""
+  return jnp.sum(params["emb"][jnp.arange(ids.shape[1]), ids], axis=1) @ params["w"]
+
+
+def test_integer_ids_reach_the_model_unchanged(digits):
+  """Digit pixels as ids (17 levels stored as uint8 0..255 by load_digits): uint8 ids with
+  preprocess=as_is and int32 ids with the default give the accuracy of the raw ids, in NumPy."""
+  rng = np.random.default_rng(0)
+  ids = digits["images"].reshape(-1, 64)                        # uint8, (N, 64)
+  test_ids = digits["test_images"].reshape(-1, 64)
+  y, f = digits["labels"], digits["forget"]
+  theta = {"emb": jnp.asarray(rng.normal(size=(64, 256, 4)) * 0.1, jnp.float32),
+           "w": jnp.asarray(rng.normal(size=(4, 10)) * 0.1, jnp.float32)}
+  theta = fit(lambda p: ce(bag_of_ids(p, ids), y), theta, 100, 0.5)
+
+  def np_logits(params, x):
+    emb, w = np.asarray(params["emb"], np.float64), np.asarray(params["w"], np.float64)
+    return emb[np.arange(x.shape[1]), np.asarray(x, np.int64)].sum(axis=1) @ w
+  kw = dict(targets=mcu_jax.Targets(retain=95.0, forget=0.0), train=False, mask=False,
+            points=4, t_search=(0.5, 1.0))
+  for inputs, test_inputs, extra in ((ids, test_ids, {"preprocess": mcu_jax.preprocess.as_is}),
+                                     (ids.astype(np.int32), test_ids.astype(np.int32), {})):
+    data_sets = dict(forget=(inputs[f], y[f]), retain=(inputs[~f], y[~f]),
+                     test=(test_inputs, digits["test_labels"]))
+    import warnings
+    with warnings.catch_warnings():
+      warnings.simplefilter("ignore")          # t at the window's bound: not the point here
+      result = mcu_jax.unlearn_curve(models.from_function(bag_of_ids), theta, theta, **kw,
+                                     **data_sets, **extra)
+    for name, (x, labels) in data_sets.items():
+      assert result.metrics[f"{name}_acc"] == pytest.approx(
+          np_accuracy(np_logits(result.params, x), labels), abs=1e-9)
+    assert result.metrics["retain_acc"] > 50.0   # far from chance: the ids were not rescaled
+
+
+def test_theta_o_near_chance_is_warned_about(digits):
+  """A theta_o that does not fit its inputs (here: untrained) makes targets that mean
+  nothing: warned about, with the rule's numbers."""
+  rng = np.random.default_rng(0)
+  theta = {"w1": jnp.asarray(rng.normal(size=(64, 32)) * 0.01, jnp.float32),
+           "b1": jnp.zeros(32), "w2": jnp.asarray(rng.normal(size=(32, 10)) * 0.01, jnp.float32),
+           "b2": jnp.zeros(10)}
+  kw = sets(digits, digits["features"], digits["test_features"])
+  with pytest.warns(UserWarning, match=r"theta_o's accuracy on D_f \+ D_r is \d+\.\d %, near "
+                                       r"chance \(10\.0 % for 10 classes\)"):
+    mcu_jax.unlearn_curve(models.from_function(mlp), theta, theta, train=False, mask=False,
+                          points=4, scenario="class", **kw)
+
+
+# ---------------------------------------------------------- every library: BN, dropout, exact
+
+import _adapter_models as am  # noqa: E402
+
+
+@pytest.mark.parametrize("library", am.LIBRARIES)
+def test_every_library_with_batchnorm_and_dropout_is_exact(digits, library):
+  """theta_o and theta_p of a model with two BatchNorms and dropout in each JAX library;
+  the one call's metrics and the returned statistics recomputed in NumPy float64."""
+  if library in ("haiku", "equinox"):
+    pytest.importorskip(library, reason=f"{library} is not installed")
+  from mcu_jax import train
+  case = am.build(library, sizes=(64, 32, 16, 10), dropout=0.2)
+  x, y, f = digits["features"], digits["labels"], digits["forget"]
+  config = train.FitConfig(lr=0.1, momentum=0.9, epochs=8, batch_size=64)
+  original = train.train_model(train.supervised_loss(case.apply), case.params, case.state,
+                               {"images": x, "labels": y}, config=config,
+                               rng=jax.random.PRNGKey(1)).state
+  relabeled = np.where(f, (y + 1) % 10, y)
+  pre = train.train_model(train.supervised_loss(case.apply), original.params,
+                          original.model_state, {"images": x, "labels": relabeled},
+                          config=train.FitConfig(lr=0.05, momentum=0.9, epochs=2, batch_size=64),
+                          rng=jax.random.PRNGKey(2)).state
+  kw = sets(digits, x, digits["test_features"])
+  result = mcu_jax.unlearn_curve(case.apply, original.params, pre.params,
+                                 model_state=original.model_state, scenario="class", **kw,
+                                 **FAST)
+  chex.assert_trees_all_equal(result.curve.start, original.params)
+  chex.assert_trees_all_equal(result.curve.end, pre.params)
+  line = line_controls(original.params, pre.params, 3)
+  for flag, trained, initial in zip(jax.tree.leaves(result.mask),
+                                    jax.tree.leaves(result.curve.controls),
+                                    jax.tree.leaves(line)):
+    if not flag:     # (a trained bias right before a BatchNorm has gradient 0 and stays too)
+      np.testing.assert_array_equal(trained, initial)
+  weights = case.weights(result.params)
+  stats = am.reference_stats(weights, kw["retain"][0], FAST["batch_size"])
+  for (mean, var), (want_mean, want_var) in zip(case.read_stats(result.model_state), stats):
+    np.testing.assert_allclose(mean, want_mean, rtol=1e-5, atol=1e-5 * np.abs(want_mean).max())
+    np.testing.assert_allclose(var, want_var, rtol=1e-5)
+  for name, (inputs, labels) in kw.items():
+    logits = am.reference_logits(weights, stats, inputs)
+    assert result.metrics[f"{name}_acc"] == pytest.approx(np_accuracy(logits, labels), abs=1e-9)
+    assert result.metrics[f"{name}_loss"] == pytest.approx(np_ce(logits, labels), rel=1e-4)
+  assert result.metrics["retain_acc"] > 90.0 and result.metrics["forget_acc"] < 20.0
+  assert not result.choice.collapsed

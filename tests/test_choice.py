@@ -3,7 +3,7 @@ import warnings
 
 import numpy as np
 import pytest
-from scipy.interpolate import interp1d
+from scipy.interpolate import CubicSpline, interp1d
 
 from mcu_jax import choice as ch
 from mcu_jax.beta import Targets
@@ -83,6 +83,26 @@ def test_a_t_on_the_window_bound_is_flagged_and_warned_about():
   assert (choice.t, choice.at_bound) == (1.0, "upper")
   with pytest.warns(UserWarning, match="upper bound"):
     assert ch.select_t(result, Targets(retain=99.0, forget=0.0), t_search=(0.2, 0.6)).t == 0.6
+
+
+def test_a_collapsed_choice_is_flagged_and_warned_about():
+  """Retain accuracy that falls from ~90 % at both ends to ~15 % inside the window (what a
+  learning rate of 1e6 does): flagged, with the rule's numbers; a dip of 5 points is not."""
+  ts = np.linspace(0.0, 1.0, 20)
+  bump = np.exp(-((ts - 0.85) / 0.08) ** 2)
+  forget = 95.0 - 95.0 * bump          # theta_p forgets nothing; the broken interior "does"
+  for dip, collapsed in ((75.0, True), (5.0, False)):
+    retain = 90.0 - dip * bump
+    result = SweepResult(ts=ts, accuracy={"retain": retain, "forget": forget}, loss={},
+                         path_length=np.zeros_like(ts))
+    with warnings.catch_warnings(record=True) as caught:
+      warnings.simplefilter("always")
+      choice = ch.select_t(result, Targets(retain=90.0, forget=0.0))
+    assert choice.collapsed is collapsed
+    expected = float(CubicSpline(ts, retain, bc_type="not-a-knot")(choice.t))
+    assert choice.retain_acc == pytest.approx(expected)
+    messages = [str(w.message) for w in caught]
+    assert any("more than 10 points below both ends" in m for m in messages) is collapsed
 
 
 def test_choice_bad_inputs():

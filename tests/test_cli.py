@@ -129,8 +129,9 @@ def test_corrupt_model_checkpoint_names_the_file(demo_dir, tmp_path, capsys):
       f.write_bytes(b"broken")
   (copy / "curve.json").unlink()
   assert cli.main(["curve", "--run-dir", str(copy), "--no-progress"]) == 2
-  err = capsys.readouterr().err
-  assert "cannot restore checkpoint" in err and str(copy / "unlearn" / "model") in err
+  line = _one_error_line(capsys.readouterr().err)   # another size: caught before loading
+  assert f"its output {copy / 'unlearn' / 'model'}/" in line and "(damaged)" in line
+  assert f"`mcu-jax unlearn --run-dir {copy}` rebuilds it" in line
 
 
 def test_demo_on_two_devices_matches_one_device(demo_dir, tmp_path):
@@ -342,7 +343,9 @@ def test_ctrl_c_is_one_line_and_exit_130(tmp_path):
   proc.send_signal(signal.SIGINT)
   _, err = proc.communicate(timeout=120)
   assert proc.returncode == 130, err[-2000:]
-  assert "Traceback" not in err and "interrupted" in err
+  (line,) = err.strip().splitlines()     # no "Exception ignored", no traceback
+  assert line.startswith("mcu-jax: interrupted by SIGINT in stage 'train' (")
+  assert str(run_dir / "original" / "ckpt") in line and "--resume` continues" in line
   assert not (run_dir / "original.json").exists()
 
 
@@ -359,7 +362,8 @@ def test_forget_quality_end_to_end_on_digits(demo_dir, tmp_path):
   """Populations of 4, scored against retraining; a rerun reuses everything."""
   run_dir = _copy(demo_dir, tmp_path)
   command = [sys.executable, str(Path(__file__).with_name("_cli_train.py")), "forget-quality",
-             "--run-dir", str(run_dir), "--models", "4", "--no-progress"]
+             "--run-dir", str(run_dir), "--models", "4", "--no-progress",
+             "--set", "forget_quality.resamples=20", "--set", "forget_quality.splits=3"]
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
   assert done.returncode == 0, done.stderr[-3000:]
@@ -372,10 +376,151 @@ def test_forget_quality_end_to_end_on_digits(demo_dir, tmp_path):
   assert {k: v["models"] for k, v in record["populations"].items()} == {
       "originals": 4, "retrain_a": 4, "retrain_b": 4, "rl": 4, "rl+mcu": 4}
   assert 0.75 <= record["scores"]["rl+mcu"]["mean_t"] <= 1.0
+  # Every score is recomputable from the per-model confidences on disk.
+  confs = np.load(run_dir / "forget_quality" / "confidences.npz")
+  assert set(confs) == {"originals", "retrain_a", "retrain_b", "rl", "rl+mcu"}
+  assert all(confs[k].dtype == np.float32 and confs[k].shape == (4, len(score["epsilons"]))
+             for k in confs)
+  from mcu_jax import forget_quality
+  assert forget_quality.forget_score(confs["rl+mcu"], confs["retrain_a"]).score == \
+      record["scores"]["rl+mcu"]["F"]
+  for name, score in record["scores"].items():
+    for key in ("F", "lira_auc", "challenge"):
+      low, high = score[f"{key}_ci95"]
+      assert low <= score[key] <= high, (name, key)
+  test = record["scores"]["rl+mcu"]["vs_base"]
+  assert test["F"]["exact"] and test["F"]["flips"] == 16 and 0 < test["F"]["p_value"] <= 1
+  assert test["lira_auc"]["difference"] == pytest.approx(
+      record["scores"]["rl+mcu"]["lira_auc"] - record["scores"]["rl"]["lira_auc"])
   text = (run_dir / "forget_quality.md").read_text()
-  assert "retrain B (the floor)" in text and "LiRA AUC" in text
+  assert "retrain B (the floor)" in text and "LiRA AUC [95% CI]" in text
+  assert "paired permutation" in text and "Description, not a test" in text
   assert (run_dir / "forget_quality.png").read_bytes()[:4] == b"\x89PNG"
   assert (run_dir / "report.json").exists()             # the run's own stages are untouched
   again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
   assert again.returncode == 0 and json.loads(
       (run_dir / "forget_quality.json").read_text()) == record
+
+
+def _model_digest(path):
+  return checkpoint.tree_digest(checkpoint.load_tree(path))
+
+
+def test_a_done_stage_whose_model_is_gone_is_not_done(demo_dir, tmp_path, capsys):
+  """rm -r RUN/original/model: single-stage commands name the directory and the command that
+  rebuilds it; that command rebuilds the same model from the stage's own checkpoints."""
+  run_dir = _copy(demo_dir, tmp_path)
+  import shutil
+  shutil.rmtree(run_dir / "original" / "model")
+  before = {p.name: p.read_bytes() for p in run_dir.glob("*.json")}
+  for command in ("report", "sweep"):
+    assert cli.main([command, "--run-dir", str(run_dir), "--no-progress"]) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert line == (f"mcu-jax: error: stage 'original' in {run_dir} is not done: its output "
+                    f"{run_dir / 'original' / 'model'} is missing; `mcu-jax train --run-dir "
+                    f"{run_dir}` rebuilds it")
+  assert {p.name: p.read_bytes() for p in run_dir.glob("*.json")} == before   # nothing moved
+  assert cli.main(["train", "--run-dir", str(run_dir)]) == 0
+  assert f"[train] its output {run_dir / 'original' / 'model'} is missing: rebuilding it" in \
+      capsys.readouterr().out
+  assert _model_digest(run_dir / "original" / "model") == \
+      _model_digest(demo_dir / "original" / "model")
+  record = json.loads((run_dir / "original.json").read_text())
+  assert record["model_digest"] == json.loads(
+      (demo_dir / "original.json").read_text())["model_digest"]
+  assert not (run_dir / "unlearn.json").exists() and not (run_dir / "report.json").exists()
+  assert (run_dir / "retrain.json").read_bytes() == before["retrain.json"]   # not downstream
+
+
+def test_run_rebuilds_a_damaged_output_and_only_what_depends_on_it(demo_dir, tmp_path,
+                                                                    capsys):
+  run_dir = _copy(demo_dir, tmp_path)
+  png = run_dir / "sweep.png"
+  png.write_bytes(png.read_bytes()[:100])           # truncated: same name, another size
+  kept = {p.name: p.stat().st_mtime_ns for p in run_dir.glob("*.json") if p.name != "report.json"}
+  assert cli.main(["run", "--run-dir", str(run_dir), "--no-progress"]) == 0
+  assert "RL+MCU" in capsys.readouterr().out
+  assert png.stat().st_size == (demo_dir / "sweep.png").stat().st_size
+  assert {p.name: p.stat().st_mtime_ns for p in run_dir.glob("*.json")
+          if p.name != "report.json"} == kept
+  record = json.loads((run_dir / "report.json").read_text())
+  assert record["outputs"]["sweep.png"] == png.stat().st_size
+
+
+def test_yaml_config_with_an_exponent_trains(tmp_path, capsys):
+  config = tmp_path / "c.yaml"
+  config.write_text("train:\n  lr: 1e-3\n  epochs: 1\nmodel_options:\n  width: 4\n")
+  run_dir = tmp_path / "run"
+  assert cli.main(["train", "--config", str(config), "--run-dir", str(run_dir),
+                   "--no-progress"]) == 0
+  assert "error" not in capsys.readouterr().err
+  assert json.loads((run_dir / "config.json").read_text())["train"]["lr"] == 0.001
+  assert (run_dir / "original.json").exists()
+
+
+def test_a_directory_given_as_config_is_named_a_directory(tmp_path, capsys):
+  run_dir = tmp_path / "never"
+  assert cli.main(["run", "--config", str(tmp_path), "--run-dir", str(run_dir)]) == 2
+  assert _one_error_line(capsys.readouterr().err) == (
+      f"mcu-jax: error: config file {tmp_path} is a directory: give a .yaml, .toml or .json file")
+  assert not run_dir.exists()
+
+
+def _without_permission_override():
+  """A command prefix under which file permissions bind (root ignores them), or None."""
+  import shutil
+  if os.geteuid() != 0:
+    return []
+  setpriv = shutil.which("setpriv")
+  if setpriv is None or subprocess.run([setpriv, "--bounding-set=-dac_override", "true"],
+                                       capture_output=True).returncode:
+    return None
+  return [setpriv, "--bounding-set=-dac_override,-dac_read_search", "--"]
+
+
+def test_a_read_only_model_directory_names_its_path_and_the_stage(demo_dir, tmp_path):
+  prefix = _without_permission_override()
+  if prefix is None:
+    pytest.skip("running as root without setpriv: permissions cannot be made to bind")
+  run_dir = _copy(demo_dir, tmp_path)
+  model = run_dir / "original" / "model"
+  files = sorted(p.relative_to(model) for p in model.rglob("*"))
+  for path in [model, *model.rglob("*")]:
+    path.chmod(path.stat().st_mode & ~0o222)
+  try:
+    done = subprocess.run([*prefix, sys.executable, str(Path(__file__).with_name("_cli_train.py")),
+                           "train", "--run-dir", str(run_dir), "--force", "--no-progress"],
+                          env=dict(os.environ, JAX_PLATFORMS="cpu"), capture_output=True,
+                          text=True, timeout=300)
+  finally:
+    for path in [model, *model.rglob("*")]:
+      path.chmod(path.stat().st_mode | 0o200)
+  assert done.returncode == 1, done.stderr[-2000:]
+  line = _one_error_line(done.stderr)
+  assert line.startswith(f"mcu-jax: error: stage 'train': Permission denied: {model}/"), line
+  assert line.endswith("check the path, its permissions and the free space")
+  assert sorted(p.relative_to(model) for p in model.rglob("*")) == files
+  # Nothing of train, or of what is made from it, is marked done; retrain is not made from it.
+  assert sorted(p.stem for p in run_dir.glob("*.json")) == ["config", "retrain", "split"]
+
+
+def _unraisable(error):
+  """The hook's argument for ``error`` raised where Python can only print it (a __del__)."""
+  caught = []
+
+  class Raising:
+    def __del__(self):
+      raise error
+  hook, sys.unraisablehook = sys.unraisablehook, caught.append
+  try:
+    Raising()
+  finally:
+    sys.unraisablehook = hook
+  return caught[0]
+
+
+def test_only_the_closed_event_loop_of_a_failed_restore_is_silenced(capsys):
+  cli._quiet_unraisable(_unraisable(RuntimeError("Event loop is closed")))
+  assert capsys.readouterr().err == ""
+  cli._quiet_unraisable(_unraisable(RuntimeError("something else")))
+  assert "RuntimeError: something else" in capsys.readouterr().err

@@ -1,6 +1,7 @@
 import pytest
 
-from mcu_jax.config import ConfigError, load_config
+from mcu_jax import config as config_lib
+from mcu_jax.config import ConfigError, load_config, read_file
 
 
 def test_defaults_are_the_reference_mcu_hyperparameters():
@@ -88,6 +89,48 @@ def test_exponent_floats_parse_as_numbers():
   assert load_config(overrides=["train.lr=1e-3"]).train.lr == 1e-3
   assert load_config(overrides=["curve.lr=2E-2"]).curve.lr == 0.02
   assert load_config(overrides=["train.lr=1.5e-3"]).train.lr == 1.5e-3
+
+
+@pytest.mark.parametrize("text,value", [("1e-3", 1e-3), ("1E3", 1000.0), (".5", 0.5),
+                                        ("5.", 5.0), ("-.5", -0.5), ("1.0e3", 1000.0)])
+def test_config_files_read_numbers_as_set_does(tmp_path, text, value):
+  """YAML 1.1 (PyYAML) reads 1e-3, 1E3 and 1.0e3 as strings; files read them as --set does,
+  and as TOML and JSON do wherever those accept the spelling (they refuse .5 and 5.)."""
+  yaml_file = _write(tmp_path / "c.yaml", f"curve:\n  lr: {text}\n")
+  toml_file = _write(tmp_path / "c.toml", f"[curve]\nlr = {text}\n")
+  json_file = _write(tmp_path / "c.json", f'{{"curve": {{"lr": {text}}}}}')
+  from_set = config_lib.parse_override(f"curve.lr={text}")
+  assert read_file(yaml_file) == from_set == {"curve": {"lr": value}}
+  assert type(from_set["curve"]["lr"]) is float
+  if value > 0:
+    assert load_config(yaml_file).curve.lr == value
+    assert load_config(overrides=[f"curve.lr={text}"]).curve.lr == value
+  if text in ("1e-3", "1E3", "1.0e3"):
+    assert read_file(toml_file) == read_file(json_file) == from_set
+  else:
+    for path in (toml_file, json_file):
+      with pytest.raises(ConfigError, match=f"config file {path} cannot be parsed"):
+        read_file(path)
+
+
+def _write(path, text):
+  path.write_text(text)
+  return path
+
+
+def test_booleans_and_strings_in_files_are_unchanged(tmp_path):
+  path = _write(tmp_path / "c.yaml", 'a: "1e-3"\nb: yes\nc: off\nd: abc\ne: 1e\nf: 10\n'
+                                     "g: 0x1F\nh: .inf\ni: '5.'\nj: 1.2.3\nk: .\n")
+  values = read_file(path)
+  assert values == {"a": "1e-3", "b": True, "c": False, "d": "abc", "e": "1e", "f": 10,
+                    "g": 31, "h": float("inf"), "i": "5.", "j": "1.2.3", "k": "."}
+  assert type(values["f"]) is int and type(values["b"]) is bool
+
+
+def test_a_directory_as_config_is_named_a_directory(tmp_path):
+  with pytest.raises(ConfigError, match=f"config file {tmp_path} is a directory: give a "
+                                        r"\.yaml, \.toml or \.json file"):
+    load_config(tmp_path)
 
 
 def test_configs_share_the_optimizer_fields():

@@ -11,11 +11,11 @@ from mcu_jax.validation import InvalidArgument
 
 @pytest.fixture(scope="module")
 def small_model():
-  """A width-4 small CNN with its initial statistics, and 100 random uint8 images."""
+  """A width-4 small CNN with its initial statistics, and 100 random images in [0, 1]."""
   module = get_model("small_cnn", 4, width=4)
   params, state = init_model(module, jax.random.key(0), (1, 8, 8, 1))
   rng = np.random.default_rng(0)
-  x = rng.integers(0, 256, (100, 8, 8, 1), dtype=np.uint8)
+  x = rng.integers(0, 256, (100, 8, 8, 1)).astype(np.float32) / 255.0
   return from_linen(module), params, state, (x, rng.integers(0, 4, 100).astype(np.int32))
 
 

@@ -99,7 +99,7 @@ def test_a_second_run_reuses_finished_cells(smoke):
   assert (split / "rl" / "split.npz").read_bytes() == (split / "base" / "split.npz").read_bytes()
 
 
-def _verdict_of(base, mcu):
+def _verdict_of(d_f, p_f, d_auc, p_auc, mcu_f_high=0.05):
   import importlib.util
   spec = importlib.util.spec_from_file_location("fq_study", EXPERIMENTS / "forget_quality.py")
   module = importlib.util.module_from_spec(spec)
@@ -108,18 +108,59 @@ def _verdict_of(base, mcu):
     spec.loader.exec_module(module)
   finally:
     sys.path.remove(str(EXPERIMENTS))
-  row = lambda f, auc: {"F": f, "lira_auc": auc, "retain_acc": 99.0, "test_acc": 98.0}
-  paired = {"mcu_lower": 3, "mcu_higher": 1, "examples": 4, "wilcoxon_p": 0.2}
-  scores = {"floor": row(0.2, 0.5), "rl": row(*base), "rl+mcu": {**row(*mcu), "paired": paired}}
+  row = lambda f, f_ci, auc: {"F": f, "F_ci95": f_ci, "lira_auc": auc,
+                              "lira_auc_ci95": [auc - 0.01, auc + 0.01], "retain_acc": 99.0,
+                              "test_acc": 98.0}
+  vs_base = {"F": {"difference": d_f, "ci95": [d_f - 0.01, d_f + 0.01], "p_value": p_f},
+             "lira_auc": {"difference": d_auc, "ci95": [d_auc - 0.01, d_auc + 0.01],
+                          "p_value": p_auc}}
+  scores = {"floor": row(0.2, [0.15, 0.25], 0.5), "rl": row(0.01, [0.0, 0.02], 0.99),
+            "rl+mcu": {**row(0.01 + d_f, [0.0, mcu_f_high], 0.99 + d_auc), "ts": [0.9] * 64,
+                       "vs_base": vs_base}}
   return module.verdict(scores, ["rl"])[0]
 
 
-@pytest.mark.parametrize("base,mcu,words", [
-    ((0.01, 0.99), (0.05, 0.90), "MCU improves forgetting quality: F 0.010 -> 0.050"),
-    ((0.05, 0.90), (0.01, 0.99), "MCU worsens forgetting quality"),
-    ((0.01, 0.90), (0.05, 0.99), "MCU gives mixed forgetting quality"),
-    ((0.01, 0.90), (0.01, 0.90), "MCU leaves forgetting quality unchanged"),
+@pytest.mark.parametrize("test, words", [
+    ((0.04, 0.001, -0.1, 0.001), "MCU improves forgetting quality"),
+    ((0.04, 0.001, -0.1, 0.3), "MCU improves forgetting quality"),
+    ((-0.04, 0.001, 0.1, 0.01), "MCU worsens forgetting quality"),
+    ((0.04, 0.001, 0.1, 0.01), "MCU gives mixed forgetting quality"),
+    ((0.04, 0.2, -0.1, 0.06), "MCU shows no detectable change"),      # not significant
 ])
-def test_forget_quality_verdict_says_what_the_numbers_say(base, mcu, words):
-  line = _verdict_of(base, mcu)
-  assert words in line and "not significant at 0.05" in line and "(floor 0.200)" in line
+def test_forget_quality_verdict_follows_the_model_level_tests(test, words):
+  line = _verdict_of(*test)
+  assert words in line and "n = 64 model pairs" in line
+  assert f"p = {test[1]:.3g}" in line and "floor (retrain B) is F 0.200 [0.150, 0.250]" in line
+
+
+def test_forget_quality_verdict_says_when_mcu_stays_far_from_retraining():
+  assert "far from retraining" in _verdict_of(0.04, 0.001, -0.1, 0.001, mcu_f_high=0.1)
+  assert "far from retraining" not in _verdict_of(0.04, 0.001, -0.1, 0.001, mcu_f_high=0.16)
+
+
+def test_the_committed_n64_study_is_recomputable_from_its_files():
+  """F, the challenge score, the LiRA AUC and the base vs MCU differences of the committed
+  forget-quality study, from its confidences and per-model accuracies alone."""
+  import numpy as np
+  from mcu_jax import forget_quality as fq
+  from mcu_jax.forget_quality import model_level
+  results = EXPERIMENTS / "results" / "forget_quality_digits_n64"
+  record = json.loads((results / "forget_quality.json").read_text())["scenarios"]["class"]
+  confs = np.load(results / record["confidences"])
+  assert confs["rl"].shape == (64, len(record["forget_indices"]))
+  ref, pops = confs["retrain_a"], record["populations"]
+  mean = lambda name, key: float(np.mean(pops[name][key]))
+  splits = record["statistics"]["splits"]
+  for name, score in record["scores"].items():
+    pop = "retrain_b" if name == "floor" else name
+    F = fq.forget_score(confs[pop], ref).score
+    assert F == score["F"], name
+    assert fq.challenge_score(F, mean(pop, "retain_acc"), mean("retrain_a", "retain_acc"),
+                              mean(pop, "test_acc"), mean("retrain_a", "test_acc")
+                              ) == pytest.approx(score["challenge"], rel=1e-12)
+    assert model_level.lira_splits(confs[pop], ref, splits=splits).mean == pytest.approx(
+        score["lira_auc"], rel=1e-12)
+  for method in record["methods"]:
+    d = record["scores"][f"{method}+mcu"]["vs_base"]["F"]["difference"]
+    assert d == pytest.approx(record["scores"][f"{method}+mcu"]["F"]
+                              - record["scores"][method]["F"], abs=1e-15)

@@ -9,6 +9,7 @@ from mcu_jax import beta as beta_lib
 from mcu_jax import data, mcu, models, objectives, train
 from mcu_jax.curves import Curve, point
 from mcu_jax.optim import OptimConfig, make_optimizer
+from mcu_jax.preprocess import normalize_uint8
 from mcu_jax.validation import InvalidArgument
 
 
@@ -172,7 +173,7 @@ def digits_models(digits_original):
   ga_opt = make_optimizer(OptimConfig(lr=0.02, momentum=0.9), epochs=2, steps_per_epoch=1)
   ga = train.TrainState.create(params=ts.params, model_state=ts.model_state, tx=ga_opt,
                                rng=jax.random.PRNGKey(2))
-  ga_epoch = train.make_epoch(ascent, 32)
+  ga_epoch = train.make_epoch(ascent, 32, preprocess=normalize_uint8)
   for _ in range(2):
     ga, _ = ga_epoch(ga, forget)
   return tt, split, module, ts, ga
@@ -191,7 +192,8 @@ def digits_curves(digits_models):
   for precision in ("fp32", "bf16"):
     apply = models.with_precision(models.from_linen(module), precision)
     result = mcu.train_curve(apply, curve, original.model_state, forget=forget, retain=retain,
-                             beta=0.2, epochs=6, batch_size=64, seed=0)
+                             beta=0.2, epochs=6, batch_size=64, seed=0,
+                             preprocess=normalize_uint8)
     assert np.isfinite([h["train_loss"] for h in result.history]).all()
     trained[precision] = result.curve
   return curve, trained, cdata
@@ -239,7 +241,7 @@ def test_bf16_compute_trains_like_fp32_on_digits(digits_models, digits_curves):
 def test_scan_and_python_loops_agree(setup):
   apply, start, end, state, _ = setup
   rng = np.random.default_rng(3)
-  arrays = {"images": rng.integers(0, 256, (50, 8, 8, 1)).astype(np.uint8),
+  arrays = {"images": rng.integers(0, 256, (50, 8, 8, 1)).astype(np.float32) / 255.0,
             "labels": rng.integers(0, 10, 50).astype(np.int32),
             "is_forget": np.arange(50) % 5 == 0}
   curve = Curve.from_endpoints(start, end)

@@ -94,7 +94,8 @@ def overfit_mlp():
 
 def test_mia_on_memorising_model(overfit_mlp):
   apply, params, state, digits = overfit_mlp
-  conf = lambda x, y: mia.model_confidences(apply, params, state, x, y, batch_size=256)
+  conf = lambda x, y: mia.model_confidences(apply, params, state, x, y, batch_size=256,
+                                            preprocess=normalize_uint8)
   train_x, train_y = digits.train.images, digits.train.labels
   retain = conf(train_x[:40], train_y[:40])
   forget_seen = conf(train_x[40:60], train_y[40:60])          # trained on: members
@@ -110,15 +111,16 @@ def test_unlearning_metrics(overfit_mlp):
   forget, retain = (x[40:60], y[40:60]), (x[:40], y[:40])
   test = (digits.test.images, digits.test.labels)
   m = mia.unlearning_metrics(apply, params, state, forget=forget, retain=retain, test=test,
-                             batch_size=256)
+                             batch_size=256, preprocess=normalize_uint8)
   assert set(m) >= {"UA", "RA", "TA", "MIA", "loss_auc"}
-  assert m["UA"] == pytest.approx(100.0 - evaluate.accuracy_and_loss(apply, params, state,
-                                                                     *forget)[0])
+  assert m["UA"] == pytest.approx(100.0 - evaluate.accuracy_and_loss(
+      apply, params, state, *forget, preprocess=normalize_uint8)[0])
   assert m["RA"] == pytest.approx(100.0)
-  assert m["TA"] == pytest.approx(evaluate.accuracy_and_loss(apply, params, state, *test)[0])
+  assert m["TA"] == pytest.approx(evaluate.accuracy_and_loss(apply, params, state, *test,
+                                                             preprocess=normalize_uint8)[0])
   assert 0.0 <= m["MIA"] <= 100.0 and 0.0 <= m["loss_auc"] <= 1.0
   assert m["loss_auc"] > 0.7          # the memorised D_f has lower loss than the test set
   assert mia.avg_gap(m, m) == 0.0
   with pytest.raises(ValueError, match="empty"):
     mia.unlearning_metrics(apply, params, state, forget=(x[:0], y[:0]), retain=retain,
-                           test=test)
+                           test=test, preprocess=normalize_uint8)

@@ -96,18 +96,25 @@ def test_make_preprocess():
     preprocess.make_preprocess(mean, (0.2, 0.0, 0.2))
 
 
-def test_default_preprocess_scales_uint8_and_leaves_floats_alone():
+def test_default_preprocess_refuses_uint8_and_passes_the_rest_unchanged():
   images = _batch((2, 3, 3, 1))
-  out = preprocess.default_preprocess(None, images)
+  with pytest.raises(InvalidArgument, match="inputs: uint8 arrays are images to divide by 255 or "
+                                            "integer ids to pass unchanged; say which with "
+                                            r"preprocess=mcu_jax.preprocess.images"):
+    preprocess.default_preprocess(None, images)
+  out = preprocess.images(None, images)                      # said: images
   chex.assert_type(out, jnp.float32)
   np.testing.assert_allclose(np.asarray(out), np.asarray(images, np.float64) / 255.0, rtol=1e-6)
+  np.testing.assert_array_equal(np.asarray(preprocess.as_is(None, images)), images)   # said: ids
   features = np.random.default_rng(0).normal(size=(4, 7)).astype(np.float32) * 40.0
   np.testing.assert_array_equal(np.asarray(preprocess.default_preprocess(None, features)),
                                 features)        # float inputs are never rescaled
   half = features.astype(np.float16)
   chex.assert_type(preprocess.default_preprocess(None, half), jnp.float16)
-  with pytest.raises(InvalidArgument, match="uint8 images or floating features, got int32"):
-    preprocess.default_preprocess(None, np.zeros((2, 3), np.int32))
+  ids = np.arange(6, dtype=np.int32).reshape(2, 3) * 100    # integer ids reach the model as is
+  np.testing.assert_array_equal(np.asarray(preprocess.default_preprocess(None, ids)), ids)
+  with pytest.raises(InvalidArgument, match="got bool"):
+    preprocess.default_preprocess(None, np.zeros((2, 3), bool))
 
 
 def test_uint8_only_normalisations_refuse_float_input():

@@ -132,3 +132,61 @@ def test_nonfinite_paths_names_every_nan_and_inf():
   assert rundir.nonfinite_paths(record) == ["record.b.c", "record.b.d[1]", "record.e",
                                             "record.j[1]"]
   assert rundir.nonfinite_paths({"x": [1.0, {"y": np.int64(2)}]}) == []
+
+
+def test_inventory_and_damage_name_the_file_or_directory_lost(tmp_path):
+  run = RunDir(tmp_path / "r")
+  run.save_tree("m/model", {"w": jnp.arange(6.0)})
+  run.write_file(lambda path: path.write_text("# report\n"), run.path / "report.md")
+  files = run.inventory(["m/model", "report.md", "never/there"])
+  assert files["report.md"] == len("# report\n") and len(files) > 3
+  assert all(name.startswith("m/model/") for name in files if name != "report.md")
+  assert run.damage(files) is None
+  (run.path / "report.md").write_text("#")
+  assert run.damage(files) == (f"its output {run.path / 'report.md'} has 1 bytes, not the 9 it "
+                               "was written with (damaged)")
+  (run.path / "report.md").write_text("# report\n")
+  import shutil
+  shutil.rmtree(run.path / "m" / "model")
+  assert run.damage(files) == f"its output {run.path / 'm' / 'model'} is missing"
+
+
+def test_removal_and_save_errors_name_the_full_path(tmp_path, monkeypatch):
+  run = RunDir(tmp_path / "r")
+  run.save_tree("m/model", {"w": jnp.ones(2)})
+
+  def denied(path, *args, **kwargs):   # what an fd-based rmtree reports: the bare name
+    raise PermissionError(13, "Permission denied", os.path.basename(path))
+  with monkeypatch.context() as patch:
+    patch.setattr(os, "unlink", denied)
+    with pytest.raises(PermissionError) as caught:
+      run.remove(["m/model"])
+  assert os.path.dirname(caught.value.filename) == str(run.path / "m" / "model")
+  monkeypatch.setattr(rundir.tempfile, "mkdtemp", lambda prefix, dir: denied(dir / prefix))
+  with pytest.raises(PermissionError) as caught:
+    run.save_tree("n/model", {"w": jnp.ones(2)})
+  assert caught.value.filename == str(run.path / "n")
+  assert not (run.path / "n" / "model").exists()
+
+
+def test_upstream_and_what_an_interrupted_stage_kept(tmp_path):
+  noop = lambda ctx, stage: {}
+  stages = (Stage("train", "original", ("split",), (), ("original/model", "original/ckpt"), noop),
+            Stage("unlearn", "unlearn", ("original",), (), (), noop),
+            Stage("curve", "curve", ("unlearn",), (), (), noop),
+            Stage("fq", "fq", ("split",), (), ("fq.md", "fq/ckpt"), noop, keeps=("fq/ckpt",)))
+  assert rundir.upstream(stages, "curve") == ("original", "unlearn")
+  assert rundir.upstream(stages, "original") == ()
+  assert stages[0].products == ("original/model",)
+  ckpt = tmp_path / "original" / "ckpt"
+  assert stages[0].kept(tmp_path) == ("no epoch had finished, so no checkpoint was kept in "
+                                      f"{ckpt}")
+  for name in ("3", "4", "5.orbax-checkpoint-tmp-1"):
+    (ckpt / name).mkdir(parents=True)
+  assert stages[0].kept(tmp_path) == f"last checkpoint kept: epoch 4 in {ckpt}"
+  assert stages[1].kept(tmp_path) == "it keeps no checkpoint and restarts from its beginning"
+  for name in ("a-1/0.json", "a-1/1.json", "b-2/0.json"):
+    (tmp_path / "fq" / "ckpt" / name).parent.mkdir(parents=True, exist_ok=True)
+    (tmp_path / "fq" / "ckpt" / name).write_text("{}")
+  assert stages[3].kept(tmp_path) == ("kept: 3 finished population member(s) in "
+                                      f"{tmp_path / 'fq' / 'ckpt'}")

@@ -11,7 +11,7 @@ from mcu_jax.beta import Targets
 from mcu_jax.curves import Curve, point
 from mcu_jax.models import from_function, from_linen, get_model, init_model
 from mcu_jax.sweep import SweepOptions
-from mcu_jax.validation import InvalidArgument
+from mcu_jax.validation import InvalidArgument, NonFiniteError
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +25,7 @@ def small_curve():
   curve = Curve.from_endpoints(p0, p1)
   bent = curve.replace(controls=jax.tree.map(
       lambda x: x + rng.normal(0, 0.2, x.shape).astype(np.float32), curve.controls))
-  images = rng.integers(0, 256, (150, 8, 8, 1), dtype=np.uint8)
+  images = rng.integers(0, 256, (150, 8, 8, 1)).astype(np.float32) / 255.0
   labels = rng.integers(0, 4, 150).astype(np.int32)
   sets = {"retain": (images[:100], labels[:100]), "forget": (images[100:], labels[100:]),
           "test": (images[:37], labels[:37])}
@@ -109,6 +109,19 @@ def test_sweep_bad_inputs(small_curve):
   with pytest.raises(InvalidArgument, match="points: cubic interpolation needs an integer >= 4"):
     sweep_lib.sweep_and_select(apply, bent, s0, sets=sets, targets=Targets(90.0, 10.0),
                                recal_inputs=images, points=3)
+
+
+def test_a_non_finite_point_is_refused_naming_its_t():
+  """phi(t) whose logits are infinite at t = 0.5 exactly (a scale 1 / (s - 0.5) with s(t) = t):
+  the sweep names the t instead of returning NaN losses to choose from."""
+  rng = np.random.default_rng(0)
+  apply = from_function(lambda p, x: x @ p["w"] / (p["s"] - 0.5))
+  start = {"w": jnp.asarray(rng.normal(size=(6, 3)), jnp.float32), "s": jnp.zeros(())}
+  curve = Curve.from_endpoints(start, {**start, "s": jnp.ones(())})
+  x = rng.normal(size=(40, 6)).astype(np.float32)
+  y = rng.integers(0, 3, 40).astype(np.int32)
+  with pytest.raises(NonFiniteError, match=r"sweep: the \w+ (accuracy|loss) at t = 0.5 is nan"):
+    sweep_lib.sweep(curve, [0.0, 0.5, 1.0], apply, {}, {"retain": (x, y), "forget": (x, y)})
 
 
 def test_stateless_model_needs_no_recalibration_inputs():

@@ -484,3 +484,27 @@ def test_core_needs_no_torch(tmp_path):
   assert result.returncode == 0, result.stderr[-3000:]
   assert result.stdout.strip().endswith("ok")
   assert (tmp_path / "out").is_dir() and not (tmp_path / "out2").exists()
+
+
+def test_a_signal_stops_the_conversion_before_anything_is_written(tmp_path, capsys):
+  import signal
+  from mcu_jax import cli, signals
+  from mcu_jax.models import init_model
+  params, state = init_model(get_model("preresnet20", 10), jax.random.PRNGKey(0), (1, 32, 32, 3))
+  np.savez(tmp_path / "sd.npz", **torch_import.flax_to_state_dict(params, state, "preresnet20"))
+  out = tmp_path / "out"
+  signals.install()
+  try:
+    os.kill(os.getpid(), signal.SIGTERM)
+    while signals.requested() is None:
+      pass
+    with pytest.raises(signals.Interrupted, match="SIGTERM during converting "):
+      torch_import.state_dict_to_flax(dict(np.load(tmp_path / "sd.npz")), "preresnet20", 10)
+    assert cli.main(["import-torch", str(tmp_path / "sd.npz"), "--model", "preresnet20",
+                     "--out", str(out)]) == 143
+  finally:
+    signals.reset()
+  assert capsys.readouterr().err.strip() == (
+      f"mcu-jax: interrupted by SIGTERM during import-torch (start-up): nothing was written to "
+      f"{out}")
+  assert not out.exists()

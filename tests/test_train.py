@@ -6,6 +6,7 @@ import pytest
 
 from mcu_jax import checkpoint, data, evaluate, models, train
 from mcu_jax.optim import OptimConfig, make_optimizer
+from mcu_jax.preprocess import normalize_uint8
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +28,8 @@ def make_run(digits, epochs):
                                    schedule_unit="step"), epochs=epochs, steps_per_epoch=STEPS)
   st = train.TrainState.create(params=params, model_state=state, tx=opt,
                                rng=jax.random.PRNGKey(1))
-  return st, train.make_epoch(train.supervised_loss(apply), BATCH), arrays
+  return st, train.make_epoch(train.supervised_loss(apply), BATCH,
+                              preprocess=normalize_uint8), arrays
 
 
 def test_fit_trains_and_reports(digits):
@@ -35,7 +37,7 @@ def test_fit_trains_and_reports(digits):
   st, epoch, arrays = make_run(digits, 8)
   st, history = train.fit(st, epoch, arrays, 8, progress=False, evaluate=lambda s: {
       "test_acc": evaluate.accuracy_and_loss(apply, s.params, s.model_state, tt.test.images,
-                                             tt.test.labels)[0]})
+                                             tt.test.labels, preprocess=normalize_uint8)[0]})
   assert [h["epoch"] for h in history] == list(range(1, 9))
   assert history[-1]["test_acc"] > 90.0
   assert history[-1]["train_loss"] < history[0]["train_loss"]

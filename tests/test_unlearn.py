@@ -36,12 +36,12 @@ def measure(setup, params, model_state):
   train_set, split = setup.tt.train, setup.split
   fa, fl = evaluate.accuracy_and_loss(setup.apply, params, model_state,
                                       train_set.images[split.forget],
-                                      train_set.labels[split.forget])
+                                      train_set.labels[split.forget], preprocess=normalize_uint8)
   ra, _ = evaluate.accuracy_and_loss(setup.apply, params, model_state,
                                      train_set.images[split.retain],
-                                     train_set.labels[split.retain])
+                                     train_set.labels[split.retain], preprocess=normalize_uint8)
   ta, _ = evaluate.accuracy_and_loss(setup.apply, params, model_state, setup.tt.test.images,
-                                     setup.tt.test.labels)
+                                     setup.tt.test.labels, preprocess=normalize_uint8)
   return {"forget_acc": fa, "forget_loss": fl, "retain_acc": ra, "test_acc": ta}
 
 

@@ -8,7 +8,10 @@ example by example. Everything here is NumPy float64 on the CPU; JAX arrays are 
 * ``confidence``: ``logit_scaled_confidence``, LiRA's per-example score of one model;
 * ``epsilon``: the challenge's per-example epsilon and its forgetting quality F
   (``forget_score``, ``challenge_score``);
-* ``lira``: U-LiRA's per-example likelihood-ratio attack (``lira``).
+* ``lira``: U-LiRA's per-example likelihood-ratio attack (``lira``);
+* ``model_level``: the same scores with their uncertainty over models: bootstrap intervals,
+  paired permutation tests of base vs base+MCU, LiRA over random splits (``mcu_jax.stats``).
+  The model is the unit of every test: all examples are scored by the same models.
 
 Errors raise ``mcu_jax.InvalidArgument`` naming the argument.
 """

@@ -1,8 +1,11 @@
 """Models: the zoo of Flax Linen modules looked up by name, and the adapters from any JAX model.
 
-The library's model convention is ``Apply`` (``apply(params, model_state, inputs, train) ->
-(logits, new_model_state)``); ``from_function``, ``from_linen`` and ``from_nnx`` make one from
-a plain function, a Linen module or an NNX model (see ``mcu_jax.models.adapters``).
+The library's model convention is ``Apply`` (``apply(params, model_state, inputs, train,
+rng=None) -> (logits, new_model_state)``, see ``mcu_jax.models.adapters``). One adapter per
+JAX model library makes one, and declares what its state's BatchNorm statistics mean
+(``mcu_jax.models.running_stats``): ``from_function`` (a plain function), ``from_linen``,
+``from_nnx`` (and ``to_nnx``), ``from_haiku``, ``from_equinox`` (and ``to_equinox``).
+``with_running_stats`` declares the statistics of an apply of one's own.
 ``get_model(name, num_classes)`` builds a registered module, ``init_model`` its variables.
 """
 from __future__ import annotations
@@ -15,9 +18,13 @@ import jax
 import jax.numpy as jnp
 
 from mcu_jax.models.adapters import (COMPUTE_DTYPES, Apply, CastApply, FunctionApply,
-                                     LinenApply, NnxApply, check_model_state, compute_dtype,
-                                     from_function, from_linen, from_nnx, to_nnx,
-                                     with_precision)
+                                     check_model_state, compute_dtype, forward, from_function,
+                                     with_precision, with_running_stats)
+from mcu_jax.models.equinox_adapter import EquinoxApply, from_equinox, to_equinox
+from mcu_jax.models.haiku_adapter import HaikuApply, from_haiku
+from mcu_jax.models.linen_adapter import LinenApply, from_linen
+from mcu_jax.models.nnx_adapter import NnxApply, from_nnx, to_nnx
+from mcu_jax.models.running_stats import RunningStats, StatsLayout
 from mcu_jax.models.preresnet import PreResNet20, PreResNet56, PreResNet110, PreResNet164
 from mcu_jax.models.resnet import ResNet18
 from mcu_jax.models.small import MLP, SmallCNN
@@ -75,9 +82,11 @@ def param_count(params: PyTree) -> int:
 
 
 __all__ = [
-    "Apply", "from_function", "from_linen", "from_nnx", "to_nnx", "with_precision",
-    "check_model_state", "compute_dtype", "COMPUTE_DTYPES", "FunctionApply", "LinenApply",
-    "NnxApply", "CastApply", "register", "model_names", "get_model", "init_model",
+    "Apply", "forward", "from_function", "from_linen", "from_nnx", "to_nnx", "from_haiku",
+    "from_equinox", "to_equinox", "with_running_stats", "RunningStats", "StatsLayout",
+    "with_precision", "check_model_state", "compute_dtype", "COMPUTE_DTYPES", "FunctionApply",
+    "LinenApply", "NnxApply", "HaikuApply", "EquinoxApply", "CastApply", "register",
+    "model_names", "get_model", "init_model",
     "param_count", "MLP", "SmallCNN", "ResNet18", "PreResNet20", "PreResNet56", "PreResNet110",
     "PreResNet164", "VGG16BN",
 ]

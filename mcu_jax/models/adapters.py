@@ -1,17 +1,20 @@
-"""The one model convention of mcu_jax, and adapters to it from any JAX model.
+"""The one model convention of mcu_jax, and the adapter of a plain function to it.
 
 Every function in mcu_jax that runs a model takes an ``Apply``::
 
-    apply(params, model_state, inputs, train) -> (logits, new_model_state)
+    apply(params, model_state, inputs, train, rng=None) -> (logits, new_model_state)
 
 * ``params``: the trainable parameters, a pytree of float arrays (what the curve combines).
-* ``model_state``: everything else the model keeps and training updates (BatchNorm's running
-  statistics); ``{}`` for a model without any. In training mode the returned state carries
-  the updated statistics; in inference mode it comes back unchanged. Its tree structure
-  never changes.
+* ``model_state``: everything else the model keeps (BatchNorm's running statistics, an NNX
+  model's RNG streams); ``{}`` for a model without any. In training mode the returned state
+  carries the updated statistics; in inference mode it comes back unchanged. Its tree
+  structure never changes. Key leaves (``jax.random.key``) stay keys: nothing converts them.
 * ``inputs``: a batch (B, ...) after preprocessing; ``logits``: (B, num_classes), float.
+* ``train``: a Python bool. ``rng``: in training mode a fresh PRNG key per step, for dropout
+  and any other stochastic layer (derived from the call's ``seed``); None in inference mode,
+  which is deterministic.
 
-What ``model_state`` is, per adapter:
+One adapter per JAX model library makes one (``mcu_jax.models``):
 
 ==================  =======================================================================
 adapter             model_state
@@ -20,11 +23,16 @@ adapter             model_state
 ``from_linen``      the module's non-``params`` collections as a dict:
                     ``{"batch_stats": variables["batch_stats"]}``, not ``batch_stats`` itself
 ``from_nnx``        the ``nnx.State`` of every variable that is not an ``nnx.Param``
+``from_haiku``      Haiku's state dict of ``hk.transform_with_state``
+``from_equinox``    the ``eqx.nn.State`` of ``eqx.nn.make_with_state``, or ``{}``
 ==================  =======================================================================
 
-A state of the wrong shape of tree raises ``InvalidArgument`` saying what was expected.
-Adapters are small frozen dataclasses: equal adapters hash equal, so jitted functions that
-take one as a static argument reuse their compilation.
+Each adapter also declares what its state's BatchNorm statistics mean
+(``running_stats(params, model_state, sample) -> StatsLayout``, see
+``mcu_jax.models.running_stats``), so that recalibration never guesses. A state of the wrong
+shape of tree raises ``InvalidArgument`` saying what was expected. Adapters are small frozen
+dataclasses: equal adapters hash equal, so jitted functions that take one as a static argument
+reuse their compilation.
 
 Example (a plain function)::
 
@@ -39,154 +47,77 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 
+from mcu_jax.models.running_stats import (EmaStats, RunningStats, StatsLayout, index_of,
+                                          leaf_paths)
 from mcu_jax.validation import InvalidArgument
 
 PyTree = Any
-Apply = Callable[[PyTree, PyTree, jax.Array, bool], tuple[jax.Array, PyTree]]
+Apply = Callable[..., tuple[jax.Array, PyTree]]
 
-_TRAIN_ARGS = ("train", "training", "is_training")
+TRAIN_ARGS = ("train", "training", "is_training")
+
+
+def takes_keyword(fn: Callable, name: str) -> bool:
+  """Whether ``fn`` accepts the keyword argument ``name`` (or any keyword)."""
+  try:
+    parameters = inspect.signature(fn).parameters
+  except (TypeError, ValueError):
+    return False
+  return name in parameters or any(p.kind is inspect.Parameter.VAR_KEYWORD
+                                   for p in parameters.values())
+
+
+def forward(apply: Apply, params: PyTree, model_state: PyTree, inputs, train: bool,
+            rng: jax.Array | None = None):
+  """``apply(params, model_state, inputs, train, rng=rng)``; an apply of one's own that takes
+  no ``rng`` is called without it (its model then has no randomness to feed)."""
+  if rng is not None and takes_keyword(apply, "rng"):
+    return apply(params, model_state, inputs, train, rng=rng)
+  return apply(params, model_state, inputs, train)
+
+
+def stream_key(rng: jax.Array, index: int) -> jax.Array:
+  """The ``index``-th independent key of a step's ``rng`` (one per RNG stream)."""
+  return jax.random.fold_in(rng, index)
 
 
 @dataclasses.dataclass(frozen=True)
 class FunctionApply:
-  """``Apply`` of a stateless ``fn(params, inputs) -> logits``."""
-  fn: Callable[[PyTree, jax.Array], jax.Array]
+  """``Apply`` of a stateless ``fn(params, inputs) -> logits`` (``from_function``)."""
+  fn: Callable[..., jax.Array]
+  takes_rng: bool = False
 
-  def __call__(self, params, model_state, inputs, train):
-    del train
+  def __call__(self, params, model_state, inputs, train, rng=None):
     if jax.tree.leaves(model_state):
       raise InvalidArgument("model_state: from_function models have no state; expected {}, got "
                             f"a tree with {len(jax.tree.leaves(model_state))} arrays")
+    if self.takes_rng:
+      return self.fn(params, inputs, rng=rng if train else None), model_state
     return self.fn(params, inputs), model_state
 
+  def running_stats(self, params, model_state, sample) -> StatsLayout:
+    return StatsLayout((), "function")
 
-def from_function(fn: Callable[[PyTree, jax.Array], jax.Array]) -> Apply:
-  """The ``Apply`` of ``fn(params, inputs) -> logits`` (no model state: pass ``{}``)."""
+
+def from_function(fn: Callable[..., jax.Array]) -> Apply:
+  """The ``Apply`` of ``fn(params, inputs) -> logits`` (no model state: pass ``{}``).
+
+  A function with dropout takes ``rng`` as a keyword, ``fn(params, inputs, *, rng=None)``: it
+  gets a fresh key at every training step and None in inference mode.
+  """
   if not callable(fn):
     raise InvalidArgument(f"fn: expected a callable fn(params, inputs) -> logits, got "
                           f"{type(fn).__name__}")
-  return FunctionApply(fn)
-
-
-def _train_arg(module) -> str | None:
-  parameters = inspect.signature(module.__call__).parameters
-  return next((name for name in _TRAIN_ARGS if name in parameters), None)
-
-
-@dataclasses.dataclass(frozen=True)
-class LinenApply:
-  """``Apply`` of a Flax Linen module; see ``from_linen``."""
-  module: Any
-  train_arg: str | None
-
-  def __call__(self, params, model_state, inputs, train):
-    import flax.errors
-    if not isinstance(model_state, dict) or "params" in model_state:
-      raise InvalidArgument(
-          "model_state: expected a dict of the module's non-'params' collections, e.g. "
-          "{'batch_stats': variables['batch_stats']} or {} (params go separately), got "
-          + (f"a dict with keys {sorted(model_state)}" if isinstance(model_state, dict)
-             else type(model_state).__name__))
-    variables = {"params": params, **model_state}
-    kwargs = {} if self.train_arg is None else {self.train_arg: bool(train)}
-    try:
-      if train and model_state:
-        logits, updates = self.module.apply(variables, inputs, mutable=list(model_state),
-                                            **kwargs)
-        return logits, {**model_state, **updates}
-      return self.module.apply(variables, inputs, **kwargs), model_state
-    except flax.errors.FlaxError as e:
-      if "Scope" not in type(e).__name__:
-        raise
-      raise InvalidArgument(
-          f"model_state does not fit {type(self.module).__name__}: {str(e).split(' (')[0]}. "
-          "Expected the module's non-'params' collections as a dict, e.g. "
-          f"{{'batch_stats': variables['batch_stats']}}; got keys {sorted(model_state)}") from e
-
-  def with_dtype(self, dtype) -> Apply:
-    """The same model computing in ``dtype`` (params stay as they are)."""
-    if "dtype" in {f.name for f in dataclasses.fields(self.module)}:
-      return dataclasses.replace(self, module=self.module.clone(dtype=dtype))
-    return CastApply(self, jnp.dtype(dtype))
-
-
-def from_linen(module, *, train_arg: str | None = "auto") -> Apply:
-  """The ``Apply`` of a Flax Linen module.
-
-  ``train_arg`` names the module's boolean training argument; "auto" finds ``train``,
-  ``training`` or ``is_training`` in its ``__call__`` signature, and None means the module
-  takes none (it is called the same way in both modes). ``model_state`` is the dict of the
-  module's non-``params`` collections (``{"batch_stats": ...}``), ``{}`` if it has none; in
-  training mode those collections are mutable and returned updated.
-  """
-  import flax.linen as nn
-  if not isinstance(module, nn.Module):
-    raise InvalidArgument(f"module: expected a flax.linen.Module, got {type(module).__name__}")
-  if train_arg == "auto":
-    train_arg = _train_arg(module)
-  elif train_arg is not None and train_arg not in inspect.signature(module.__call__).parameters:
-    raise InvalidArgument(f"train_arg: {type(module).__name__}.__call__ has no argument "
-                          f"{train_arg!r}")
-  return LinenApply(module, train_arg)
-
-
-@dataclasses.dataclass(frozen=True)
-class NnxApply:
-  """``Apply`` of a Flax NNX model split into (graphdef, params, model_state); see
-  ``from_nnx``."""
-  graphdef: Any
-
-  def __call__(self, params, model_state, inputs, train):
-    from flax import nnx
-    for name, tree in (("params", params), ("model_state", model_state)):
-      if not isinstance(tree, (nnx.State, dict)):
-        raise InvalidArgument(f"{name}: expected the nnx.State from from_nnx (or "
-                              f"nnx.split(model, nnx.Param, ...)), got {type(tree).__name__}")
-    # Fresh Variables at the current trace level: merge reuses the ones it is given, and a
-    # state closed over from an outer trace (a scan's body) could not be mutated.
-    fresh = jax.tree.map(lambda x: x, (params, model_state))
-    try:
-      model = nnx.merge(self.graphdef, *fresh)
-    except (ValueError, KeyError, TypeError) as e:
-      raise InvalidArgument(f"params and model_state do not fit this NNX model: {e}") from e
-    model.train() if train else model.eval()
-    logits = model(inputs)
-    if not train:
-      return logits, model_state
-    _, _, new_state = nnx.split(model, nnx.Param, ...)
-    return logits, new_state
-
-  def with_dtype(self, dtype) -> Apply:
-    return CastApply(self, jnp.dtype(dtype))
-
-
-def from_nnx(model) -> tuple[Apply, PyTree, PyTree]:
-  """``(apply, params, model_state)`` of a Flax NNX model.
-
-  ``params`` is the ``nnx.State`` of its ``nnx.Param`` variables, ``model_state`` that of
-  every other variable (BatchNorm's ``BatchStat``s, ...). ``apply`` merges them into a fresh
-  copy of the model at every call, in ``model.train()`` or ``model.eval()`` mode; the model
-  passed in is not changed. ``to_nnx`` is the way back.
-  """
-  from flax import nnx
-  if not isinstance(model, nnx.Module):
-    raise InvalidArgument(f"model: expected a flax.nnx.Module, got {type(model).__name__}")
-  graphdef, params, model_state = nnx.split(model, nnx.Param, ...)
-  return NnxApply(graphdef), params, model_state
-
-
-def to_nnx(apply: Apply, params: PyTree, model_state: PyTree):
-  """A new NNX model holding ``params`` and ``model_state``; ``apply`` from ``from_nnx``."""
-  from flax import nnx
-  inner = apply.inner if isinstance(apply, CastApply) else apply
-  if not isinstance(inner, NnxApply):
-    raise InvalidArgument(f"apply: expected the apply of from_nnx, got {type(apply).__name__}")
-  return nnx.merge(inner.graphdef, params, model_state)
+  try:
+    takes_rng = "rng" in inspect.signature(fn).parameters
+  except (TypeError, ValueError):
+    takes_rng = False
+  return FunctionApply(fn, takes_rng)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -196,14 +127,65 @@ class CastApply:
   inner: Any
   dtype: Any
 
-  def __call__(self, params, model_state, inputs, train):
+  def __call__(self, params, model_state, inputs, train, rng=None):
     cast = lambda x: x.astype(self.dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x
-    logits, new_state = self.inner(jax.tree.map(cast, params), model_state, cast(inputs), train)
+    logits, new_state = forward(self.inner, jax.tree.map(cast, params), model_state,
+                                cast(inputs), train, rng)
     new_state = jax.tree.map(lambda new, old: new.astype(old.dtype), new_state, model_state)
     return logits.astype(jnp.float32), new_state
 
+  def running_stats(self, params, model_state, sample) -> StatsLayout:
+    return running_stats_of(self.inner, params, model_state, sample)
+
   def with_dtype(self, dtype) -> Apply:
     return dataclasses.replace(self, dtype=jnp.dtype(dtype))
+
+
+def running_stats_of(apply: Apply, params, model_state, sample) -> StatsLayout | None:
+  """The ``StatsLayout`` ``apply`` declares for ``model_state``, or None when it declares
+  none (an apply of one's own: ``mcu_jax.batchnorm`` then probes and verifies)."""
+  if not jax.tree.leaves(model_state):
+    return StatsLayout((), "empty")
+  method = getattr(apply, "running_stats", None)
+  return None if method is None else method(params, model_state, sample)
+
+
+@dataclasses.dataclass(frozen=True)
+class DeclaredApply:
+  """``inner`` with its BatchNorm statistics declared (``with_running_stats``)."""
+  inner: Any
+  stats: tuple[RunningStats, ...]
+
+  def __call__(self, params, model_state, inputs, train, rng=None):
+    return forward(self.inner, params, model_state, inputs, train, rng)
+
+  def running_stats(self, params, model_state, sample) -> StatsLayout:
+    del params, sample
+    paths = leaf_paths(model_state)
+    entries = []
+    for stat in self.stats:
+      mean = index_of(paths, tuple(stat.mean.split("/")), "a declared running mean")
+      var = (None if stat.var is None
+             else index_of(paths, tuple(stat.var.split("/")), "a declared running variance"))
+      entries.append(EmaStats(stat.mean.rsplit("/", 1)[0], mean, var, float(stat.momentum)))
+    return StatsLayout(tuple(entries), "declared")
+
+  def with_dtype(self, dtype):
+    return DeclaredApply(with_dtype(self.inner, dtype), self.stats)
+
+
+def with_running_stats(apply, stats: Sequence[RunningStats]):
+  """``apply`` with its BatchNorm statistics declared, for a model state that no adapter
+  describes and whose leaves are not named ``mean``/``var`` (see ``mcu_jax.batchnorm``).
+
+  Example::
+
+      apply = with_running_stats(my_apply, [RunningStats("bn/mu", "bn/sigma2", momentum=0.9)])
+  """
+  stats = tuple(stats)
+  if not stats or not all(isinstance(s, RunningStats) for s in stats):
+    raise InvalidArgument("stats: expected a non-empty sequence of models.RunningStats")
+  return DeclaredApply(apply, stats)
 
 
 COMPUTE_DTYPES = {"fp32": jnp.float32, "bf16": jnp.bfloat16}
@@ -218,28 +200,38 @@ def compute_dtype(precision: str):
   return COMPUTE_DTYPES[precision]
 
 
+def with_dtype(apply: Apply, dtype) -> Apply:
+  """``apply`` computing in ``dtype``: its own ``with_dtype`` when it has one, else a cast."""
+  if hasattr(apply, "with_dtype"):
+    return apply.with_dtype(dtype)
+  return CastApply(apply, jnp.dtype(dtype))
+
+
 def with_precision(apply: Apply, precision: str) -> Apply:
   """``apply`` computing in ``precision``'s dtype: "fp32" returns ``apply`` itself; "bf16"
   clones a Linen module with a ``dtype`` field, and otherwise casts floating params and inputs
-  (``CastApply``). Any other callable raises: it has no known way to change its precision."""
+  (``CastApply``). A callable that is not an adapter raises: it has no known way to change
+  its precision."""
   dtype = compute_dtype(precision)
   if precision == "fp32":
     return apply
   if isinstance(apply, FunctionApply):
     return CastApply(apply, jnp.dtype(dtype))
   if not hasattr(apply, "with_dtype"):
-    raise InvalidArgument(f"precision={precision!r} needs an apply from models.from_linen, "
-                          f"from_nnx or from_function, got {type(apply).__name__}")
+    raise InvalidArgument(f"precision={precision!r} needs an apply from a models.from_* "
+                          f"adapter, got {type(apply).__name__}")
   return apply.with_dtype(dtype)
 
 
-def check_model_state(apply: Apply, params: PyTree, model_state: PyTree, inputs) -> None:
-  """Raises ``InvalidArgument`` unless a training forward on ``inputs[:1]`` returns logits
-  (1, C) and a model state of ``model_state``'s tree structure, shapes and dtypes. Abstract
-  (``jax.eval_shape``): nothing is computed."""
+def check_model_state(apply: Apply, params: PyTree, model_state: PyTree, inputs) -> int:
+  """The number of classes C of ``apply``'s logits. Raises ``InvalidArgument`` unless a
+  training forward on ``inputs[:1]`` returns logits (1, C) and a model state of
+  ``model_state``'s tree structure, shapes and dtypes. Abstract (``jax.eval_shape``): nothing
+  is computed."""
   sample = jax.ShapeDtypeStruct((1,) + tuple(inputs.shape[1:]), inputs.dtype)
-  logits, new_state = jax.eval_shape(lambda p, s, x: apply(p, s, x, True), params, model_state,
-                                     sample)
+  logits, new_state = jax.eval_shape(
+      lambda p, s, x: forward(apply, p, s, x, True, jax.random.PRNGKey(0)), params,
+      model_state, sample)
   if logits.ndim != 2 or logits.shape[0] != 1:
     raise InvalidArgument(f"apply: expected logits of shape (batch, num_classes), got "
                           f"{logits.shape} for a batch of 1")
@@ -251,3 +243,32 @@ def check_model_state(apply: Apply, params: PyTree, model_state: PyTree, inputs)
     raise InvalidArgument("model_state: apply(..., train=True) returned a model state of "
                           f"another structure than it was given:\n  given    {old}\n  returned "
                           f"{new}\n(see mcu_jax.models.adapters for the convention)")
+  return int(logits.shape[1])
+
+
+def check_data(apply: Apply, params: PyTree, model_state: PyTree, sets: dict, preprocess,
+               trees: dict | None = None) -> int:
+  """Checks before any training; returns the number of classes C.
+
+  ``sets``: {name: (inputs, labels)}: ``preprocess`` accepts the inputs (abstractly), the
+  model's training forward fits ``model_state`` (``check_model_state``), every label is an
+  integer in [0, C), every float input is finite. ``trees``: {name: params pytree} that must be
+  finite (theta_o, theta_p). Each failure is one ``InvalidArgument`` naming the set or tree.
+  """
+  from mcu_jax.validation import check_finite_inputs, check_finite_tree, check_labels, dtype_of
+  first = next(iter(sets.values()))[0]
+  sample = jax.eval_shape(lambda x: preprocess(None, x), jax.ShapeDtypeStruct(
+      (1,) + tuple(jnp.shape(first)[1:]), dtype_of(first)))
+  num_classes = check_model_state(apply, params, model_state, sample)
+  for name, (inputs, labels) in sets.items():
+    check_labels(name, labels, num_classes)
+    check_finite_inputs(name, inputs)
+  for name, tree in (trees or {}).items():
+    check_finite_tree(name, tree)
+  return num_classes
+
+
+__all__ = ["Apply", "forward", "takes_keyword", "stream_key", "check_data", "FunctionApply",
+           "from_function", "DeclaredApply", "with_running_stats", "CastApply", "running_stats_of",
+           "COMPUTE_DTYPES", "compute_dtype", "with_dtype", "with_precision", "check_model_state",
+           "TRAIN_ARGS"]

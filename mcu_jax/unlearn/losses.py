@@ -19,12 +19,13 @@ import jax.numpy as jnp
 
 from mcu_jax import objectives
 from mcu_jax import train as train_lib
-from mcu_jax.models.adapters import Apply
+from mcu_jax.models.adapters import Apply, forward
 
 
-def _forward_ce(apply: Apply, params, model_state, batch, labels=None):
-  """Training-mode forward: (logits (B, C), new model state, per-example CE (B,))."""
-  logits, new_state = apply(params, model_state, batch["images"], True)
+def _forward_ce(apply: Apply, params, model_state, batch, rng, labels=None):
+  """Training-mode forward with the model's key ``rng``: (logits (B, C), new model state,
+  per-example CE (B,))."""
+  logits, new_state = forward(apply, params, model_state, batch["images"], True, rng)
   labels = batch["labels"] if labels is None else labels
   return logits, new_state, objectives.cross_entropy(logits, labels)
 
@@ -42,8 +43,7 @@ def ce_loss(apply: Apply) -> train_lib.LossFn:
 def ascent_loss(apply: Apply) -> train_lib.LossFn:
   """-mean CE of the valid examples (GA on D_f)."""
   def loss_fn(params, model_state, batch, rng):
-    del rng
-    logits, new_state, ce = _forward_ce(apply, params, model_state, batch)
+    logits, new_state, ce = _forward_ce(apply, params, model_state, batch, rng)
     ce = objectives.masked_mean(ce, batch["valid"])
     metrics = {"loss": -ce, "forget_loss": ce,
                "forget_acc": _accuracy(logits, batch["labels"], batch["valid"])}
@@ -55,8 +55,7 @@ def neggrad_plus_loss(apply: Apply, beta: float) -> train_lib.LossFn:
   """CE of the batch's retain members minus ``beta`` times CE of its forget members, each the
   mean over its own members (0 for a subset absent from the batch)."""
   def loss_fn(params, model_state, batch, rng):
-    del rng
-    logits, new_state = apply(params, model_state, batch["images"], True)
+    logits, new_state = forward(apply, params, model_state, batch["images"], True, rng)
     sub = objectives.subset_metrics(logits, batch)
     loss = objectives.unlearning_loss(sub["retain_loss"], sub["forget_loss"], beta)
     metrics = {"loss": loss, **{k: sub[k] for k in ("forget_loss", "retain_loss", "forget_acc",
@@ -78,7 +77,8 @@ def random_label_loss(apply: Apply, num_classes: int) -> train_lib.LossFn:
   def loss_fn(params, model_state, batch, rng):
     labels = jnp.where(batch["is_forget"],
                        random_wrong_labels(rng, batch["labels"], num_classes), batch["labels"])
-    logits, new_state, ce = _forward_ce(apply, params, model_state, batch, labels)
+    logits, new_state, ce = _forward_ce(apply, params, model_state, batch,
+                                        jax.random.fold_in(rng, 1), labels)
     loss = objectives.masked_mean(ce, batch["valid"])
     forget, retain = objectives.subset_masks(batch)
     metrics = {"loss": loss, "forget_acc": _accuracy(logits, batch["labels"], forget),
@@ -97,13 +97,14 @@ def distill_kl(student_logits: jax.Array, teacher_logits: jax.Array,
   return jnp.sum(jnp.exp(log_t) * (log_t - log_s), axis=-1) * t * t
 
 
-def _scrub_forward(apply, params, model_state, batch, temperature):
+def _scrub_forward(apply, params, model_state, batch, rng, temperature):
   """Student (training mode) and teacher (inference mode, no gradient) on the same batch.
 
   ``model_state`` is ``{"student": state, "teacher": (params_o, state_o)}``: the teacher rides
   in the model state so that it is an argument of the jitted epoch, not a baked-in constant.
   """
-  logits, student_state = apply(params, model_state["student"], batch["images"], True)
+  logits, student_state = forward(apply, params, model_state["student"], batch["images"], True,
+                                  rng)
   teacher_params, teacher_state = model_state["teacher"]
   teacher_logits, _ = apply(teacher_params, teacher_state, batch["images"], False)
   kl = distill_kl(logits, jax.lax.stop_gradient(teacher_logits), temperature)
@@ -115,8 +116,7 @@ def _scrub_forward(apply, params, model_state, batch, temperature):
 def scrub_max_loss(apply: Apply, temperature: float) -> train_lib.LossFn:
   """SCRUB's max-step: -KL(teacher || student) on D_f."""
   def loss_fn(params, model_state, batch, rng):
-    del rng
-    _, new_state, kl = _scrub_forward(apply, params, model_state, batch, temperature)
+    _, new_state, kl = _scrub_forward(apply, params, model_state, batch, rng, temperature)
     return -kl, (new_state, {"loss": -kl, "kl": kl})
   return loss_fn
 
@@ -125,8 +125,7 @@ def scrub_min_loss(apply: Apply, temperature: float, gamma: float,
                    alpha: float) -> train_lib.LossFn:
   """SCRUB's min-step: gamma * CE + alpha * KL(teacher || student) on D_r."""
   def loss_fn(params, model_state, batch, rng):
-    del rng
-    logits, new_state, kl = _scrub_forward(apply, params, model_state, batch, temperature)
+    logits, new_state, kl = _scrub_forward(apply, params, model_state, batch, rng, temperature)
     ce = objectives.masked_mean(objectives.cross_entropy(logits, batch["labels"]),
                                 batch["valid"])
     loss = gamma * ce + alpha * kl

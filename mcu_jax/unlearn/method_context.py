@@ -43,6 +43,8 @@ class MethodContext:
       model_state)``; None for the other methods.
     desc: the progress bar's label (the method's name).
     mesh: the ``jax.sharding.Mesh`` the data and the state are replicated on.
+    programs: a dict shared by the runs of one population (``train.train_model``'s
+      ``programs``): every member runs the first member's compiled epoch; None: its own.
   """
   apply: Apply
   params: PyTree
@@ -57,6 +59,7 @@ class MethodContext:
   init_params: Any
   desc: str
   mesh: Any
+  programs: dict | None = None
 
 
 @dataclasses.dataclass
@@ -121,6 +124,6 @@ def train_on(ctx: MethodContext, config: cfgs.MethodConfig, loss_fn: train_lib.L
       rng=ctx.rng if rng is None else rng, preprocess=ctx.preprocess,
       mesh=ctx.mesh, mask=params_mask, penalty=penalty_for_steps,
       evaluate=wrap_evaluate(ctx, _plain_view), checkpointer=ctx.checkpointer,
-      progress=ctx.progress, desc=ctx.desc)
+      progress=ctx.progress, desc=ctx.desc, programs=ctx.programs)
   return Outcome(trained.state.params, trained.state.model_state, trained.history,
                  trained.compile_seconds)

@@ -72,9 +72,10 @@ def _batch_stats_step(ctx: MethodContext, config: cfgs.NegTVConfig, ft_state: Py
   if config.batch_stats == "original":
     return (lambda params: ctx.model_state), 0.0
   apply, preprocess, batch_size, mesh = ctx.apply, ctx.preprocess, config.batch_size, ctx.mesh
-  recalibrate = jax.jit(lambda params, model_state, images: batchnorm.recalibrated(
-      apply, params, model_state, images, batch_size, preprocess, mesh=mesh))
   retain_images = place(ctx, ctx.train.images[ctx.split.retain])
+  layout = batchnorm.stats_layout(apply, ctx.params, ctx.model_state, retain_images, preprocess)
+  recalibrate = jax.jit(lambda params, model_state, images: batchnorm.recalibrated(
+      apply, params, model_state, images, batch_size, preprocess, layout, mesh=mesh))
   recalibrate_c, seconds = train_lib.compile_ahead(recalibrate, ctx.params, ctx.model_state,
                                                    retain_images)
   return (lambda params: recalibrate_c(params, ctx.model_state, retain_images)), seconds

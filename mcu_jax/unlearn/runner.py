@@ -91,7 +91,7 @@ def run(method: str, *, apply: Apply, params: PyTree, model_state: PyTree,
         rng, config: cfgs.MethodConfig | Mapping[str, Any] | None = None,
         progress: bool = True, checkpointer: Checkpointer | None = None,
         evaluate: Evaluate | None = None, init_params=None, init=None,
-        mesh=None) -> UnlearnResult:
+        mesh=None, programs: dict | None = None) -> UnlearnResult:
   """Runs base unlearning method ``method`` on the original model and returns theta_p.
 
   Args:
@@ -115,6 +115,9 @@ def run(method: str, *, apply: Apply, params: PyTree, model_state: PyTree,
     init: an alias of ``init_params`` (give one of the two).
     mesh: a ``jax.sharding.Mesh`` (default: all devices): data and state replicated on it,
       every batch split over it; the same program runs on 1 or N devices.
+    programs: a dict kept across runs of one method with one config on models of one
+      structure (a population, ``population.unlearn_population``): the runs share one compiled
+      epoch instead of compiling their own (results are identical).
 
   Returns:
     An ``UnlearnResult`` (see there for what the RTE counts).
@@ -130,7 +133,8 @@ def run(method: str, *, apply: Apply, params: PyTree, model_state: PyTree,
   mesh = parallel.make_mesh() if mesh is None else mesh
   params, model_state = parallel.replicate((params, model_state), mesh)
   ctx = MethodContext(apply, params, model_state, train, split, preprocess, _as_key(rng),
-                bool(progress), checkpointer, evaluate, init_params, spec.name, mesh)
+                bool(progress), checkpointer, evaluate, init_params, spec.name, mesh,
+                programs)
   outcome = spec.impl(ctx, config)
   train_seconds = float(sum(record["seconds"] for record in outcome.history))
   return UnlearnResult(
