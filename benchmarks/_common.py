@@ -284,8 +284,8 @@ def reference_base_net(ref, num_classes: int, depth: int, device):
 
 
 def markdown_table(rows: Sequence[dict], columns: Iterable, floatfmt: str = ".4g") -> str:
-  """``columns``: keys, or (key, header) pairs (mcu_jax.report's table, 4 significant digits)."""
-  from mcu_jax import report
+  """``columns``: keys, or (key, header) pairs (mcu_jax.pipeline.report's table, 4 significant digits)."""
+  from mcu_jax.pipeline import report
   return report.markdown_table(rows, list(columns), floatfmt).rstrip("\n")
 
 
@@ -298,6 +298,6 @@ def emit(record: dict, out: str | None) -> dict:
 
 
 def write_json(path: str, record: dict) -> None:
-  """Atomic JSON write (mcu_jax.report's: NumPy values allowed, NaN as null)."""
-  from mcu_jax import report
-  report.write_json(path, record)
+  """Atomic JSON write (mcu_jax.pipeline.report's: NumPy values allowed, NaN as null)."""
+  from mcu_jax import io
+  io.write_json(path, record)

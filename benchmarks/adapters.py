@@ -30,7 +30,8 @@ import _common  # noqa: E402
 import jax  # noqa: E402
 
 import mcu_jax  # noqa: E402
-from mcu_jax import data, train  # noqa: E402
+from mcu_jax import data  # noqa: E402
+from mcu_jax.runtime import train  # noqa: E402
 
 
 def _relative(got, want, elementwise: bool = False) -> float:

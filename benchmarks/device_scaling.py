@@ -1,6 +1,6 @@
-"""Images/s of the MCU curve step on 1, 2, 4, 8 devices (data parallel, mcu_jax.parallel).
+"""Images/s of the MCU curve step on 1, 2, 4, 8 devices (data parallel, mcu_jax.runtime.parallel).
 
-The step is ``mcu_jax.mcu.CurveTrainer.step`` (full mask, adaptive beta, fp32 unless
+The step is ``mcu_jax.runtime.mcu.CurveTrainer.step`` (full mask, adaptive beta, fp32 unless
 ``--precision``) of a trainer on a 1-D mesh (``CurveTrainer(..., mesh=parallel.make_mesh(...))``
 replicates the curve, optimizer state and endpoints over it), with the batch split over it
 (``parallel.shard_batch``).
@@ -116,7 +116,7 @@ def main(argv=None) -> dict:
   if not counts or min(counts) < 1:
     raise ValueError(f"--devices must list positive counts, got {args.devices!r}")
   import jax
-  from mcu_jax import loops
+  from mcu_jax.runtime import loops
   accelerated = not loops.on_cpu() and not args.force_cpu
   mode = (f"real {jax.devices()[0].device_kind} devices" if accelerated else FORCED_LABEL)
   print(f"{mode}; model {args.model}, {args.scaling} scaling, "

@@ -3,15 +3,15 @@
 The job, in three timed parts (defaults: 50,000 train + 10,000 test images 32x32x3, random 10%
 forgetting, PreResNet-110, batch 128):
 
-1. ``mask``: ``masks.compute_mask``, as ``mcu_jax.pipeline`` runs it: gradients summed over
+1. ``mask``: ``masks.compute_mask``, as ``mcu_jax.pipeline.stages`` runs it: gradients summed over
    D_r and over D_f at theta_o and the layer-wise ``mcu_mask`` (k=0.5, kr=0); with a
    ``--jax-loop`` other than auto, its pieces (``masks.summed_ce_gradients_fn`` with that
    loop, then ``mcu_mask``);
-2. ``curve``: ``--epochs`` epochs of ``mcu_jax.mcu.CurveTrainer.epoch`` over D_f + 50% of D_r
+2. ``curve``: ``--epochs`` epochs of ``mcu_jax.runtime.mcu.CurveTrainer.epoch`` over D_f + 50% of D_r
    (``mcu.curve_data``; adaptive beta, SGD lr 0.01 momentum 0.9, on-device shuffling,
    crop+flip augmentation); the compile time of the epoch is reported on its own and counted
    in the part;
-3. ``sweep``: ``mcu_jax.sweep.sweep`` at ``--points`` t in [0, 1], each with BN statistics
+3. ``sweep``: ``mcu_jax.runtime.sweep.sweep`` at ``--points`` t in [0, 1], each with BN statistics
    recalibrated on the full training set, then accuracy/loss on retain, forget and test.
 
 The JAX side runs on one device, as the reference does.
@@ -53,13 +53,13 @@ import _common  # noqa: E402
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from mcu_jax import loops, masks, mcu, parallel  # noqa: E402
-from mcu_jax import beta as beta_lib  # noqa: E402
+from mcu_jax.runtime import loops, masks, mcu, parallel  # noqa: E402
+from mcu_jax.core import beta as beta_lib  # noqa: E402
 from mcu_jax import preprocess as preprocess_lib  # noqa: E402
-from mcu_jax import sweep as sweep_lib  # noqa: E402
-from mcu_jax.curves import Curve  # noqa: E402
+from mcu_jax.runtime import sweep as sweep_lib  # noqa: E402
+from mcu_jax.core.curves import Curve  # noqa: E402
 from mcu_jax.models import get_model, init_model, param_count  # noqa: E402
-from mcu_jax.optim import OptimConfig  # noqa: E402
+from mcu_jax.runtime.optim import OptimConfig  # noqa: E402
 
 NUM_CLASSES = 10
 FORGET_TARGET, RETAIN_TARGET = 94.0, 100.0
@@ -112,7 +112,7 @@ def adaptive_beta() -> beta_lib.AdaptiveBeta:
 def jax_mask(apply, params, model_state, retain, forget, batch_size, preprocess, k, kr,
              loop: str, mesh):
   """mcu_mask of the summed CE gradients at theta_o on D_r and D_f (BN in inference mode, as
-  the reference's model.eval()): ``masks.compute_mask``, the way mcu_jax.pipeline computes
+  the reference's model.eval()): ``masks.compute_mask``, the way mcu_jax.pipeline.stages computes
   it. ``compute_mask`` takes no loop, so a pinned ``loop`` ("scan", "python") runs its pieces
   instead: host batches padded by ``masks.batched``, ``masks.summed_ce_gradients_fn`` with
   that loop, then ``masks.mcu_mask``."""
@@ -190,7 +190,7 @@ def run_jax(args, data, image_shape) -> dict:
                                  "test": dev["test"]},
                            recal_inputs=dev["train"][0], options=options)
   out["sweep_s"] = time.perf_counter() - t0
-  # The sweep's own rule (mcu_jax.sweep): a chunk size implies vmapping, else the CPU policy.
+  # The sweep's own rule (mcu_jax.runtime.sweep): a chunk size implies vmapping, else the CPU policy.
   out["sweep_vectorized"] = (options.chunk_size is not None
                              or loops.resolve_vectorize(options.vectorize))
   out["sweep_final_accuracy"] = {k: float(v[-1]) for k, v in result.accuracy.items()}
@@ -404,7 +404,7 @@ def parse_args(argv):
                            "(like-for-like); computed: the mask of part 1 (the paper's intent)")
   parser.add_argument("--jax-loop", default="auto", choices=list(loops.LOOPS),
                       help="driver of the mask's gradient sums and the curve epochs "
-                           "(mcu_jax.loops): scan = one lax.scan per call, python = one "
+                           "(mcu_jax.runtime.loops): scan = one lax.scan per call, python = one "
                            "jitted dispatch per batch, auto = the library's choice "
                            "(python on CPU, scan elsewhere)")
   parser.add_argument("--skip-jax", action="store_true", help="time only the reference")

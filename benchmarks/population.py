@@ -34,7 +34,8 @@ import _common  # noqa: E402
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from mcu_jax import data, loops, models, population, train  # noqa: E402
+from mcu_jax import data, models, population  # noqa: E402
+from mcu_jax.runtime import loops, train  # noqa: E402
 from mcu_jax.preprocess import images  # noqa: E402
 
 

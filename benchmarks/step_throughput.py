@@ -5,8 +5,8 @@ its own, from dispatch to ``block_until_ready``) of
 
 * ``jax plain <precision>``: a jitted SGD step (``optim.make_optimizer``: momentum 0.9, weight
   decay 5e-4) of the mean cross-entropy (``train.supervised_loss``), the step
-  ``mcu_jax.train.make_epoch`` runs per batch;
-* ``jax curve <precision>``: ``mcu_jax.mcu.CurveTrainer.step`` with a full mask and the
+  ``mcu_jax.runtime.train.make_epoch`` runs per batch;
+* ``jax curve <precision>``: ``mcu_jax.runtime.mcu.CurveTrainer.step`` with a full mask and the
   adaptive beta, on a batch that mixes forget and retain examples (``is_forget``);
 
 for each ``--precision`` (fp32; bf16 = bfloat16 compute with float32 parameters,
@@ -57,11 +57,11 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from mcu_jax import beta as beta_lib  # noqa: E402
-from mcu_jax import mcu, parallel, train  # noqa: E402
-from mcu_jax.curves import Curve  # noqa: E402
+from mcu_jax.core import beta as beta_lib  # noqa: E402
+from mcu_jax.runtime import mcu, parallel, train  # noqa: E402
+from mcu_jax.core.curves import Curve  # noqa: E402
 from mcu_jax.models import get_model, init_model, param_count  # noqa: E402
-from mcu_jax.optim import OptimConfig, make_optimizer  # noqa: E402
+from mcu_jax.runtime.optim import OptimConfig, make_optimizer  # noqa: E402
 from mcu_jax.preprocess import normalize_uint8  # noqa: E402
 
 NUM_CLASSES = 10
@@ -421,7 +421,7 @@ def parse_args(argv):
                       help="torch CPU threads (default: this process's usable CPUs)")
   parser.add_argument("--skip-jax", action="store_true", help="time only the reference")
   parser.add_argument("--device-count", type=int, default=1,
-                      help="JAX devices of the data-parallel mesh (mcu_jax.parallel)")
+                      help="JAX devices of the data-parallel mesh (mcu_jax.runtime.parallel)")
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--out", default=None, help="write a JSON record here")
   return parser.parse_args(argv)

@@ -1,7 +1,7 @@
 """Timing of the sweep over t: several t per call (vmap, in chunks) vs one t per call.
 
 Trains nothing. Builds a Bezier curve between two random initialisations of a model (its middle
-bend pushed off the straight line by noise), then times ``mcu_jax.sweep.sweep`` -- BN
+bend pushed off the straight line by noise), then times ``mcu_jax.runtime.sweep.sweep`` -- BN
 recalibration on the training images plus accuracy/loss on retain, forget and test sets, at
 ``--points`` evenly spaced t -- sequentially (``vectorize=False``) and vmapped with each chunk
 size, after a warm-up call that compiles. Checks that every variant gives the sequential
@@ -23,9 +23,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from mcu_jax import data as data_lib
-from mcu_jax import report
-from mcu_jax import sweep as sweep_lib
-from mcu_jax.curves import Curve
+from mcu_jax import io
+from mcu_jax.pipeline import report
+from mcu_jax.runtime import sweep as sweep_lib
+from mcu_jax.core.curves import Curve
 from mcu_jax.models import from_linen, get_model, init_model, param_count
 
 
@@ -150,7 +151,7 @@ def main(argv=None) -> int:
               for r in rows)
   print("results equal to sequential:", equal)
   if args.out:
-    report.write_json(args.out, {
+    io.write_json(args.out, {
         "command": " ".join([sys.executable.split("/")[-1]] + sys.argv),
         "device": str(jax.devices()[0]), "backend": jax.default_backend(),
         "jax": jax.__version__, "python": platform.python_version(),

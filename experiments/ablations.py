@@ -256,9 +256,11 @@ def time_mask(study, dataset, runs, scenario, seed, repeats: int = 3) -> dict:
   the same RL theta_p, and reports the median epoch time (compilation excluded). Each variant
   is a ``mcu.CurveTrainer`` with the settings of ``pipeline.stage_curve``."""
   import jax
-  from mcu_jax import mcu, models, pipeline
-  from mcu_jax.curves import Curve
-  from mcu_jax.optim import OptimConfig
+  from mcu_jax.runtime import mcu
+  from mcu_jax import models
+  from mcu_jax.pipeline import stages as pipeline
+  from mcu_jax.core.curves import Curve
+  from mcu_jax.runtime.optim import OptimConfig
   base = study["ablation"].get("base", "rl")
   directory = S.seed_dir(runs, study, scenario, seed) / base
   ctx = S.context(S.run_config(study, dataset, scenario, seed, base), directory, False)
@@ -416,8 +418,8 @@ def main(argv=None) -> int:
       seed = study["seeds"][0]
       if (S.seed_dir(args.runs_dir, study, scenario, seed) / base / "report.json").exists():
         timing.append(time_mask(study, dataset, args.runs_dir, scenario, seed))
-    from mcu_jax import report
-    report.write_json(timing_path, timing)
+    from mcu_jax import io
+    io.write_json(timing_path, timing)
   if timing_path.exists():
     study["_mask_timing"] = S.read_json(timing_path)
   import main_table

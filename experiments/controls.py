@@ -49,7 +49,8 @@ EPOCHS = (1, 2, 5)
 def _objective_member(ctx, theta_o, state, theta_p, info, mask, seed):
   """(params, model_state, info) of control (a): theta_p trained on MCU's objective."""
   import jax
-  from mcu_jax import beta as beta_lib, curves, mcu, train
+  from mcu_jax.core import beta as beta_lib, curves
+  from mcu_jax.runtime import mcu, train
   c = ctx.config.curve
   forget, retain = ctx.arrays(ctx.split.forget), ctx.arrays(ctx.split.retain)
   controls = jax.tree.map(lambda p: p[None], theta_p)
@@ -74,7 +75,8 @@ def _objective_member(ctx, theta_o, state, theta_p, info, mask, seed):
 
 def _make(ctx, name, keys, make_member, n, like):
   """A control population from ``make_member(i)``, kept member by member."""
-  from mcu_jax import forget_stage, population
+  from mcu_jax.pipeline import forget_stage
+  from mcu_jax import population
   store = forget_stage.RunStore(ctx, name, keys)
   members, infos = [], []
   for i in range(n):
@@ -93,8 +95,11 @@ def make_controls(ctx, method: str, which: set, log) -> dict:
   """{name: (Population, infos, wall seconds of making its members, what it is compared
   with)}."""
   import jax
-  from mcu_jax import beta as beta_lib, choice, curves, forget_stage, masks, population
-  from mcu_jax import sweep as sweep_lib
+  from mcu_jax.core import beta as beta_lib, choice, curves
+  from mcu_jax.pipeline import forget_stage
+  from mcu_jax.runtime import masks
+  from mcu_jax import population
+  from mcu_jax.runtime import sweep as sweep_lib
   pops, _ = forget_stage.make_populations(ctx, [method])
   n = len(pops["originals"])
   keys = forget_stage.COMMON + ("forget", "train", "unlearn", "mask", "curve", "sweep",
@@ -174,7 +179,7 @@ def make_controls(ctx, method: str, which: set, log) -> dict:
 
 def _scores(ctx, evaluated, name, compared_with, settings):
   from mcu_jax.forget_quality import model_level
-  from mcu_jax import forget_stage
+  from mcu_jax.pipeline import forget_stage
   ref = evaluated["retrain_a"]
   tested = evaluated[name]
   acc = forget_stage._accuracies
@@ -258,7 +263,8 @@ def main(argv=None) -> int:
   directory = S.seed_dir(args.runs_dir, study, scenario, seed) / "forget_quality"
   config = S.run_config(study, dataset, scenario, seed, study["methods"][0])
   ctx = S.context(config, directory, args.progress)
-  from mcu_jax import forget_stage, report
+  from mcu_jax import io
+  from mcu_jax.pipeline import forget_stage
   pops, made = make_controls(ctx, args.method, which, S.log)
   host = {name: (np.asarray(x), np.asarray(y)) for name, (x, y) in ctx.eval_sets().items()
           if name in ("forget", "retain", "test")}
@@ -292,7 +298,7 @@ def main(argv=None) -> int:
   confs = results / "confidences_controls.npz"
   arrays = dict(np.load(confs)) if confs.exists() else {}
   arrays.update({name: evaluated[name]["confs"].astype(np.float32) for name in made})
-  report.atomic_write(confs, lambda f: np.savez(f, **arrays), "wb")
+  io.atomic_write(confs, lambda f: np.savez(f, **arrays), "wb")
   S.write_outputs(results, "controls", record, render(record))
   S.log(f"wrote {results / 'controls.md'}")
   return 0

@@ -5,7 +5,7 @@
         --config experiments/configs/forget_quality_fashion_mnist.yaml
 
 For every scenario of the study config (seed 0), one run directory under ``--runs-dir`` runs
-the ``forget-quality`` stage (``mcu_jax.forget_stage``): populations of
+the ``forget-quality`` stage (``mcu_jax.pipeline.forget_stage``): populations of
 ``run.forget_quality.models`` originals, two retrained populations and, for each method, its
 base and base+MCU populations; scored with the NeurIPS 2023 challenge's F and U-LiRA against
 retraining, with the retrain-vs-retrain floor, 95 % bootstrap intervals over models and
@@ -70,7 +70,7 @@ def main(argv=None) -> int:
   args = S.parser(__doc__.split("\n")[0]).parse_args(argv)
   study = S.setup(args)
   dataset = S.dataset_name(study, args.runs_dir)
-  from mcu_jax import pipeline
+  from mcu_jax.pipeline import stages as pipeline
   results = args.results_dir / study["name"]
   record = {"study": study["name"], "config_file": study["config_file"],
             "command": " ".join(["python3", "experiments/forget_quality.py",

@@ -16,8 +16,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mcu_jax import data, models, preprocess, train
-from mcu_jax.optim import OptimConfig, make_optimizer
+from mcu_jax import data, models, preprocess
+from mcu_jax.runtime import train
+from mcu_jax.runtime.optim import OptimConfig, make_optimizer
 
 
 def main(argv=None):

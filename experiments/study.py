@@ -2,7 +2,7 @@
 
 A study config (YAML, see ``configs/``) holds the study's own keys (data subset, seeds,
 scenarios, methods, ablation settings) and under ``run:`` an ``mcu_jax`` RunConfig. Every model
-is produced by ``mcu_jax.pipeline``'s stage functions in a run directory:
+is produced by ``mcu_jax.pipeline.stages``'s stage functions in a run directory:
 
     <runs>/<study>/<scenario>/seed<k>/base/          original + retrain + MCU mask (shared)
     <runs>/<study>/<scenario>/seed<k>/<method>/      one base method: unlearn, curve, sweep, report
@@ -47,7 +47,7 @@ HEADERS = {"UA": "UA", "RA": "RA", "TA": "TA", "MIA": "MIA-Eff.", "loss_auc": "l
 
 def load_study(path, overrides=()) -> dict:
   """The study config: the YAML file, then ``key.sub=value`` overrides (values as YAML)."""
-  from mcu_jax import config as config_lib
+  from mcu_jax.pipeline import config as config_lib
   study = config_lib.read_file(path)
   for text in overrides:
     study = config_lib.merge(study, config_lib.parse_override(text))
@@ -147,7 +147,7 @@ def dataset_name(study: dict, runs: Path) -> str:
 def run_config(study: dict, dataset: str, scenario: str, seed: int, method: str = "rl",
                extra: dict | None = None):
   """The mcu_jax RunConfig of one directory."""
-  from mcu_jax import config as config_lib
+  from mcu_jax.pipeline import config as config_lib
   values = copy.deepcopy(study["run"])
   values["dataset"] = dataset
   values["seed"] = int(seed)
@@ -165,12 +165,12 @@ def seed_dir(runs: Path, study: dict, scenario: str, seed: int) -> Path:
 
 def context(config, directory: Path, progress: bool):
   """The pipeline context of one run directory of the study (resuming its stages)."""
-  from mcu_jax import pipeline
+  from mcu_jax.pipeline import stages as pipeline
   return pipeline.make_context(config, directory, progress=progress, resume=True)
 
 
 def _run_stages(ctx, stages, label: str) -> dict:
-  from mcu_jax import pipeline
+  from mcu_jax.pipeline import stages as pipeline
   seconds = {}
   for stage in stages:
     if ctx.done(pipeline.STAGE_OF[stage].record):
@@ -213,7 +213,7 @@ def ensure_cell(study, dataset, runs, scenario, seed, name, method, extra=None,
   directory = root / name
   if (directory / "report.json").exists():
     return directory
-  from mcu_jax import pipeline
+  from mcu_jax.pipeline import stages as pipeline
   base = root / "base"
   ctx = context(run_config(study, dataset, scenario, seed, method, extra), directory, progress)
   shared = ["train", "retrain"]
@@ -345,14 +345,14 @@ def finish(study: dict, results: Path, stem: str, record: dict, text: str,
 
 
 def markdown(rows: list[dict], columns: list) -> str:
-  from mcu_jax import report
+  from mcu_jax.pipeline import report
   return report.markdown_table(rows, columns)
 
 
 def write_outputs(results: Path, stem: str, record: dict, text: str) -> None:
-  from mcu_jax import report
-  report.write_json(results / f"{stem}.json", record)
-  report.write_markdown(results / f"{stem}.md", text)
+  from mcu_jax import io
+  io.write_json(results / f"{stem}.json", record)
+  io.write_markdown(results / f"{stem}.md", text)
 
 
 def figure(size=(7.0, 4.5)):
@@ -364,9 +364,9 @@ def figure(size=(7.0, 4.5)):
 
 
 def save_png(fig, path: Path) -> str:
-  from mcu_jax import report
+  from mcu_jax import io
   fig.tight_layout()
-  return report.atomic_write(path, lambda f: fig.savefig(f, format="png"), mode="wb")
+  return io.atomic_write(path, lambda f: fig.savefig(f, format="png"), mode="wb")
 
 
 def scale_note(study: dict) -> str:

@@ -9,7 +9,7 @@ UA, RA, TA, MIA of every cell), ``results/fashion_mnist/ablations.json`` (its pa
 per-seed values were not stored when it was made, so those rows carry no interval),
 ``results/forget_quality_digits_n64/forget_quality.json`` and ``controls.json`` (model-level
 tests over populations of 64). Means over few units get a t interval; tests over units are
-exact sign-flip tests (``mcu_jax.stats.sign_flip``, all 2^n sign patterns).
+exact sign-flip tests (``mcu_jax.core.stats.sign_flip``, all 2^n sign patterns).
 """
 from __future__ import annotations
 
@@ -22,7 +22,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from mcu_jax import report, stats  # noqa: E402
+from mcu_jax import io  # noqa: E402
+from mcu_jax.core import stats  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 METHODS = ("ft", "ga", "neggrad_plus", "rl", "salun", "negtv", "scrub")
@@ -300,8 +301,8 @@ def main() -> int:
     rows += control_rows(controls)
   for r in rows:
     r["verdict"] = _verdict(r)
-  report.write_json(RESULTS / "verdicts.json", {"alpha": ALPHA, "rows": rows})
-  report.write_markdown(RESULTS / "verdicts.md", "# Verdicts\n\n" + render(rows))
+  io.write_json(RESULTS / "verdicts.json", {"alpha": ALPHA, "rows": rows})
+  io.write_markdown(RESULTS / "verdicts.md", "# Verdicts\n\n" + render(rows))
   print(render(rows))
   return 0
 

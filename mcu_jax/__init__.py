@@ -17,7 +17,7 @@ The steps ``unlearn_curve`` composes are public too: ``compute_mask``, ``train_c
 ``sweep_and_select``; so are the curve (``Curve``, ``point``), the masks and the beta policies.
 Forgetting quality over model populations: ``mcu_jax.population`` (N models differing by
 seed as one stacked pytree) and ``mcu_jax.forget_quality`` (the NeurIPS 2023 challenge's F,
-U-LiRA). Submodules hold the rest (``mcu_jax.sweep.sweep``, ``mcu_jax.unlearn``,
+U-LiRA). Submodules hold the rest (``mcu_jax.runtime.sweep.sweep``, ``mcu_jax.unlearn``,
 ``mcu_jax.data``, ...).
 """
 import importlib
@@ -25,19 +25,21 @@ import importlib
 __version__ = "0.2.0"
 
 # Where each public name lives. They are imported on first use (PEP 562), so that importing
-# ``mcu_jax.cli`` stays light: the command installs its signal handlers before JAX is imported.
-_SUBMODULES = ("forget_quality", "models", "population", "preprocess")
+# ``mcu_jax.pipeline.cli`` stays light: the command installs its signal handlers before JAX is
+# imported.
+_SUBMODULES = ("core", "data", "forget_quality", "models", "pipeline", "population",
+               "preprocess", "runtime", "unlearn")
 _FROM = {
     "api": ("MCUResult", "unlearn_curve"),
-    "batchnorm": ("recalibrate_batch_stats",),
-    "beta": ("AdaptiveBeta", "FixedBeta", "Targets", "alignment_targets"),
-    "choice": ("Choice", "select_t"),
-    "curves": ("Curve", "point", "points"),
-    "masks": ("MaskResult", "compute_mask", "mcu_mask", "salun_mask"),
-    "mcu": ("CurveTrainer", "TrainedCurve", "train_curve"),
-    "optim": ("OptimConfig",),
-    "sweep": ("SweepOptions", "SweepResult", "sweep_and_select"),
-    "validation": ("InvalidArgument", "MCUError", "NonFiniteError"),
+    "runtime.batchnorm": ("recalibrate_batch_stats",),
+    "core.beta": ("AdaptiveBeta", "FixedBeta", "Targets", "alignment_targets"),
+    "core.choice": ("Choice", "select_t"),
+    "core.curves": ("Curve", "point", "points"),
+    "runtime.masks": ("MaskResult", "compute_mask", "mcu_mask", "salun_mask"),
+    "runtime.mcu": ("CurveTrainer", "TrainedCurve", "train_curve"),
+    "runtime.optim": ("OptimConfig",),
+    "runtime.sweep": ("SweepOptions", "SweepResult", "sweep_and_select"),
+    "errors": ("InvalidArgument", "MCUError", "NonFiniteError"),
 }
 _HOME = {name: module for module, names in _FROM.items() for name in names}
 

@@ -21,22 +21,21 @@ from __future__ import annotations
 import dataclasses
 import time
 import warnings
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 
-from mcu_jax import batchnorm, evaluate, masks, mcu, parallel
-from mcu_jax import beta as beta_lib
-from mcu_jax.choice import Choice, bound_warning, collapse_warning
-from mcu_jax.curves import Curve, check_same_tree, point
+from mcu_jax.runtime import batchnorm, evaluate, masks, mcu, parallel
+from mcu_jax.core import beta as beta_lib
+from mcu_jax.core.choice import Choice, bound_warning, collapse_warning
+from mcu_jax.core.curves import Curve, check_same_tree, point
 from mcu_jax.models.adapters import Apply, check_data, with_precision
-from mcu_jax.optim import OptimConfig, check_mask
+from mcu_jax.runtime.optim import OptimConfig, check_mask
 from mcu_jax.preprocess import Preprocess, default_preprocess
-from mcu_jax.sweep import SweepOptions, SweepResult, sweep_and_select
-from mcu_jax.validation import (InvalidArgument, check_choice, check_pair, check_positive,
-                                dtype_of)
-
-PyTree = Any
+from mcu_jax.runtime.sweep import SweepOptions, SweepResult, sweep_and_select
+from mcu_jax.validation import check_choice, check_pair, check_positive, dtype_of
+from mcu_jax.errors import InvalidArgument
+from mcu_jax.typing import PyTree
 
 
 @dataclasses.dataclass(frozen=True)
@@ -166,7 +165,7 @@ def unlearn_curve(apply: Apply, theta_o: PyTree, theta_p: PyTree, *, forget, ret
     mesh: a ``jax.sharding.Mesh`` (default: all devices); batches are split over it.
     precision: "fp32" or "bf16" (bfloat16 compute while training the curve).
     preprocess: ``preprocess(key, inputs) -> model inputs`` (``mcu_jax.preprocess``).
-    checkpointer: a ``mcu_jax.checkpoint.Checkpointer`` for resumable curve training.
+    checkpointer: a ``mcu_jax.runtime.checkpoint.Checkpointer`` for resumable curve training.
     progress: progress bars (off by default).
   """
   sets = _check_inputs(forget, retain, test)

@@ -4,7 +4,7 @@ The stronger forgetting evaluations (``mcu_jax.forget_quality``) compare populat
 unlearned and retrained models. A ``Population`` holds N members with every leaf stacked on a
 leading axis of size N: ``params`` (N, ...), ``model_state`` (N, ...).
 
-Drivers (the CPU policy of ``mcu_jax.loops``):
+Drivers (the CPU policy of ``mcu_jax.runtime.loops``):
 
 * ``train_population`` trains members from scratch (the originals on D, the retrained models
   on D_r): on GPU/TPU one jitted epoch ``vmap``-ed over the population axis, that axis split
@@ -30,20 +30,20 @@ from __future__ import annotations
 import dataclasses
 import time
 import warnings
-from typing import Any, Callable, Protocol, Sequence
+from typing import Callable, Protocol, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import tqdm.auto as tqdm
 
-from mcu_jax import evaluate, loops, parallel, train
-from mcu_jax import signals
-from mcu_jax.optim import make_optimizer
+from mcu_jax.runtime import evaluate, loops, parallel, train
+from mcu_jax.runtime import signals
+from mcu_jax.runtime.optim import make_optimizer
 from mcu_jax.preprocess import Preprocess, default_preprocess
-from mcu_jax.validation import InvalidArgument, check_positive
-
-PyTree = Any
+from mcu_jax.validation import check_positive
+from mcu_jax.errors import InvalidArgument
+from mcu_jax.typing import PyTree
 
 
 def stack(trees: Sequence[PyTree]) -> PyTree:

@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mcu_jax.validation import InvalidArgument
+from mcu_jax.errors import InvalidArgument
 
 Preprocess = Callable[[jax.Array | None, jax.Array], jax.Array]
 
@@ -86,9 +86,9 @@ def random_crop(key: jax.Array, images: jax.Array, padding: int) -> jax.Array:
   at an offset drawn per example (the usual CIFAR "pad 4, random crop")."""
   padding = int(padding)
   if padding < 0:
-    raise ValueError(f"padding must be >= 0, got {padding}")
+    raise InvalidArgument(f"padding must be >= 0, got {padding}")
   if images.ndim != 4:
-    raise ValueError(f"random_crop needs NHWC images, got shape {images.shape}")
+    raise InvalidArgument(f"random_crop needs NHWC images, got shape {images.shape}")
   if padding == 0:
     return images
   n, h, w, c = images.shape
@@ -103,7 +103,7 @@ def random_crop(key: jax.Array, images: jax.Array, padding: int) -> jax.Array:
 def random_flip(key: jax.Array, images: jax.Array) -> jax.Array:
   """Mirrors each image left-right with probability 1/2, drawn per example."""
   if images.ndim != 4:
-    raise ValueError(f"random_flip needs NHWC images, got shape {images.shape}")
+    raise InvalidArgument(f"random_flip needs NHWC images, got shape {images.shape}")
   flip = jax.random.bernoulli(key, 0.5, (images.shape[0],))
   return jnp.where(flip[:, None, None, None], images[:, :, ::-1, :], images)
 
@@ -115,9 +115,9 @@ def _per_channel(values, channels: int, what: str):
   else:
     values = np.atleast_1d(np.asarray(values, np.float32))
     if what == "std" and np.any(values <= 0):
-      raise ValueError(f"std must be positive, got {values.tolist()}")
+      raise InvalidArgument(f"std must be positive, got {values.tolist()}")
   if values.ndim != 1 or values.size not in (1, channels):
-    raise ValueError(f"{what} has {values.size} values for images with {channels} channels")
+    raise InvalidArgument(f"{what} has {values.size} values for images with {channels} channels")
   return values
 
 
@@ -158,9 +158,9 @@ def make_preprocess(mean: Sequence[float] | float, std: Sequence[float] | float,
   (``flip``; leave it off for digits and other data with a handedness) when ``augment`` and a
   key is given, then ``normalize``. ``key=None`` means evaluation: normalisation only."""
   if int(padding) < 0:
-    raise ValueError(f"padding must be >= 0, got {padding}")
+    raise InvalidArgument(f"padding must be >= 0, got {padding}")
   as_tuple = lambda v: tuple(float(x) for x in np.atleast_1d(np.asarray(v, np.float64)))
   mean, std = as_tuple(mean), as_tuple(std)
   if any(s <= 0 for s in std):
-    raise ValueError(f"std must be positive, got {std}")
+    raise InvalidArgument(f"std must be positive, got {std}")
   return Preprocessor(mean, std, bool(augment), int(padding), bool(flip))

@@ -1,4 +1,4 @@
-"""One way to refuse bad input: the error family and the checks that raise it.
+"""One way to refuse bad input: the checks that raise ``mcu_jax.errors.InvalidArgument``.
 
 Every message starts with the argument's name (a config key path for configurations) and
 says what was expected, e.g.::
@@ -6,10 +6,10 @@ says what was expected, e.g.::
     >>> check_number("lr", -1.0, low=0.0, low_open=True)
     Traceback (most recent call last):
     ...
-    mcu_jax.validation.InvalidArgument: lr: must lie in (0.0, inf), got -1.0
+    mcu_jax.errors.InvalidArgument: lr: must lie in (0.0, inf), got -1.0
 
 ``InvalidArgument`` is both a ``ValueError`` and a ``TypeError``, so callers may catch either.
-Configuration errors (``mcu_jax.config.ConfigError``) are the same checks with the key path as
+Configuration errors (``mcu_jax.pipeline.config.ConfigError``) are the same checks with the key path as
 the name.
 """
 from __future__ import annotations
@@ -19,17 +19,7 @@ from typing import Any, Iterable, NoReturn
 
 import numpy as np
 
-
-class MCUError(Exception):
-  """Base class of the errors mcu_jax raises on purpose."""
-
-
-class InvalidArgument(MCUError, ValueError, TypeError):
-  """An argument the code cannot handle correctly; the message names it."""
-
-
-class NonFiniteError(MCUError, FloatingPointError):
-  """A computation produced a NaN or an infinity (training, a sweep); nothing of it was kept."""
+from mcu_jax.errors import InvalidArgument, MCUError, NonFiniteError  # noqa: F401 (re-exported)
 
 
 def fail(name: str, expected: str, got: Any, error: type = InvalidArgument) -> NoReturn:

@@ -11,15 +11,15 @@ def main():
   if mode == "worker":
     port, pid = sys.argv[2], int(sys.argv[3])
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    from mcu_jax import parallel
+    from mcu_jax.runtime import parallel
     parallel.initialize(f"localhost:{port}", 2, pid)
   import numpy as np
 
   from _tiny_curve import tiny_problem
-  from mcu_jax import beta as beta_lib
-  from mcu_jax import mcu
-  from mcu_jax.curves import Curve
-  from mcu_jax.optim import OptimConfig
+  from mcu_jax.core import beta as beta_lib
+  from mcu_jax.runtime import mcu
+  from mcu_jax.core.curves import Curve
+  from mcu_jax.runtime.optim import OptimConfig
 
   apply, start, end, state, batches = tiny_problem(4)
   curve = Curve.from_endpoints(start, end)

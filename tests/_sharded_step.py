@@ -7,11 +7,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mcu_jax import beta as beta_lib
+from mcu_jax.core import beta as beta_lib
 from _tiny_curve import tiny_problem
-from mcu_jax import batchnorm, data, evaluate, loops, mcu, parallel, sweep, unlearn
-from mcu_jax.curves import Curve
-from mcu_jax.optim import OptimConfig
+from mcu_jax.runtime import batchnorm, evaluate, loops, mcu, parallel, sweep
+from mcu_jax import data, unlearn
+from mcu_jax.core.curves import Curve
+from mcu_jax.runtime.optim import OptimConfig
 from mcu_jax.preprocess import normalize_uint8
 
 

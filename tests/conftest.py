@@ -26,7 +26,7 @@ def pytest_collection_modifyitems(config, items):
 
 
 def _sgd_cosine():
-  from mcu_jax.optim import OptimConfig
+  from mcu_jax.runtime.optim import OptimConfig
   return OptimConfig(lr=0.1, momentum=0.9, weight_decay=5e-4, cosine=True, schedule_unit="step")
 
 
@@ -44,8 +44,9 @@ def digits_original():
   bundled digits (SGD 0.1, cosine per step, batch 64). Shared: users copy before training
   further (``train.TrainState.create`` does)."""
   import jax.numpy as jnp
-  from mcu_jax import data, models, train
-  from mcu_jax.optim import make_optimizer
+  from mcu_jax import data, models
+  from mcu_jax.runtime import train
+  from mcu_jax.runtime.optim import make_optimizer
   from mcu_jax.preprocess import normalize_uint8
   tt = data.load_digits()
   module = models.get_model("small_cnn", 10, width=8)
@@ -71,7 +72,7 @@ FAST = ["--no-progress", "--set", "train.epochs=3", "--set", "curve.epochs=2",
 @pytest.fixture(scope="session")
 def demo_dir(tmp_path_factory):
   """A finished ``mcu-jax demo`` run directory (FAST settings). Tests must not change it."""
-  from mcu_jax import cli
+  from mcu_jax.pipeline import cli
   run_dir = tmp_path_factory.mktemp("demo") / "run"
   assert cli.main(["demo", "--run-dir", str(run_dir), *FAST]) == 0
   return run_dir

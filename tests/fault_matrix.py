@@ -50,7 +50,7 @@ ENV = dict(os.environ, JAX_PLATFORMS="cpu")
 
 
 def mcu(*args, timeout=600):
-  return subprocess.run([sys.executable, "-m", "mcu_jax.cli", *map(str, args)], cwd=ROOT,
+  return subprocess.run([sys.executable, "-m", "mcu_jax.pipeline.cli", *map(str, args)], cwd=ROOT,
                         env=ENV, capture_output=True, text=True, timeout=timeout)
 
 
@@ -60,8 +60,8 @@ def mcu(*args, timeout=600):
 
 def audit(run_dir: Path) -> list[str]:
   """What is marked done but wrong in ``run_dir`` (empty when every record is sound)."""
-  from mcu_jax import config as config_lib
-  from mcu_jax import pipeline, rundir
+  from mcu_jax.pipeline import config as config_lib
+  from mcu_jax.pipeline import stages as pipeline, rundir
   problems = []
   if not (run_dir / "config.json").exists() or not run_dir.is_dir():
     return problems
@@ -228,7 +228,7 @@ def disk_cases():
 
 
 def _model_digest(path: Path) -> str:
-  from mcu_jax import checkpoint
+  from mcu_jax.runtime import checkpoint
   return checkpoint.tree_digest(checkpoint.load_tree(path))
 
 
@@ -298,7 +298,7 @@ def issue_cases():
     for path in [model, *model.rglob("*")]:
       path.chmod(path.stat().st_mode & ~0o222)
     try:
-      result = subprocess.run([*prefix, sys.executable, "-m", "mcu_jax.cli", "train",
+      result = subprocess.run([*prefix, sys.executable, "-m", "mcu_jax.pipeline.cli", "train",
                                "--run-dir", str(d), "--force", "--no-progress"], cwd=ROOT,
                               env=ENV, capture_output=True, text=True, timeout=600)
     finally:
@@ -338,7 +338,7 @@ def run_killed(d: Path, sig=signal.SIGKILL, attempts: int = 3,
   """Starts 6 training epochs and sends ``sig`` (``twice``: two of it, 50 ms apart) once two
   epoch checkpoints exist (tried again from scratch when the training finished before the
   signal could reach it)."""
-  args = [sys.executable, "-m", "mcu_jax.cli", "train", "--run-dir", str(d), "--no-progress",
+  args = [sys.executable, "-m", "mcu_jax.pipeline.cli", "train", "--run-dir", str(d), "--no-progress",
           "--set", "train.epochs=6", "--set", "model_options={width: 4}"]
   proc = subprocess.Popen(args, cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, text=True)
@@ -377,7 +377,7 @@ def signal_cases():
 
   def two_writers(d, b):
     copy(b, d)
-    holder = subprocess.Popen([sys.executable, "-c", "import time; from mcu_jax.rundir import "
+    holder = subprocess.Popen([sys.executable, "-c", "import time; from mcu_jax.pipeline.rundir import "
                                f"RunDir; r = RunDir({str(d)!r}); r.acquire(); print('held', "
                                "flush=True); time.sleep(120)"], cwd=ROOT, env=ENV,
                               stdout=subprocess.PIPE, text=True)
@@ -517,7 +517,7 @@ def signal_trials(work: Path, base: Path, trials: int, seed: int = 0) -> list[di
     d = _prepare(work, base, f"trial{i}", copied)
     at, redraws = rng.uniform(0.15, 0.95 * seconds[command]), 0
     while True:
-      proc = subprocess.Popen([sys.executable, "-m", "mcu_jax.cli", *args, "--run-dir", str(d),
+      proc = subprocess.Popen([sys.executable, "-m", "mcu_jax.pipeline.cli", *args, "--run-dir", str(d),
                                "--no-progress"], cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True)
       try:

@@ -8,7 +8,7 @@ import pytest
 from flax import nnx
 
 from mcu_jax import models
-from mcu_jax.validation import InvalidArgument
+from mcu_jax.errors import InvalidArgument
 
 X = np.random.default_rng(0).normal(size=(6, 5)).astype(np.float32)
 
@@ -171,9 +171,9 @@ def test_check_model_state():
 # Randomness: a fresh key at every training step, derived from the seed; inference without.
 
 import _adapter_models as am   # noqa: E402
-from mcu_jax import evaluate, mcu  # noqa: E402
-from mcu_jax.curves import Curve  # noqa: E402
-from mcu_jax.optim import OptimConfig  # noqa: E402
+from mcu_jax.runtime import evaluate, mcu  # noqa: E402
+from mcu_jax.core.curves import Curve  # noqa: E402
+from mcu_jax.runtime.optim import OptimConfig  # noqa: E402
 
 
 def _case(library, dropout):

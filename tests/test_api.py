@@ -15,8 +15,8 @@ from flax import nnx
 
 import mcu_jax
 from mcu_jax import data, models
-from mcu_jax.curves import line_controls
-from mcu_jax.validation import InvalidArgument
+from mcu_jax.core.curves import line_controls
+from mcu_jax.errors import InvalidArgument
 
 FORGET_CLASS = 3
 FAST = dict(epochs=2, points=6, batch_size=64, eval_batch_size=256, k=0.1)  # k: a partial mask
@@ -305,8 +305,8 @@ def _no_training(monkeypatch):
   """Makes any mask computation or curve training fail the test: refusals come first."""
   def boom(*args, **kwargs):
     raise AssertionError("training ran before the bad input was refused")
-  monkeypatch.setattr(mcu_jax.masks, "compute_mask", boom)
-  monkeypatch.setattr(mcu_jax.mcu, "train_curve", boom)
+  monkeypatch.setattr(mcu_jax.runtime.masks, "compute_mask", boom)
+  monkeypatch.setattr(mcu_jax.runtime.mcu, "train_curve", boom)
 
 
 @pytest.mark.parametrize("change, match", [
@@ -411,7 +411,7 @@ def test_every_library_with_batchnorm_and_dropout_is_exact(digits, library):
   the one call's metrics and the returned statistics recomputed in NumPy float64."""
   if library in ("haiku", "equinox"):
     pytest.importorskip(library, reason=f"{library} is not installed")
-  from mcu_jax import train
+  from mcu_jax.runtime import train
   case = am.build(library, sizes=(64, 32, 16, 10), dropout=0.2)
   x, y, f = digits["features"], digits["labels"], digits["forget"]
   config = train.FitConfig(lr=0.1, momentum=0.9, epochs=8, batch_size=64)

@@ -7,11 +7,12 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from mcu_jax import batchnorm as bn_lib
-from mcu_jax import models, parallel
+from mcu_jax.runtime import batchnorm as bn_lib
+from mcu_jax import models
+from mcu_jax.runtime import parallel
 from mcu_jax.models import from_linen, get_model, init_model
 from mcu_jax.preprocess import images as uint8_images
-from mcu_jax.validation import InvalidArgument
+from mcu_jax.errors import InvalidArgument
 
 
 class ConvBN(nn.Module):

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mcu_jax import beta as beta_lib
+from mcu_jax.core import beta as beta_lib
 
 
 def python_rule(fa, ra, ft, rt, low=0.01, high=0.5):

@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mcu_jax import checkpoint
+from mcu_jax.runtime import checkpoint
 
 
 def test_missing_and_corrupt_checkpoints(tmp_path):

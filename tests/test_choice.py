@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 from scipy.interpolate import CubicSpline, interp1d
 
-from mcu_jax import choice as ch
-from mcu_jax.beta import Targets
-from mcu_jax.sweep import SweepResult
-from mcu_jax.validation import InvalidArgument
+from mcu_jax.core import choice as ch
+from mcu_jax.core.beta import Targets
+from mcu_jax.runtime.sweep import SweepResult
+from mcu_jax.errors import InvalidArgument
 
 
 def _synthetic():

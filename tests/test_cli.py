@@ -10,7 +10,8 @@ import chex
 import numpy as np
 import pytest
 
-from mcu_jax import checkpoint, cli
+from mcu_jax.runtime import checkpoint
+from mcu_jax.pipeline import cli
 
 from conftest import FAST
 
@@ -259,7 +260,7 @@ def test_two_writers_on_one_run_directory(demo_dir, tmp_path):
   run_dir = _copy(demo_dir, tmp_path)
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   holder = subprocess.Popen(
-      [sys.executable, "-c", "import sys, time; from mcu_jax.rundir import RunDir; "
+      [sys.executable, "-c", "import sys, time; from mcu_jax.pipeline.rundir import RunDir; "
        f"run = RunDir({str(run_dir)!r}); run.acquire(); print('held', flush=True); "
        "time.sleep(60)"],
       env=env, stdout=subprocess.PIPE, text=True)

@@ -1,7 +1,7 @@
 import pytest
 
-from mcu_jax import config as config_lib
-from mcu_jax.config import ConfigError, load_config, read_file
+from mcu_jax.pipeline import config as config_lib
+from mcu_jax.pipeline.config import ConfigError, load_config, read_file
 
 
 def test_defaults_are_the_reference_mcu_hyperparameters():

@@ -3,7 +3,7 @@ import types
 
 import pytest
 
-from mcu_jax import context, rundir
+from mcu_jax.pipeline import context, rundir
 
 
 def test_finish_refuses_a_non_finite_record_and_writes_nothing(tmp_path):

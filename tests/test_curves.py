@@ -6,8 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mcu_jax import curves
-from mcu_jax.curves import Curve
+from mcu_jax.core import curves
+from mcu_jax.core.curves import Curve
 
 
 def bezier_np(t, n):

@@ -1,6 +1,5 @@
 """from_equinox / to_equinox: an Equinox model as an Apply (vmapped, keyed, inference mode)."""
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -8,7 +7,7 @@ eqx = pytest.importorskip("equinox", reason="equinox is not installed "
                           "(pip install -e '.[equinox]')")
 
 from mcu_jax import models  # noqa: E402
-from mcu_jax.validation import InvalidArgument  # noqa: E402
+from mcu_jax.errors import InvalidArgument  # noqa: E402
 
 X = np.random.default_rng(0).normal(size=(8, 5)).astype(np.float32)
 

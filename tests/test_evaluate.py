@@ -3,10 +3,10 @@ import jax
 import numpy as np
 import pytest
 
-from mcu_jax import evaluate as ev
-from mcu_jax import parallel
+from mcu_jax.runtime import evaluate as ev
+from mcu_jax.runtime import parallel
 from mcu_jax.models import from_function, from_linen, get_model, init_model
-from mcu_jax.validation import InvalidArgument
+from mcu_jax.errors import InvalidArgument
 
 
 @pytest.fixture(scope="module")

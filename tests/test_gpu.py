@@ -15,9 +15,10 @@ import jax
 import numpy as np
 import pytest
 
-from mcu_jax import beta as beta_lib
-from mcu_jax import mcu, models, parallel
-from mcu_jax.curves import Curve
+from mcu_jax.core import beta as beta_lib
+from mcu_jax.runtime import mcu, parallel
+from mcu_jax import models
+from mcu_jax.core.curves import Curve
 
 pytestmark = pytest.mark.gpu
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"

@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mcu_jax import masks
+from mcu_jax.runtime import masks
 
 
 def grad_tree(rng, tie=False):

@@ -5,12 +5,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mcu_jax import beta as beta_lib
-from mcu_jax import data, mcu, models, objectives, train
-from mcu_jax.curves import Curve, point
-from mcu_jax.optim import OptimConfig, make_optimizer
+from mcu_jax.core import beta as beta_lib
+from mcu_jax import data, models
+from mcu_jax.runtime import mcu, train
+from mcu_jax.core import objectives
+from mcu_jax.core.curves import Curve, point
+from mcu_jax.runtime.optim import OptimConfig, make_optimizer
 from mcu_jax.preprocess import normalize_uint8
-from mcu_jax.validation import InvalidArgument
+from mcu_jax.errors import InvalidArgument
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,10 @@ import numpy as np
 import optax
 import pytest
 
-from mcu_jax import data, evaluate, mia
+from mcu_jax.errors import InvalidArgument
+
+from mcu_jax import data
+from mcu_jax.runtime import evaluate, mia
 from mcu_jax.preprocess import normalize_uint8
 from mcu_jax.models import from_linen, get_model, init_model
 
@@ -64,7 +67,7 @@ def test_avg_gap():
   b = {"UA": 12.0, "RA": 95.0, "TA": 79.0, "MIA": 28.0}
   assert mia.avg_gap(a, b) == pytest.approx((2 + 5 + 1 + 8) / 4)
   assert mia.avg_gap(a, b, keys=("RA",)) == pytest.approx(5.0)
-  with pytest.raises(KeyError):
+  with pytest.raises(InvalidArgument, match="missing from one of the records"):
     mia.avg_gap(a, b, keys=("loss_auc",))
 
 

@@ -7,8 +7,8 @@ import optax
 import pytest
 
 from mcu_jax import unlearn
-from mcu_jax.optim import OptimConfig, check_mask, make_optimizer
-from mcu_jax.validation import InvalidArgument
+from mcu_jax.runtime.optim import OptimConfig, check_mask, make_optimizer
+from mcu_jax.errors import InvalidArgument
 
 
 def updates(opt, params, grads, steps):

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mcu_jax import parallel
+from mcu_jax.runtime import parallel
 
 
 def test_sharded_step_batch_sums_unlearn_and_sweep_match_single_device():

@@ -4,8 +4,8 @@ import jax
 import numpy as np
 
 import mcu_jax
-from mcu_jax import config as config_lib
-from mcu_jax import pipeline
+from mcu_jax.pipeline import config as config_lib
+from mcu_jax.pipeline import stages as pipeline
 
 
 def test_curve_stage_equals_unlearn_curve(demo_dir):

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 
 import mcu_jax
-from mcu_jax import data, evaluate, models, population, train, unlearn
+from mcu_jax import data, models, population, unlearn
+from mcu_jax.runtime import evaluate, train
 from mcu_jax.preprocess import normalize_uint8
-from mcu_jax.validation import InvalidArgument
+from mcu_jax.errors import InvalidArgument
 
 CONFIG = train.FitConfig(lr=0.2, momentum=0.9, epochs=1, batch_size=64, cosine=True,
                          schedule_unit="step")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from mcu_jax import preprocess
-from mcu_jax.validation import InvalidArgument
+from mcu_jax.errors import InvalidArgument
 
 
 def _batch(shape=(8, 6, 5, 3), seed=0):

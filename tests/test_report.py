@@ -5,10 +5,11 @@ import os
 import numpy as np
 import pytest
 
-from mcu_jax.beta import Targets
-from mcu_jax.choice import select_t
-from mcu_jax.sweep import SweepResult
-from mcu_jax import report
+from mcu_jax.core.beta import Targets
+from mcu_jax.core.choice import select_t
+from mcu_jax.runtime.sweep import SweepResult
+from mcu_jax import io
+from mcu_jax.pipeline import report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -27,15 +28,15 @@ def _no_temp_files(directory):
 def test_write_json_roundtrip(tmp_path):
   record = {"t": np.float32(0.5), "accs": np.arange(3, dtype=np.float64), "n": np.int64(4),
             "ok": np.bool_(True), "nan": float("nan"), "nested": {"pair": (1, 2.5)}}
-  path = report.write_json(tmp_path / "sub" / "run.json", record)
-  loaded = report.read_json(path)
+  path = io.write_json(tmp_path / "sub" / "run.json", record)
+  loaded = io.read_json(path)
   assert loaded == {"t": 0.5, "accs": [0.0, 1.0, 2.0], "n": 4, "ok": True, "nan": None,
                     "nested": {"pair": [1, 2.5]}}
-  report.write_json(path, {"again": 1})        # overwrite in place
+  io.write_json(path, {"again": 1})        # overwrite in place
   assert json.load(open(path)) == {"again": 1}
   _no_temp_files(tmp_path / "sub")
   with pytest.raises(TypeError):
-    report.write_json(tmp_path / "bad.json", {"x": object()})
+    io.write_json(tmp_path / "bad.json", {"x": object()})
   assert not (tmp_path / "bad.json").exists()
   _no_temp_files(tmp_path)
 
@@ -51,7 +52,7 @@ def test_markdown_table(tmp_path):
   assert lines[3] == "| a\\|b | 5.00 |  |  |"
   default = report.markdown_table(rows)
   assert default.split("\n")[0] == "| method | UA | RA | MIA |"
-  path = report.write_markdown(tmp_path / "table.md", table)
+  path = io.write_markdown(tmp_path / "table.md", table)
   assert open(path).read() == table
   with pytest.raises(ValueError):
     report.markdown_table([], [])

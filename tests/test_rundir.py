@@ -8,8 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mcu_jax import rundir
-from mcu_jax.rundir import RunDir, Stage, StageError
+from mcu_jax.pipeline import rundir
+from mcu_jax.pipeline.rundir import RunDir, Stage, StageError
 
 
 def test_records_round_trip_and_reading_never_writes(tmp_path):
@@ -30,7 +30,7 @@ def test_a_second_writer_is_refused_while_the_first_holds_the_lock(tmp_path):
   run = RunDir(tmp_path / "r")
   run.write("a", {"x": 1})
   script = textwrap.dedent(f"""
-      from mcu_jax.rundir import RunDir, StageError
+      from mcu_jax.pipeline.rundir import RunDir, StageError
       try:
         RunDir({str(tmp_path / 'r')!r}).write("b", {{"y": 2}})
       except StageError as e:
@@ -49,7 +49,7 @@ def test_a_second_writer_is_refused_while_the_first_holds_the_lock(tmp_path):
 def test_a_lock_left_by_a_killed_process_is_free(tmp_path):
   script = textwrap.dedent(f"""
       import os, signal
-      from mcu_jax.rundir import RunDir
+      from mcu_jax.pipeline.rundir import RunDir
       RunDir({str(tmp_path / 'r')!r}).write("a", {{"x": 1}})
       os.kill(os.getpid(), signal.SIGKILL)
   """)

@@ -1,4 +1,4 @@
-"""SIGINT and SIGTERM recorded, never lost: mcu_jax.signals, and the command that uses it."""
+"""SIGINT and SIGTERM recorded, never lost: mcu_jax.runtime.signals, and the command that uses it."""
 import json
 import os
 import signal
@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mcu_jax import checkpoint, loops, signals
+from mcu_jax.runtime import checkpoint, loops, signals
 
 ENV = dict(os.environ, JAX_PLATFORMS="cpu")
 CLI = [sys.executable, str(Path(__file__).with_name("_cli_train.py"))]
@@ -54,10 +54,10 @@ def test_a_signal_is_recorded_and_raised_at_the_next_check(installed, signum, co
 
 
 def test_loops_stop_at_their_boundaries(installed):
-  """The host loops of mcu_jax.loops (training steps, the mask's batch sums) and train.fit's
+  """The host loops of mcu_jax.runtime.loops (training steps, the mask's batch sums) and train.fit's
   epochs raise at their next boundary: before the first step once a signal is recorded."""
   import flax.struct
-  from mcu_jax import train
+  from mcu_jax.runtime import train
 
   @flax.struct.dataclass
   class State:
@@ -85,7 +85,7 @@ def test_a_second_signal_exits_at_once_while_python_is_blocked(tmp_path):
   the watcher thread sees the signals: the second one ends the process at once."""
   script = textwrap.dedent("""
       import signal, time
-      from mcu_jax import signals
+      from mcu_jax.runtime import signals
       signals.install("test: stopped at once")
       signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
       print("ready", flush=True)
@@ -108,7 +108,7 @@ def test_a_second_signal_exits_at_once_while_python_is_blocked(tmp_path):
 def test_the_command_module_imports_no_jax():
   """The handlers are installed by ``cli.run`` before anything heavy is imported: importing
   the command's module (and the package) imports neither JAX nor orbax."""
-  script = ("import sys, mcu_jax.cli; heavy = [m for m in ('jax', 'orbax', 'numpy', 'flax') "
+  script = ("import sys, mcu_jax.pipeline.cli; heavy = [m for m in ('jax', 'orbax', 'numpy', 'flax') "
             "if m in sys.modules]; print(heavy)")
   out = subprocess.run([sys.executable, "-c", script], env=ENV, capture_output=True, text=True,
                        timeout=60)
@@ -120,7 +120,7 @@ def test_after_the_last_line_began_signals_add_nothing():
   nor cuts it: the process ends as it was going to."""
   script = textwrap.dedent("""
       import os, signal, time
-      from mcu_jax import signals
+      from mcu_jax.runtime import signals
       signals.install("test: stopped at once")
       os.kill(os.getpid(), signal.SIGINT)
       time.sleep(0.5)

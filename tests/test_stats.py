@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 from scipy import special, stats as sps
 
-from mcu_jax import stats
+from mcu_jax.core import stats
 from mcu_jax import forget_quality as fq
 from mcu_jax.forget_quality import model_level as ml
-from mcu_jax.validation import InvalidArgument
+from mcu_jax.errors import InvalidArgument
 
 
 # ------------------------------------------------------------------------------------------

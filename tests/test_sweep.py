@@ -5,13 +5,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mcu_jax import batchnorm, evaluate as ev, parallel
-from mcu_jax import sweep as sweep_lib
-from mcu_jax.beta import Targets
-from mcu_jax.curves import Curve, point
+from mcu_jax.runtime import batchnorm, evaluate as ev, parallel
+from mcu_jax.runtime import sweep as sweep_lib
+from mcu_jax.core.beta import Targets
+from mcu_jax.core.curves import Curve, point
 from mcu_jax.models import from_function, from_linen, get_model, init_model
-from mcu_jax.sweep import SweepOptions
-from mcu_jax.validation import InvalidArgument, NonFiniteError
+from mcu_jax.runtime.sweep import SweepOptions
+from mcu_jax.errors import InvalidArgument, NonFiniteError
 
 
 @pytest.fixture(scope="module")

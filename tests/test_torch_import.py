@@ -18,7 +18,8 @@ torch = pytest.importorskip("torch", reason="torch is needed to build the refere
                                             "(pip install 'mcu_jax[torch]')")
 from torch import nn  # noqa: E402
 
-from mcu_jax import checkpoint, torch_import  # noqa: E402
+from mcu_jax.runtime import checkpoint  # noqa: E402
+from mcu_jax.pipeline import torch_import  # noqa: E402
 from mcu_jax.models import from_linen, get_model, param_count  # noqa: E402
 
 VGG16 = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))
@@ -343,7 +344,7 @@ def test_curve_bend_extraction(model_name):
 
 
 def test_cli_imports_a_curve_bend(tmp_path, capsys):
-  from mcu_jax import cli
+  from mcu_jax.pipeline import cli
   sds = [numpy_state_dict(randomise(TorchPreResNet(10, 56), seed=40 + b)) for b in range(3)]
   path = tmp_path / "curve.pt"
   torch.save({k: torch.from_numpy(np.asarray(v)) for k, v in curve_state_dict(sds).items()},
@@ -435,9 +436,9 @@ def test_convert_file_failures_name_the_file_and_write_nothing(tmp_path, small_s
 
 def test_cli_import_torch(tmp_path, capsys, preresnet56):
   try:
-    from mcu_jax import cli
+    from mcu_jax.pipeline import cli
   except Exception as e:  # other issues' modules may be unfinished
-    pytest.skip(f"mcu_jax.cli does not import (outside torch_import): {type(e).__name__}: {e}")
+    pytest.skip(f"mcu_jax.pipeline.cli does not import (outside torch_import): {type(e).__name__}: {e}")
   model, params, state = preresnet56
   ckpt = tmp_path / "ckpt.pt"
   torch.save(model.state_dict(), ckpt)
@@ -462,7 +463,7 @@ def test_core_needs_no_torch(tmp_path):
       import sys
       sys.modules["torch"] = None
       import numpy as np, jax
-      from mcu_jax import torch_import
+      from mcu_jax.pipeline import torch_import
       from mcu_jax.models import get_model, init_model
       params, state = init_model(get_model("preresnet20", 10), jax.random.PRNGKey(0),
                                  (1, 32, 32, 3))
@@ -488,7 +489,8 @@ def test_core_needs_no_torch(tmp_path):
 
 def test_a_signal_stops_the_conversion_before_anything_is_written(tmp_path, capsys):
   import signal
-  from mcu_jax import cli, signals
+  from mcu_jax.pipeline import cli
+  from mcu_jax.runtime import signals
   from mcu_jax.models import init_model
   params, state = init_model(get_model("preresnet20", 10), jax.random.PRNGKey(0), (1, 32, 32, 3))
   np.savez(tmp_path / "sd.npz", **torch_import.flax_to_state_dict(params, state, "preresnet20"))

@@ -4,8 +4,9 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from mcu_jax import checkpoint, data, evaluate, models, train
-from mcu_jax.optim import OptimConfig, make_optimizer
+from mcu_jax.runtime import checkpoint, evaluate, train
+from mcu_jax import data, models
+from mcu_jax.runtime.optim import OptimConfig, make_optimizer
 from mcu_jax.preprocess import normalize_uint8
 
 

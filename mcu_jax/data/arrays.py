@@ -1,7 +1,7 @@
 """Host arrays for training: the examples of index sets, D_f + D_r flagged, padded batches.
 
 Each function returns a dict of NumPy arrays (``images``, ``labels`` and extras); placing
-them on devices is ``mcu_jax.parallel``'s job (``replicate``, ``shard_batch``).
+them on devices is ``mcu_jax.runtime.parallel``'s job (``replicate``, ``shard_batch``).
 """
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import numpy as np
 
 from mcu_jax.data.datasets import Dataset
 from mcu_jax.data.splits import ForgetSplit
+from mcu_jax.errors import InvalidArgument
 
 
 def subset_arrays(train: Dataset, indices) -> dict[str, np.ndarray]:
@@ -22,7 +23,7 @@ def subset_arrays(train: Dataset, indices) -> dict[str, np.ndarray]:
 def forget_retain_data(train: Dataset, split: ForgetSplit) -> dict[str, np.ndarray]:
   """All of D_f then all of D_r with an ``is_forget`` flag (for NegGrad+-style methods)."""
   if len(split.forget) == 0 or len(split.retain) == 0:
-    raise ValueError("forget_retain_data needs a non-empty forget and retain set")
+    raise InvalidArgument("forget_retain_data needs a non-empty forget and retain set")
   indices = np.concatenate([split.forget, split.retain])
   data = subset_arrays(train, indices)
   data["is_forget"] = np.concatenate([np.ones(len(split.forget), bool),
@@ -35,7 +36,7 @@ def padded_batches(arrays: Mapping[str, np.ndarray], batch_size: int) -> dict[st
   (steps, batch_size) bool marking the real examples."""
   n = int(arrays["labels"].shape[0])
   if n == 0:
-    raise ValueError("cannot batch an empty set")
+    raise InvalidArgument("cannot batch an empty set")
   steps = -(-n // batch_size)
   pad = steps * batch_size - n
   out = {}

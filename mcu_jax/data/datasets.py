@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+from mcu_jax.errors import InvalidArgument
 
 
 @dataclasses.dataclass(frozen=True)
@@ -21,10 +22,10 @@ class Dataset:
 
   def __post_init__(self):
     if self.images.ndim != 4 or self.images.dtype != np.uint8:
-      raise ValueError(f"{self.name}: images must be uint8 NHWC, got {self.images.dtype} "
+      raise InvalidArgument(f"{self.name}: images must be uint8 NHWC, got {self.images.dtype} "
                        f"{self.images.shape}")
     if self.labels.shape != (self.images.shape[0],):
-      raise ValueError(f"{self.name}: {self.labels.shape[0]} labels for "
+      raise InvalidArgument(f"{self.name}: {self.labels.shape[0]} labels for "
                        f"{self.images.shape[0]} images")
 
   def __len__(self) -> int:
@@ -58,7 +59,7 @@ def channel_stats(images: np.ndarray) -> tuple[tuple[float, ...], tuple[float, .
   """
   images = np.asarray(images)
   if images.ndim != 4 or images.dtype != np.uint8 or images.size == 0:
-    raise ValueError(f"channel_stats needs non-empty uint8 NHWC images, got {images.dtype} "
+    raise InvalidArgument(f"channel_stats needs non-empty uint8 NHWC images, got {images.dtype} "
                      f"{images.shape}")
   values = np.arange(256, dtype=np.float64) / 255.0
   means, stds = [], []

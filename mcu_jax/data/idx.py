@@ -13,6 +13,7 @@ import zipfile
 import numpy as np
 
 from mcu_jax.data.datasets import Dataset, TrainTest
+from mcu_jax.errors import DataFormatError, InvalidArgument, MissingFileError
 
 # IDX type codes (third byte of the magic number) and the big-endian dtypes they stand for.
 _IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
@@ -24,7 +25,7 @@ _IDX_FILES = {
 }
 
 
-class IdxFormatError(ValueError):
+class IdxFormatError(DataFormatError):
   """A file that is not a well-formed IDX file (the message names the file)."""
 
 
@@ -66,7 +67,7 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     with open(path, "rb") as f:
       raw = f.read()
   except FileNotFoundError:
-    raise FileNotFoundError(f"IDX file {path} does not exist") from None
+    raise MissingFileError(f"IDX file {path} does not exist") from None
   if raw[:2] == b"\x1f\x8b":
     try:
       raw = gzip.decompress(raw)
@@ -81,7 +82,7 @@ def write_idx(path: str | os.PathLike, array: np.ndarray) -> None:
   codes = {np.dtype(v).newbyteorder("="): k for k, v in _IDX_DTYPES.items()}
   dtype = array.dtype.newbyteorder("=")
   if dtype not in codes:
-    raise ValueError(f"IDX cannot store dtype {array.dtype}")
+    raise InvalidArgument(f"IDX cannot store dtype {array.dtype}")
   raw = (bytes([0, 0, codes[dtype], array.ndim]) + np.asarray(array.shape, ">u4").tobytes()
          + array.astype(_IDX_DTYPES[codes[dtype]]).tobytes())
   path = os.fspath(path)
@@ -97,7 +98,7 @@ def _find_idx_file(directory: str, stem: str) -> str:
     path = os.path.join(directory, candidate)
     if os.path.isfile(path):
       return path
-  raise FileNotFoundError(f"IDX directory {directory} has no {stem}[.gz] "
+  raise MissingFileError(f"IDX directory {directory} has no {stem}[.gz] "
                           f"(looked for {', '.join(candidates)})")
 
 
@@ -110,7 +111,7 @@ def load_idx_dir(directory: str | os.PathLike, name: str | None = None) -> Train
   """
   directory = os.fspath(directory)
   if not os.path.isdir(directory):
-    raise FileNotFoundError(f"IDX dataset directory {directory} does not exist")
+    raise MissingFileError(f"IDX dataset directory {directory} does not exist")
   name = name or os.path.basename(os.path.normpath(directory)).replace("-", "_")
   arrays = {}
   for (part, kind), stem in _IDX_FILES.items():

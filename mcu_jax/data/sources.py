@@ -14,6 +14,7 @@ import numpy as np
 
 from mcu_jax.data.datasets import Dataset, TrainTest
 from mcu_jax.data.idx import load_idx_dir
+from mcu_jax.errors import InvalidArgument, MissingDependency, MissingFileError
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 KNOWN_SOURCES = ("digits", "fashion_mnist", "idx:<dir>", "tfds:<name>")
@@ -40,7 +41,7 @@ def load_fashion_mnist(directory: str | os.PathLike = FASHION_MNIST_DIR) -> Trai
   """Fashion-MNIST (60,000 train / 10,000 test, 28x28x1, 10 classes) from IDX files."""
   directory = os.fspath(directory)
   if not os.path.isdir(directory):
-    raise FileNotFoundError(
+    raise MissingFileError(
         f"Fashion-MNIST directory {directory} does not exist: on Debian/Ubuntu run "
         "`apt-get install -y dataset-fashion-mnist`, or copy the four IDX .gz files there "
         "(or use load_dataset('idx:<dir>') with another directory)")
@@ -56,7 +57,7 @@ def load_tfds(name: str, data_dir: str | os.PathLike | None = None, train_split:
   try:
     import tensorflow_datasets as tfds
   except ImportError as e:
-    raise ImportError(f"loading 'tfds:{name}' needs tensorflow-datasets: "
+    raise MissingDependency(f"loading 'tfds:{name}' needs tensorflow-datasets: "
                       f"pip install 'mcu_jax[tfds]' ({e})") from e
   data_dir = None if data_dir is None else os.fspath(data_dir)
   where = data_dir or os.environ.get("TFDS_DATA_DIR") or "~/tensorflow_datasets"
@@ -65,11 +66,11 @@ def load_tfds(name: str, data_dir: str | os.PathLike | None = None, train_split:
                              download=False, as_supervised=True, with_info=True,
                              batch_size=batch_size)
   except tfds.core.registered.DatasetNotFoundError as e:
-    raise ValueError(f"tensorflow-datasets knows no data set {name!r}") from e
+    raise InvalidArgument(f"tensorflow-datasets knows no data set {name!r}") from e
   except AssertionError as e:
     if "could not find data" not in str(e):
       raise
-    raise FileNotFoundError(
+    raise MissingFileError(
         f"tensorflow-datasets data for {name!r} is not prepared under {where}. Prepare it on a "
         f"machine with internet (`tfds build {name} --data_dir DIR`, or "
         f"`tfds.builder({name!r}, data_dir=DIR).download_and_prepare()`), copy DIR to this "
@@ -82,7 +83,7 @@ def load_tfds(name: str, data_dir: str | os.PathLike | None = None, train_split:
     for x, y in tfds.as_numpy(ds):
       images.append(np.asarray(x)), labels.append(np.asarray(y))
     if not images:
-      raise ValueError(f"tfds:{name} split {part!r} is empty")
+      raise InvalidArgument(f"tfds:{name} split {part!r} is empty")
     images, labels = np.concatenate(images), np.concatenate(labels).astype(np.int32)
     if images.ndim == 3:
       images = images[..., None]
@@ -99,7 +100,7 @@ def load_dataset(name: str = "digits", **kw) -> TrainTest:
   test_split).
   """
   if not isinstance(name, str):
-    raise TypeError(f"data set name must be a string, got {type(name).__name__}")
+    raise InvalidArgument(f"data set name must be a string, got {type(name).__name__}")
   key = name.strip()
   if key.lower() == "digits":
     return load_digits(**kw)
@@ -109,4 +110,4 @@ def load_dataset(name: str = "digits", **kw) -> TrainTest:
     return load_idx_dir(os.path.expanduser(key[4:]), **kw)
   if key.startswith("tfds:") and key[5:]:
     return load_tfds(key[5:], **kw)
-  raise ValueError(f"unknown data set {name!r}; known sources: {', '.join(KNOWN_SOURCES)}")
+  raise InvalidArgument(f"unknown data set {name!r}; known sources: {', '.join(KNOWN_SOURCES)}")

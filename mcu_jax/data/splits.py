@@ -15,6 +15,7 @@ import zipfile
 import numpy as np
 
 from mcu_jax.data.datasets import Dataset
+from mcu_jax.errors import DataFormatError, InvalidArgument, MissingFileError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,10 +30,10 @@ class ForgetSplit:
 def random_forget_split(num_examples: int, ratio: float, seed: int) -> ForgetSplit:
   """Forget a uniformly drawn ``ratio`` share (rounded, at least one) of the training set."""
   if not 0.0 < ratio < 1.0:
-    raise ValueError(f"forget ratio must lie in (0, 1), got {ratio!r}")
+    raise InvalidArgument(f"forget ratio must lie in (0, 1), got {ratio!r}")
   count = max(1, int(round(ratio * num_examples)))
   if count >= num_examples:
-    raise ValueError(f"forget ratio {ratio} leaves no retain example out of {num_examples}")
+    raise InvalidArgument(f"forget ratio {ratio} leaves no retain example out of {num_examples}")
   order = np.random.default_rng(seed).permutation(num_examples)
   return ForgetSplit(np.sort(order[:count]), np.sort(order[count:]), "random")
 
@@ -41,14 +42,14 @@ def class_forget_split(labels: np.ndarray, classes) -> ForgetSplit:
   """Forget every training example whose label is in ``classes``."""
   classes = tuple(sorted({int(c) for c in np.atleast_1d(classes)}))
   if not classes:
-    raise ValueError("class-wise forgetting needs at least one class id")
+    raise InvalidArgument("class-wise forgetting needs at least one class id")
   is_forget = np.isin(labels, classes)
   missing = [c for c in classes if not np.any(labels == c)]
   if missing:
-    raise ValueError(f"forget classes {missing} have no training example "
+    raise InvalidArgument(f"forget classes {missing} have no training example "
                      f"(labels present: {sorted(set(labels.tolist()))})")
   if is_forget.all():
-    raise ValueError(f"forgetting classes {list(classes)} leaves no retain example")
+    raise InvalidArgument(f"forgetting classes {list(classes)} leaves no retain example")
   return ForgetSplit(np.flatnonzero(is_forget), np.flatnonzero(~is_forget), "class", classes)
 
 
@@ -58,16 +59,16 @@ def make_split(train: Dataset, kind: str = "random", ratio: float = 0.1, classes
   ``class`` (every example of ``classes``)."""
   if kind == "random":
     if classes is not None:
-      raise ValueError("random forgetting takes no classes")
+      raise InvalidArgument("random forgetting takes no classes")
     return random_forget_split(len(train), ratio, seed)
   if kind == "class":
     if classes is None:
-      raise ValueError("class-wise forgetting needs classes=")
+      raise InvalidArgument("class-wise forgetting needs classes=")
     bad = [int(c) for c in np.atleast_1d(classes) if not 0 <= int(c) < train.num_classes]
     if bad:
-      raise ValueError(f"forget classes {bad} lie outside [0, {train.num_classes})")
+      raise InvalidArgument(f"forget classes {bad} lie outside [0, {train.num_classes})")
     return class_forget_split(train.labels, classes)
-  raise ValueError(f"unknown split kind {kind!r}; known: 'random', 'class'")
+  raise InvalidArgument(f"unknown split kind {kind!r}; known: 'random', 'class'")
 
 
 _SPLIT_FORMAT = 1
@@ -107,28 +108,28 @@ def load_split(path: str | os.PathLike, num_examples: int | None = None,
   """
   path = os.fspath(path)
   if not os.path.exists(path):
-    raise FileNotFoundError(f"split file {path} does not exist")
+    raise MissingFileError(f"split file {path} does not exist")
   try:
     with np.load(path, allow_pickle=False) as z:
       fields = {k: z[k] for k in ("format", "forget", "retain", "kind", "classes",
                                   "num_examples")}
   except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
-    raise ValueError(f"split file {path} is corrupt or not a split file ({e})") from None
+    raise DataFormatError(f"split file {path} is corrupt or not a split file ({e})") from None
   if int(fields["format"]) != _SPLIT_FORMAT:
-    raise ValueError(f"split file {path} has format {int(fields['format'])}, "
+    raise DataFormatError(f"split file {path} has format {int(fields['format'])}, "
                      f"this code reads {_SPLIT_FORMAT}")
   split = ForgetSplit(fields["forget"].astype(np.int64), fields["retain"].astype(np.int64),
                       str(fields["kind"]), tuple(int(c) for c in fields["classes"]))
   n = int(fields["num_examples"])
   _check_split(split, n, path)
   if num_examples is not None and n != num_examples:
-    raise ValueError(f"split file {path} was made for {n} training examples, "
+    raise InvalidArgument(f"split file {path} was made for {n} training examples, "
                      f"the training set has {num_examples}")
   if labels is not None and split.kind == "class":
     labels = np.asarray(labels)
     if len(labels) != n or not np.array_equal(
         np.flatnonzero(np.isin(labels, split.classes)), np.sort(split.forget)):
-      raise ValueError(f"split file {path}: its forget set is not the examples of classes "
+      raise InvalidArgument(f"split file {path}: its forget set is not the examples of classes "
                        f"{list(split.classes)} in these labels")
   return split
 
@@ -137,15 +138,15 @@ def _check_split(split: ForgetSplit, n: int | None, where: str) -> None:
   """Raises ValueError (naming ``where``) unless ``split`` is a partition of range(n)."""
   forget, retain = np.asarray(split.forget), np.asarray(split.retain)
   if split.kind not in ("random", "class"):
-    raise ValueError(f"{where}: split kind must be 'random' or 'class', got {split.kind!r}")
+    raise InvalidArgument(f"{where}: split kind must be 'random' or 'class', got {split.kind!r}")
   for part, idx in (("forget", forget), ("retain", retain)):
     if idx.ndim != 1 or not (idx.size == 0 or np.issubdtype(idx.dtype, np.integer)):
-      raise ValueError(f"{where}: {part} indices must be a 1-D integer array, got "
+      raise InvalidArgument(f"{where}: {part} indices must be a 1-D integer array, got "
                        f"{idx.dtype} {idx.shape}")
   total = len(forget) + len(retain)
   n = total if n is None else n
   both = np.concatenate([forget, retain]).astype(np.int64)
   if np.intersect1d(forget, retain).size:
-    raise ValueError(f"{where}: forget and retain sets overlap")
+    raise InvalidArgument(f"{where}: forget and retain sets overlap")
   if total != n or not np.array_equal(np.sort(both), np.arange(n)):
-    raise ValueError(f"{where}: forget and retain sets do not cover range({n}) exactly once")
+    raise InvalidArgument(f"{where}: forget and retain sets do not cover range({n}) exactly once")

@@ -10,7 +10,7 @@ example by example. Everything here is NumPy float64 on the CPU; JAX arrays are 
   (``forget_score``, ``challenge_score``);
 * ``lira``: U-LiRA's per-example likelihood-ratio attack (``lira``);
 * ``model_level``: the same scores with their uncertainty over models: bootstrap intervals,
-  paired permutation tests of base vs base+MCU, LiRA over random splits (``mcu_jax.stats``).
+  paired permutation tests of base vs base+MCU, LiRA over random splits (``mcu_jax.core.stats``).
   The model is the unit of every test: all examples are scored by the same models.
 
 Errors raise ``mcu_jax.InvalidArgument`` naming the argument.

@@ -5,7 +5,7 @@ import math
 
 import numpy as np
 
-from mcu_jax.validation import InvalidArgument
+from mcu_jax.errors import InvalidArgument
 
 
 def population(values, name: str) -> np.ndarray:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mcu_jax.validation import InvalidArgument
+from mcu_jax.errors import InvalidArgument
 
 
 def logit_scaled_confidence(logits, labels) -> np.ndarray:

@@ -61,7 +61,7 @@ import math
 import numpy as np
 
 from mcu_jax.forget_quality.checks import finite, populations
-from mcu_jax.validation import InvalidArgument
+from mcu_jax.errors import InvalidArgument
 
 
 

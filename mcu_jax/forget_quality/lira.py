@@ -24,7 +24,7 @@ import dataclasses
 import numpy as np
 
 from mcu_jax.forget_quality.checks import finite, populations
-from mcu_jax.validation import InvalidArgument
+from mcu_jax.errors import InvalidArgument
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

@@ -1,6 +1,6 @@
 """Forgetting quality with its uncertainty over models: intervals, paired tests, LiRA splits.
 
-The unit is the model (``mcu_jax.stats``): every interval resamples the models of each
+The unit is the model (``mcu_jax.core.stats``): every interval resamples the models of each
 population, every test swaps whole models. Populations are (models, examples) logit-scaled
 confidences; accuracies, where given, are (models, 2): retain and test accuracy in percent.
 
@@ -34,11 +34,11 @@ import dataclasses
 
 import numpy as np
 
-from mcu_jax import stats
+from mcu_jax.core import stats
 from mcu_jax.forget_quality.checks import population, populations
 from mcu_jax.forget_quality.epsilon import challenge_score, forget_score
 from mcu_jax.forget_quality.lira import lira
-from mcu_jax.validation import InvalidArgument
+from mcu_jax.errors import InvalidArgument
 
 SPLITS = 20
 RESAMPLES = 200

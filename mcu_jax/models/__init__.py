@@ -11,7 +11,7 @@ JAX model library makes one, and declares what its state's BatchNorm statistics 
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from typing import Callable
 
 import flax.linen as nn
 import jax
@@ -29,8 +29,8 @@ from mcu_jax.models.preresnet import PreResNet20, PreResNet56, PreResNet110, Pre
 from mcu_jax.models.resnet import ResNet18
 from mcu_jax.models.small import MLP, SmallCNN
 from mcu_jax.models.vgg import VGG16BN
-
-PyTree = Any
+from mcu_jax.errors import InvalidArgument
+from mcu_jax.typing import PyTree
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {
     "small_cnn": SmallCNN,
@@ -56,9 +56,9 @@ def model_names() -> list[str]:
 def get_model(name: str, num_classes: int, **kwargs) -> nn.Module:
   """The Flax module registered as ``name``; unknown names raise, listing the known ones."""
   if name not in _REGISTRY:
-    raise ValueError(f"unknown model {name!r}; known models: {', '.join(model_names())}")
+    raise InvalidArgument(f"unknown model {name!r}; known models: {', '.join(model_names())}")
   if not isinstance(num_classes, int) or num_classes < 2:
-    raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
+    raise InvalidArgument(f"num_classes must be an integer >= 2, got {num_classes!r}")
   return _REGISTRY[name](num_classes=num_classes, **kwargs)
 
 

@@ -54,9 +54,9 @@ import jax.numpy as jnp
 
 from mcu_jax.models.running_stats import (EmaStats, RunningStats, StatsLayout, index_of,
                                           leaf_paths)
-from mcu_jax.validation import InvalidArgument
+from mcu_jax.errors import InvalidArgument
+from mcu_jax.typing import PyTree
 
-PyTree = Any
 Apply = Callable[..., tuple[jax.Array, PyTree]]
 
 TRAIN_ARGS = ("train", "training", "is_training")
@@ -143,7 +143,7 @@ class CastApply:
 
 def running_stats_of(apply: Apply, params, model_state, sample) -> StatsLayout | None:
   """The ``StatsLayout`` ``apply`` declares for ``model_state``, or None when it declares
-  none (an apply of one's own: ``mcu_jax.batchnorm`` then probes and verifies)."""
+  none (an apply of one's own: ``mcu_jax.runtime.batchnorm`` then probes and verifies)."""
   if not jax.tree.leaves(model_state):
     return StatsLayout((), "empty")
   method = getattr(apply, "running_stats", None)
@@ -176,7 +176,7 @@ class DeclaredApply:
 
 def with_running_stats(apply, stats: Sequence[RunningStats]):
   """``apply`` with its BatchNorm statistics declared, for a model state that no adapter
-  describes and whose leaves are not named ``mean``/``var`` (see ``mcu_jax.batchnorm``).
+  describes and whose leaves are not named ``mean``/``var`` (see ``mcu_jax.runtime.batchnorm``).
 
   Example::
 

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 from mcu_jax.models.adapters import CastApply, takes_keyword
 from mcu_jax.models.running_stats import (CountedEmaStats, FirstTimeEmaStats, StatsLayout,
                                           path_str)
-from mcu_jax.validation import InvalidArgument
+from mcu_jax.errors import InvalidArgument
 
 
 def _is_batch_norm(x) -> bool:
@@ -70,7 +70,7 @@ class EquinoxApply:
   def running_stats(self, params, model_state, sample) -> StatsLayout:
     """Every ``eqx.nn.BatchNorm`` of the model: ``FirstTimeEmaStats`` in mode "ema",
     ``CountedEmaStats`` in mode "batch". Any other state entry a training forward moves is
-    refused by the verification in ``mcu_jax.batchnorm``."""
+    refused by the verification in ``mcu_jax.runtime.batchnorm``."""
     del sample
     if not self.stateful:
       return StatsLayout((), "equinox")

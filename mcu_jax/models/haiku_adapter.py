@@ -18,7 +18,7 @@ import jax.numpy as jnp
 from mcu_jax.models.adapters import CastApply
 from mcu_jax.models.running_stats import (DebiasedEmaStats, StatsLayout, index_of, is_float,
                                           leaf_paths, path_str)
-from mcu_jax.validation import InvalidArgument
+from mcu_jax.errors import InvalidArgument
 
 
 @dataclasses.dataclass(frozen=True)

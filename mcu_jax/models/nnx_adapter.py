@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from mcu_jax.models.adapters import CastApply, stream_key
 from mcu_jax.models.running_stats import (EmaStats, StatsLayout, index_of, is_float, leaf_paths,
                                           path_str)
-from mcu_jax.validation import InvalidArgument
+from mcu_jax.errors import InvalidArgument
 
 
 def _reseed(model, rng) -> None:

@@ -41,6 +41,7 @@ import jax.numpy as jnp
 
 from mcu_jax.models.resnet import batch_norm, conv_kernel_init, dense_kernel_init
 from mcu_jax.models.resnet import torch_key as _torch_key
+from mcu_jax.errors import InvalidArgument
 
 
 def torch_key(path: Sequence[str]) -> str:
@@ -110,11 +111,11 @@ class PreResNet(nn.Module):
   def __call__(self, x, train: bool = False):
     if self.depth >= 44:
       if (self.depth - 2) % 9:
-        raise ValueError(f"PreResNet depth >= 44 must be 9n+2, got {self.depth}")
+        raise InvalidArgument(f"PreResNet depth >= 44 must be 9n+2, got {self.depth}")
       n, block = (self.depth - 2) // 9, PreActBottleneck
     else:
       if (self.depth - 2) % 6:
-        raise ValueError(f"PreResNet depth < 44 must be 6n+2, got {self.depth}")
+        raise InvalidArgument(f"PreResNet depth < 44 must be 6n+2, got {self.depth}")
       n, block = (self.depth - 2) // 6, PreActBasicBlock
     x = x.astype(self.dtype)
     x = _conv(16, 3, 1, self.dtype, "conv1")(x)

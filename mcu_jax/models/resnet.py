@@ -64,7 +64,7 @@ def batch_norm(train: bool, dtype: Any, name: str | None = None) -> nn.BatchNorm
 
   One difference stays: in training mode Flax updates the running variance with the biased
   batch variance, torch with the unbiased one (times n / (n - 1)). mcu_jax recomputes every
-  evaluated model's statistics exactly (``mcu_jax.batchnorm``), so no reported number rests
+  evaluated model's statistics exactly (``mcu_jax.runtime.batchnorm``), so no reported number rests
   on either running average.
   """
   return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype,

@@ -31,21 +31,21 @@ The rules, one class each:
 ==========================  ========================================================
 
 Entries are frozen dataclasses of ints, floats and strings (hashable: a layout is a static jit
-argument). ``mcu_jax.batchnorm`` runs the pass and verifies a layout against the model on a
+argument). ``mcu_jax.runtime.batchnorm`` runs the pass and verifies a layout against the model on a
 probe batch before it is used. ``RunningStats`` declares the statistics of an apply of one's
 own (``mcu_jax.models.with_running_stats``).
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Sequence
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
 
-from mcu_jax.validation import InvalidArgument
+from mcu_jax.errors import InvalidArgument
+from mcu_jax.typing import PyTree
 
-PyTree = Any
 Leaves = list
 
 

@@ -1,6 +1,6 @@
 """Hyperparameters of the base unlearning methods: one frozen, validated dataclass per method.
 
-Every config embeds the optimizer fields of ``mcu_jax.optim.OptimConfig`` (SGD with momentum,
+Every config embeds the optimizer fields of ``mcu_jax.runtime.optim.OptimConfig`` (SGD with momentum,
 coupled weight decay as ``torch.optim.SGD``) and adds ``epochs`` and ``batch_size``; the
 methods' defaults are the reference's (weight decay 1e-4, cosine annealing stepped once per
 epoch, as its ``CosineAnnealingLR``). The subclasses add each method's own knobs. Defaults and
@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import dataclasses
 
-from mcu_jax.train import FitConfig
-from mcu_jax.validation import InvalidArgument, check_choice, check_number
+from mcu_jax.runtime.train import FitConfig
+from mcu_jax.validation import check_choice, check_number
+from mcu_jax.errors import InvalidArgument
 
 
 def _check_int(owner: str, name: str, value, low: int) -> None:

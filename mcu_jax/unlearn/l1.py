@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import optax
 
 from mcu_jax.unlearn import configs as cfgs
+from mcu_jax.errors import InvalidArgument
 
 
 def l1_penalty(alpha_of_step: Callable[[jax.Array], jax.Array]) -> optax.GradientTransformation:
@@ -20,7 +21,7 @@ def l1_penalty(alpha_of_step: Callable[[jax.Array], jax.Array]) -> optax.Gradien
 
   def update_fn(updates, state, params=None):
     if params is None:
-      raise ValueError("l1_penalty needs the params in optimizer.update")
+      raise InvalidArgument("l1_penalty needs the params in optimizer.update")
     alpha = alpha_of_step(state.count)
     updates = jax.tree.map(lambda g, p: g + (alpha * jnp.sign(p)).astype(g.dtype), updates,
                            params)

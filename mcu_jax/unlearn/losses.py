@@ -17,8 +17,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from mcu_jax import objectives
-from mcu_jax import train as train_lib
+from mcu_jax.core import objectives
+from mcu_jax.runtime import train as train_lib
 from mcu_jax.models.adapters import Apply, forward
 
 

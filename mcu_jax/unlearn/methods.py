@@ -17,28 +17,29 @@ import time
 import jax
 
 from mcu_jax import data as data_lib
-from mcu_jax import masks
-from mcu_jax import train as train_lib
+from mcu_jax.runtime import masks
+from mcu_jax.runtime import train as train_lib
 from mcu_jax.unlearn import configs as cfgs
 from mcu_jax.unlearn.method_context import (MethodContext, Outcome, forget_arrays, place,
                                             retain_arrays, train_on)
 from mcu_jax.unlearn.l1 import l1_alpha_schedule, l1_penalty
 from mcu_jax.unlearn.losses import (ascent_loss, ce_loss, neggrad_plus_loss,
                                     random_label_loss)
+from mcu_jax.errors import InvalidArgument
 
 
 def run_retrain(ctx: MethodContext, config: cfgs.RetrainConfig) -> Outcome:
   """CE on D_r from a fresh initialisation (``ctx.init_params``, of theta_o's structure)."""
   init = ctx.init_params
   if init is None:
-    raise ValueError("retrain trains from a fresh initialisation: pass init_params="
+    raise InvalidArgument("retrain trains from a fresh initialisation: pass init_params="
                      "(params, model_state) or a function rng -> (params, model_state)")
   init_key, train_key = jax.random.split(ctx.rng)
   params, model_state = init(init_key) if callable(init) else init
   for name, fresh, original in (("params", params, ctx.params),
                                 ("model_state", model_state, ctx.model_state)):
     if jax.tree.structure(fresh) != jax.tree.structure(original):
-      raise ValueError(f"init_params' {name} do not have the structure of the original "
+      raise InvalidArgument(f"init_params' {name} do not have the structure of the original "
                        f"model's:\n  {jax.tree.structure(fresh)}\n  "
                        f"{jax.tree.structure(original)}")
   return train_on(ctx, config, ce_loss(ctx.apply), retain_arrays(ctx),
@@ -64,7 +65,7 @@ def run_neggrad_plus(ctx: MethodContext, config: cfgs.NegGradPlusConfig) -> Outc
 def _check_classes(ctx: MethodContext) -> int:
   num_classes = int(ctx.train.num_classes)
   if num_classes < 2:
-    raise ValueError(f"random labels need at least 2 classes, the data set has {num_classes}")
+    raise InvalidArgument(f"random labels need at least 2 classes, the data set has {num_classes}")
   return num_classes
 
 

@@ -13,8 +13,8 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from mcu_jax import batchnorm
-from mcu_jax import train as train_lib
+from mcu_jax.runtime import batchnorm
+from mcu_jax.runtime import train as train_lib
 from mcu_jax.unlearn import configs as cfgs
 from mcu_jax.unlearn.method_context import (MethodContext, Outcome, PyTree, forget_arrays,
                                             place, train_on)

@@ -10,6 +10,7 @@ from typing import Any, Callable, Mapping
 from mcu_jax.unlearn import configs as cfgs
 from mcu_jax.unlearn import methods, negtv, scrub
 from mcu_jax.unlearn.method_context import MethodContext, Outcome
+from mcu_jax.errors import InvalidArgument
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,9 +49,9 @@ def method_names() -> list[str]:
 def get_method(name: str) -> Method:
   """The registered method ``name``; unknown names raise, listing the known ones."""
   if not isinstance(name, str):
-    raise TypeError(f"method name must be a string, got {type(name).__name__}")
+    raise InvalidArgument(f"method name must be a string, got {type(name).__name__}")
   if name not in METHODS:
-    raise ValueError(f"unknown unlearning method {name!r}; known methods: "
+    raise InvalidArgument(f"unknown unlearning method {name!r}; known methods: "
                      f"{', '.join(METHODS)}")
   return METHODS[name]
 
@@ -69,10 +70,10 @@ def resolve_config(spec: Method, config) -> cfgs.MethodConfig:
     fields = {f.name for f in dataclasses.fields(spec.config_type)}
     unknown = sorted(set(config) - fields)
     if unknown:
-      raise ValueError(f"unknown {spec.name} hyperparameters {unknown}; "
+      raise InvalidArgument(f"unknown {spec.name} hyperparameters {unknown}; "
                        f"{spec.config_type.__name__} has {sorted(fields)}")
     return spec.config_type(**config)
   if type(config) is not spec.config_type:
-    raise TypeError(f"method {spec.name!r} takes a {spec.config_type.__name__} (or a dict of "
+    raise InvalidArgument(f"method {spec.name!r} takes a {spec.config_type.__name__} (or a dict of "
                     f"its fields), got {type(config).__name__}")
   return config

@@ -13,13 +13,14 @@ import jax
 import numpy as np
 
 from mcu_jax import data as data_lib
-from mcu_jax import parallel
-from mcu_jax.checkpoint import Checkpointer
+from mcu_jax.runtime import parallel
+from mcu_jax.runtime.checkpoint import Checkpointer
 from mcu_jax.models.adapters import Apply
 from mcu_jax.preprocess import Preprocess
 from mcu_jax.unlearn import configs as cfgs
 from mcu_jax.unlearn.method_context import MethodContext, Evaluate, PyTree
 from mcu_jax.unlearn.registry import get_method, resolve_config
+from mcu_jax.errors import InvalidArgument
 
 
 @dataclasses.dataclass
@@ -64,18 +65,18 @@ def check_split(train: data_lib.Dataset, split: data_lib.ForgetSplit,
   n = len(train)
   forget, retain = np.asarray(split.forget), np.asarray(split.retain)
   if forget.size == 0:
-    raise ValueError("the forget set is empty: there is nothing to unlearn")
+    raise InvalidArgument("the forget set is empty: there is nothing to unlearn")
   if needs_retain and retain.size == 0:
-    raise ValueError("the retain set is empty, and this method trains on it")
+    raise InvalidArgument("the retain set is empty, and this method trains on it")
   for name, idx in (("forget", forget), ("retain", retain)):
     if idx.size and (idx.ndim != 1 or not np.issubdtype(idx.dtype, np.integer)):
-      raise ValueError(f"{name} indices must be a 1-D integer array, got {idx.dtype} "
+      raise InvalidArgument(f"{name} indices must be a 1-D integer array, got {idx.dtype} "
                        f"{idx.shape}")
     if idx.size and (idx.min() < 0 or idx.max() >= n):
-      raise ValueError(f"{name} indices must lie in [0, {n}) for a training set of {n} "
+      raise InvalidArgument(f"{name} indices must lie in [0, {n}) for a training set of {n} "
                        f"examples, got [{idx.min()}, {idx.max()}]")
   if np.intersect1d(forget, retain).size:
-    raise ValueError("the forget and retain sets overlap")
+    raise InvalidArgument("the forget and retain sets overlap")
 
 
 def _as_key(rng) -> jax.Array:
@@ -83,7 +84,7 @@ def _as_key(rng) -> jax.Array:
     return jax.random.PRNGKey(int(rng))
   if isinstance(rng, jax.Array):
     return rng
-  raise TypeError(f"rng must be a PRNG key or an int seed, got {type(rng).__name__}")
+  raise InvalidArgument(f"rng must be a PRNG key or an int seed, got {type(rng).__name__}")
 
 
 def run(method: str, *, apply: Apply, params: PyTree, model_state: PyTree,
@@ -128,7 +129,7 @@ def run(method: str, *, apply: Apply, params: PyTree, model_state: PyTree,
   check_split(train, split, needs_retain)
   if init is not None:
     if init_params is not None:
-      raise ValueError("give init_params or its alias init, not both")
+      raise InvalidArgument("give init_params or its alias init, not both")
     init_params = init
   mesh = parallel.make_mesh() if mesh is None else mesh
   params, model_state = parallel.replicate((params, model_state), mesh)

@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from mcu_jax import parallel
-from mcu_jax import train as train_lib
-from mcu_jax.optim import make_optimizer
+from mcu_jax.runtime import parallel
+from mcu_jax.runtime import train as train_lib
+from mcu_jax.runtime.optim import make_optimizer
 from mcu_jax.unlearn import configs as cfgs
 from mcu_jax.unlearn.method_context import (MethodContext, Outcome, forget_arrays, place,
                                             retain_arrays, wrap_evaluate)
 from mcu_jax.unlearn.losses import scrub_max_loss, scrub_min_loss
-from mcu_jax.validation import InvalidArgument
+from mcu_jax.errors import InvalidArgument
 
 
 def _steps(num_examples: int, batch_size: int) -> int:

@@ -31,7 +31,7 @@ own buffers (``coeff_layer.*``) and the other bends' tensors are ignored.
 
 torch is imported only to read ``.pt`` files (``pip install 'mcu_jax[torch]'``); state dicts of
 numpy arrays, and ``.npz`` files, need no torch. A SIGINT or SIGTERM recorded by
-``mcu_jax.signals`` stops the conversion between tensors, before anything is written.
+``mcu_jax.runtime.signals`` stops the conversion between tensors, before anything is written.
 """
 from __future__ import annotations
 
@@ -45,10 +45,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mcu_jax import checkpoint, signals
+from mcu_jax.runtime import checkpoint, signals
 from mcu_jax.models import get_model, init_model, preresnet, resnet, vgg
-
-PyTree = Any
+from mcu_jax.errors import InvalidArgument, MissingDependency, MissingFileError
+from mcu_jax.typing import PyTree
 
 _IGNORED_SUFFIXES = (".num_batches_tracked",)
 _CURVE_FC = {"classifier.1.": "fc1.", "classifier.4.": "fc2.", "classifier.6.": "fc3."}
@@ -69,7 +69,7 @@ def _model_family(model_name: str, num_classes: int = 10):
     return module, vgg.torch_key, "layer_blocks.0.0.weight"
   if isinstance(module, resnet.ResNet):
     return module, resnet.torch_key, "conv1.weight"
-  raise ValueError(f"model {model_name!r} has no PyTorch counterpart; torch import supports "
+  raise InvalidArgument(f"model {model_name!r} has no PyTorch counterpart; torch import supports "
                    "preresnet<depth>, vgg16_bn and resnet18")
 
 
@@ -83,9 +83,9 @@ def _to_numpy(key: str, value) -> np.ndarray:
   try:
     array = np.asarray(value)
   except Exception as e:
-    raise ValueError(f"state_dict entry {key!r} is not an array: {type(value).__name__}") from e
+    raise InvalidArgument(f"state_dict entry {key!r} is not an array: {type(value).__name__}") from e
   if array.dtype == object:
-    raise ValueError(f"state_dict entry {key!r} is not an array: {type(value).__name__}")
+    raise InvalidArgument(f"state_dict entry {key!r} is not an array: {type(value).__name__}")
   return array
 
 
@@ -174,17 +174,17 @@ def state_dict_to_flax(state_dict: Mapping[str, Any], model_name: str, num_class
   Raises ``ValueError`` naming every missing key, unexpected key and shape mismatch.
   """
   if not isinstance(state_dict, Mapping):
-    raise ValueError(f"a state_dict must be a mapping of names to tensors, got "
+    raise InvalidArgument(f"a state_dict must be a mapping of names to tensors, got "
                      f"{type(state_dict).__name__}")
   if bend is not None and (not isinstance(bend, int) or bend < 0):
-    raise ValueError(f"bend must be a non-negative integer, got {bend!r}")
+    raise InvalidArgument(f"bend must be a non-negative integer, got {bend!r}")
   module, torch_key, stem_key = _model_family(model_name, num_classes)
 
   names = _strip_prefix([str(k) for k in state_dict], "module.")
   if bend is not None:
     names = {(k[4:] if k.startswith("net.") else k): original for k, original in names.items()}
     if not any(re.search(r"\.(weight|bias)_\d+$", k) for k in names):
-      raise ValueError("bend= was given but the state_dict has no curve keys "
+      raise InvalidArgument("bend= was given but the state_dict has no curve keys "
                        "('net.<path>.weight_<bend>'); is it a plain model's state_dict?")
   arrays = {k: _to_numpy(original, state_dict[original]) for k, original in names.items()}
   lookup = (lambda key: key) if bend is None else (lambda key: _curve_key(key, bend))
@@ -231,7 +231,7 @@ def state_dict_to_flax(state_dict: Mapping[str, Any], model_name: str, num_class
     if mismatched:
       problems.append(f"mismatched ({len(mismatched)}): {_listing(mismatched)}")
     what = model_name if bend is None else f"bend {bend} of a {model_name} curve"
-    raise ValueError(f"state_dict does not match {what}: " + "; ".join(problems))
+    raise InvalidArgument(f"state_dict does not match {what}: " + "; ".join(problems))
   params = tree.pop("params")
   return params, tree
 
@@ -271,7 +271,7 @@ def _unwrap(obj: Any, path: Path) -> Mapping[str, Any]:
       if isinstance(obj.get(wrapper), Mapping):
         return obj[wrapper]
     return obj
-  raise ValueError(f"{path} holds a {type(obj).__name__}, not a state_dict (a mapping of names "
+  raise InvalidArgument(f"{path} holds a {type(obj).__name__}, not a state_dict (a mapping of names "
                    "to tensors, possibly under 'state_dict' or 'model_state')")
 
 
@@ -283,22 +283,22 @@ def load_state_dict_file(path: str | os.PathLike) -> Mapping[str, Any]:
   """
   path = Path(path)
   if not path.is_file():
-    raise FileNotFoundError(f"checkpoint file {path} does not exist")
+    raise MissingFileError(f"checkpoint file {path} does not exist")
   if path.suffix == ".npz":
     try:
       with np.load(path, allow_pickle=False) as data:
         return {k: data[k] for k in data.files}
     except Exception as e:
-      raise ValueError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from e
+      raise InvalidArgument(f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from e
   try:
     import torch
   except ImportError as e:
-    raise ImportError(f"reading the PyTorch checkpoint {path} needs torch: "
+    raise MissingDependency(f"reading the PyTorch checkpoint {path} needs torch: "
                       "pip install 'mcu_jax[torch]'") from e
   try:
     obj = torch.load(path, map_location="cpu", weights_only=True)
   except Exception as e:  # pickle, zip and weights_only errors all mean "not a usable file"
-    raise ValueError(f"cannot read PyTorch checkpoint {path}: {type(e).__name__}: "
+    raise InvalidArgument(f"cannot read PyTorch checkpoint {path}: {type(e).__name__}: "
                      f"{str(e).splitlines()[0] if str(e) else ''}") from e
   return _unwrap(obj, path)
 
@@ -310,9 +310,9 @@ def _check_writable_parent(out: Path) -> None:
   while not ancestor.exists():
     ancestor = ancestor.parent
   if not ancestor.is_dir():
-    raise ValueError(f"cannot create {out}: {ancestor} is a file, not a directory")
+    raise InvalidArgument(f"cannot create {out}: {ancestor} is a file, not a directory")
   if not os.access(ancestor, os.W_OK | os.X_OK):
-    raise ValueError(f"cannot create {out}: {ancestor} is not writable")
+    raise InvalidArgument(f"cannot create {out}: {ancestor} is not writable")
 
 
 def convert_file(path: str | os.PathLike, model_name: str, num_classes: int,
@@ -326,7 +326,7 @@ def convert_file(path: str | os.PathLike, model_name: str, num_classes: int,
   """
   path, out = Path(path), Path(out_dir).absolute()
   if out.exists() and not force:
-    raise ValueError(f"output {out} already exists (pass force=True, or --force on the "
+    raise InvalidArgument(f"output {out} already exists (pass force=True, or --force on the "
                      "command line, to overwrite)")
   _check_writable_parent(out)
   state_dict = load_state_dict_file(path)
@@ -335,7 +335,7 @@ def convert_file(path: str | os.PathLike, model_name: str, num_classes: int,
     params, model_state = state_dict_to_flax(state_dict, model_name, num_classes,
                                              input_shape, bend=bend)
   except ValueError as e:
-    raise ValueError(f"cannot convert {path}: {e}") from e
+    raise InvalidArgument(f"cannot convert {path}: {e}") from e
   signals.check(f"converting {path}")
   checkpoint.save_tree(out, {"params": params, "model_state": model_state}, force=force)
   return str(out)

@@ -1,7 +1,7 @@
 """The choice of t on the curve: the alignment gap, its minimum and the effective region.
 
 As the reference's ``find_optimal_t`` and ``plot_region.py``, from accuracies sampled by a
-sweep (``mcu_jax.sweep``)::
+sweep (``mcu_jax.runtime.sweep``)::
 
     gap(t) = (|RA(t) - targets.retain| + |FA(t) - targets.forget|) / 2
 
@@ -23,9 +23,9 @@ from typing import Any, Callable
 
 import numpy as np
 
-from mcu_jax.beta import Targets, as_targets
-from mcu_jax.curves import check_t
-from mcu_jax.validation import InvalidArgument
+from mcu_jax.core.beta import Targets, as_targets
+from mcu_jax.core.curves import check_t
+from mcu_jax.errors import InvalidArgument
 
 COLLAPSE_POINTS = 10.0
 """Percentage points of retain accuracy below both ends that flag a chosen t as collapsed."""

@@ -2,7 +2,7 @@
 
 One step: t ~ U(t_min, t_max) from the step's key -> phi(t) from (start, controls, end) ->
 forward on the mixed batch in training mode -> per-subset CE and accuracy -> beta (a policy of
-``mcu_jax.beta``, stop-gradient) -> grad of L_r - beta L_f w.r.t. the controls only -> the
+``mcu_jax.core.beta``, stop-gradient) -> grad of L_r - beta L_f w.r.t. the controls only -> the
 masked optimizer's update. The controls are the trainer's params; the fixed endpoints travel as
 jit arguments, never differentiated; frozen tensors stay bit-identical.
 
@@ -20,22 +20,22 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mcu_jax import beta as beta_lib
-from mcu_jax import objectives, parallel, train
-from mcu_jax.checkpoint import Checkpointer
-from mcu_jax.curves import Curve, check_same_tree, coefficients, combine
+from mcu_jax.core import beta as beta_lib
+from mcu_jax.core import objectives
+from mcu_jax.runtime import parallel, train
+from mcu_jax.runtime.checkpoint import Checkpointer
+from mcu_jax.core.curves import Curve, check_same_tree, coefficients, combine
 from mcu_jax.models.adapters import Apply, check_data, forward
-from mcu_jax.optim import OptimConfig, check_mask, make_optimizer
+from mcu_jax.runtime.optim import OptimConfig, check_mask, make_optimizer
 from mcu_jax.preprocess import Preprocess, default_preprocess
-from mcu_jax.validation import InvalidArgument, check_number, check_pair, check_positive
-
-PyTree = Any
+from mcu_jax.validation import check_number, check_pair, check_positive
+from mcu_jax.errors import InvalidArgument
+from mcu_jax.typing import PyTree
 
 CURVE_OPTIM = OptimConfig(lr=0.01, momentum=0.9)
 """The reference's curve optimizer: SGD lr 0.01, momentum 0.9, no weight decay, constant."""
@@ -114,14 +114,14 @@ class CurveTrainer:
     mask: per-tensor Python bools or per-weight bool arrays like the params (True = trains);
       None trains every tensor.
     optimizer: an ``OptimConfig`` (default: the reference's, ``CURVE_OPTIM``).
-    beta: a policy of ``mcu_jax.beta`` or a number (fixed beta).
+    beta: a policy of ``mcu_jax.core.beta`` or a number (fixed beta).
     batch_size: examples per step (must divide by the mesh's devices).
     steps_per_epoch: for the optimizer's schedule (only a cosine one needs it).
     epochs: for the optimizer's schedule.
     preprocess: ``preprocess(key, inputs)``; training passes a key.
     t_range: t is drawn uniformly from this interval.
     mesh: a ``jax.sharding.Mesh``: endpoints and state replicated, batches split over it.
-    loop: the epoch driver ("auto": ``mcu_jax.loops``' CPU policy).
+    loop: the epoch driver ("auto": ``mcu_jax.runtime.loops``' CPU policy).
   """
 
   def __init__(self, apply: Apply, curve: Curve, *, mask: PyTree | None = None,
@@ -168,7 +168,7 @@ class CurveTrainer:
     for key in ("images", "labels", "is_forget"):
       if key not in data:
         raise InvalidArgument(f"data: expected keys images, labels, is_forget; {key!r} is missing "
-                              f"(build it with mcu_jax.mcu.curve_data)")
+                              f"(build it with mcu_jax.runtime.mcu.curve_data)")
     return parallel.replicate(dict(data), self.mesh)
 
   def epoch(self, state: train.TrainState, data: dict):

@@ -15,13 +15,14 @@ program scale to 2-D meshes (data x model) later.
 from __future__ import annotations
 
 import os
-from typing import Any, Sequence
+from typing import Sequence
 
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from mcu_jax.errors import InvalidArgument
+from mcu_jax.typing import PyTree
 
-PyTree = Any
 DATA_AXIS = "data"
 
 
@@ -29,7 +30,7 @@ def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
   """A 1-D mesh with axis ``"data"`` over ``devices`` (default: all devices, all hosts)."""
   devices = jax.devices() if devices is None else list(devices)
   if not devices:
-    raise ValueError("make_mesh needs at least one device")
+    raise InvalidArgument("make_mesh needs at least one device")
   return Mesh(np.asarray(devices), (DATA_AXIS,))
 
 
@@ -54,12 +55,12 @@ def shard_batch(batch: PyTree, mesh: Mesh) -> PyTree:
   def leaf(x):
     if isinstance(x, jax.Array) and jax.process_count() == 1:
       if x.shape[0] % n:
-        raise ValueError(f"batch size {x.shape[0]} is not divisible by the {n} devices of the mesh")
+        raise InvalidArgument(f"batch size {x.shape[0]} is not divisible by the {n} devices of the mesh")
       return jax.device_put(x, sharding)
     x = np.asarray(x)
     global_size = x.shape[0] * jax.process_count()
     if global_size % n:
-      raise ValueError(f"batch size {global_size} is not divisible by the {n} devices of the mesh")
+      raise InvalidArgument(f"batch size {global_size} is not divisible by the {n} devices of the mesh")
     return jax.make_array_from_process_local_data(sharding, x)
   return jax.tree.map(leaf, batch)
 
@@ -93,7 +94,7 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
   if not explicit and env.get("MCU_JAX_DISTRIBUTED") != "1":
     return False
   if explicit and (coordinator_address is None or num_processes is None or process_id is None):
-    raise ValueError("a multi-host run needs all of coordinator_address, num_processes and "
+    raise InvalidArgument("a multi-host run needs all of coordinator_address, num_processes and "
                      f"process_id; got {coordinator_address!r}, {num_processes!r}, {process_id!r}")
   # CPU devices of different processes talk through gloo; GPUs and TPUs ignore this setting.
   jax.config.update("jax_cpu_collectives_implementation", "gloo")

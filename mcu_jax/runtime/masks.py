@@ -2,7 +2,7 @@
 
 Both masks are computed once, from gradients summed over a whole data set, on the host: they
 are small decisions over a handful of scores, not a hot loop. The gradient accumulation that
-feeds them is ``loops.make_batch_sum`` (the CPU policy of ``mcu_jax.loops``). ``compute_mask``
+feeds them is ``loops.make_batch_sum`` (the CPU policy of ``mcu_jax.runtime.loops``). ``compute_mask``
 is the mask step of MCU: the gradients of theta_o on D_r and D_f, then ``mcu_mask``.
 
 Ordering rule for ties (both masks): scores are ranked in descending order with a stable sort
@@ -14,19 +14,21 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
-from typing import Any, Callable
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mcu_jax import data, loops, objectives, parallel, train
-from mcu_jax.curves import check_same_tree
+from mcu_jax import data
+from mcu_jax.runtime import loops, parallel, train
+from mcu_jax.core import objectives
+from mcu_jax.core.curves import check_same_tree
 from mcu_jax.models.adapters import check_data
 from mcu_jax.preprocess import Preprocess, default_preprocess
-from mcu_jax.validation import InvalidArgument, check_number, check_pair
-
-PyTree = Any
+from mcu_jax.validation import check_number, check_pair
+from mcu_jax.errors import InvalidArgument
+from mcu_jax.typing import PyTree
 
 
 def accumulate_gradients(loss_fn: Callable[[PyTree, PyTree], jax.Array], params: PyTree,
@@ -39,8 +41,8 @@ def accumulate_gradients(loss_fn: Callable[[PyTree, PyTree], jax.Array], params:
     params: the parameter pytree to differentiate.
     batches: a pytree whose leaves have a leading axis of length num_batches; ``loss_fn``
       gets one slice of it at a time.
-    loop: ``mcu_jax.loops`` driver: one jitted scan, or a host loop over one jitted step
-      (``"auto"``: the loop on CPU, see ``mcu_jax.loops``).
+    loop: ``mcu_jax.runtime.loops`` driver: one jitted scan, or a host loop over one jitted step
+      (``"auto"``: the loop on CPU, see ``mcu_jax.runtime.loops``).
 
   Returns:
     A pytree like ``params``, in float32 or wider, of the summed gradients.
@@ -226,7 +228,7 @@ def compute_mask(apply, params: PyTree, model_state: PyTree, *, forget, retain, 
 
   ``forget``, ``retain``: (inputs, labels) pairs. ``mesh``: a device mesh the params and
   batches are replicated on (default: all devices). ``loop``: the driver of the gradient sums
-  (``mcu_jax.loops``).
+  (``mcu_jax.runtime.loops``).
   """
   check_fractions(k, kr)
   pairs = {"retain": check_pair("retain", retain), "forget": check_pair("forget", forget)}

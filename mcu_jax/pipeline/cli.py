@@ -10,7 +10,7 @@ its last epoch checkpoint; ``--force`` recomputes finished stages. Failures are 
 stderr and a non-zero exit (2 for bad input or state, 1 for the system, 130 for Ctrl-C, 143 for
 SIGTERM); ``--debug`` shows the traceback.
 
-The command (``run``) records SIGINT and SIGTERM from its first line on (``mcu_jax.signals``)
+The command (``run``) records SIGINT and SIGTERM from its first line on (``mcu_jax.runtime.signals``)
 and imports JAX and the rest after that: a signal at any moment stops the run at the next loop
 boundary, with one line naming the stage and the checkpoint it kept; a second one exits at once.
 """
@@ -23,11 +23,11 @@ import os
 import sys
 from pathlib import Path
 
-from mcu_jax import signals
+from mcu_jax.runtime import signals
 
 
 def stage_commands() -> tuple[str, ...]:
-  from mcu_jax import pipeline
+  from mcu_jax.pipeline import stages as pipeline
   return tuple(stage.name for stage in pipeline.STAGES)
 
 
@@ -86,7 +86,7 @@ DEMO_PRESET = {"forget": {"kind": "class", "classes": [3]}}
 
 
 def _config(args):
-  from mcu_jax import config as config_lib
+  from mcu_jax.pipeline import config as config_lib
   overrides = list(args.overrides)
   if getattr(args, "method", None):
     overrides.append(f"unlearn.method={args.method}")
@@ -113,21 +113,23 @@ def _demo_dir() -> Path:
       return candidate
     except FileExistsError:
       continue
-  from mcu_jax.validation import MCUError
+  from mcu_jax.errors import MCUError
   raise MCUError("cannot find a free runs/demo-* directory name")
 
 
 def _run(args) -> int:
   signals.check("start-up")
   if args.command == "import-torch":
-    from mcu_jax import torch_import
+    from mcu_jax.pipeline import torch_import
     out = torch_import.convert_file(args.checkpoint, args.model, args.num_classes, args.out,
                                     bend=args.bend, force=args.force)
     signals.check("the end of import-torch")
     print(out)
     return 0
   config = _config(args)
-  from mcu_jax import parallel, pipeline, report
+  from mcu_jax.runtime import parallel
+  from mcu_jax import io
+  from mcu_jax.pipeline import stages as pipeline
   parallel.initialize(args.coordinator, args.num_processes, args.process_id)
   if args.run_dir is None:
     args.run_dir = _demo_dir()
@@ -148,7 +150,7 @@ def _run(args) -> int:
     print(record["table"])
   else:
     summary = {k: v for k, v in record.items() if not isinstance(v, (list, dict))}
-    print(report.to_jsonable(summary))
+    print(io.to_jsonable(summary))
   print(f"run directory: {run_dir}")
   return 0
 
@@ -164,7 +166,7 @@ def _interrupted(args, e: signals.Interrupted) -> str:
     if e.where == "the end":
       return f"{what} after its last stage had finished: every result is kept"
     return f"{what} before any stage ran ({e.where}): nothing was marked done"
-  from mcu_jax import pipeline
+  from mcu_jax.pipeline import stages as pipeline
   run_dir = args.run_dir
   kept = pipeline.STAGE_OF[e.stage].kept(run_dir)
   again = f"mcu-jax {args.command} --run-dir {run_dir} --resume"
@@ -189,8 +191,7 @@ def main(argv=None) -> int:
   """The command's exit status for ``argv``: 0, or one line on stderr and 1, 2, 130 or 143.
   The signal handlers are ``run``'s: in-process callers keep their own."""
   args = build_parser().parse_args(argv)     # imports the pipeline, JAX with it
-  from mcu_jax import checkpoint
-  from mcu_jax.validation import MCUError
+  from mcu_jax.errors import MCUError
   try:
     return _run(args)
   except signals.Interrupted as e:
@@ -203,8 +204,7 @@ def main(argv=None) -> int:
     print("mcu-jax: interrupted; finished stages are kept, and --resume continues a training "
           "stage from its last epoch", file=sys.stderr)
     return 130
-  except (MCUError, ValueError, checkpoint.CheckpointError, FileNotFoundError,
-          ImportError) as e:
+  except MCUError as e:
     if args.debug:
       raise
     print(f"mcu-jax: error: {_stage(e, isinstance(e.__cause__, OSError))}{_one_line(e)}",
@@ -240,7 +240,7 @@ def run() -> None:
   a finished run with -2 and no word (1 of 20 random-time interrupts). Everything written is
   atomic; an uncommitted checkpoint is ignored on resume.
 
-  SIGINT and SIGTERM are recorded from here on, before JAX is imported (``mcu_jax.signals``):
+  SIGINT and SIGTERM are recorded from here on, before JAX is imported (``mcu_jax.runtime.signals``):
   the run stops at its next loop boundary with one line, and a second signal exits at once.
   """
   signals.install("mcu-jax: interrupted again: stopped at once; finished stages and the last "

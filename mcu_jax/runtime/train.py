@@ -31,15 +31,17 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from mcu_jax import loops, objectives, parallel
-from mcu_jax import signals
-from mcu_jax.checkpoint import Checkpointer
+from mcu_jax.runtime import loops, parallel
+from mcu_jax.core import objectives
+from mcu_jax.runtime import signals
+from mcu_jax.runtime.checkpoint import Checkpointer
 from mcu_jax.models.adapters import forward
-from mcu_jax.optim import OptimConfig, make_optimizer
+from mcu_jax.runtime.optim import OptimConfig, make_optimizer
 from mcu_jax.preprocess import Preprocess, default_preprocess
-from mcu_jax.validation import InvalidArgument, NonFiniteError, check_number
+from mcu_jax.validation import check_number
+from mcu_jax.errors import InvalidArgument, NonFiniteError
+from mcu_jax.typing import PyTree
 
-PyTree = Any
 LossFn = Callable[..., tuple[jax.Array, tuple[PyTree, dict]]]
 
 
@@ -100,7 +102,7 @@ def make_epoch(loss_fn: LossFn, batch_size: int, *, preprocess: Preprocess = def
   ``labels`` and any per-example extras. Each step splits its key for ``preprocess`` (the
   augmentation) and for ``loss_fn``. ``metrics`` leaves have shape (steps,).
   ``batch_sharding``, when given, constrains every batch (e.g. split over a device mesh).
-  ``loop``: "scan", "python" or "auto" (``mcu_jax.loops``). The epoch donates ``state``.
+  ``loop``: "scan", "python" or "auto" (``mcu_jax.runtime.loops``). The epoch donates ``state``.
   """
   def train_step(state: TrainState, batch: dict, key: jax.Array, consts):
     (_, (model_state, metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
@@ -211,7 +213,7 @@ class FitConfig(OptimConfig):
   """A training run: the optimizer (``OptimConfig``'s fields), ``epochs`` and ``batch_size``.
 
   The configs of every training embed it: the original model's and the retrain's
-  (``mcu_jax.config.TrainConfig``), each base method's (``unlearn.MethodConfig``), the
+  (``mcu_jax.pipeline.config.TrainConfig``), each base method's (``unlearn.MethodConfig``), the
   curve's (``config.CurveConfig``).
   """
   epochs: int = 10

@@ -22,8 +22,9 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from mcu_jax.train import FitConfig
-from mcu_jax.validation import InvalidArgument, check_choice, check_number
+from mcu_jax.runtime.train import FitConfig
+from mcu_jax.validation import check_choice, check_number
+from mcu_jax.errors import InvalidArgument
 
 
 class ConfigError(InvalidArgument):
@@ -90,7 +91,7 @@ class MaskConfig:
   kr: float = 0.0
 
   def validate(self, where):
-    from mcu_jax import masks
+    from mcu_jax.runtime import masks
     masks.check_fractions(self.k, self.kr, names=(f"{where}.k", f"{where}.kr"),
                           error=ConfigError)
 
@@ -109,7 +110,8 @@ class CurveConfig(FitConfig):
   precision: str = "fp32"          # "bf16": bfloat16 compute, float32 controls and endpoints
 
   def validate(self, where):
-    from mcu_jax import beta, curves, models
+    from mcu_jax.core import beta, curves
+    from mcu_jax import models
     _choice(where, "precision", self.precision, tuple(models.COMPUTE_DTYPES))
     _number(where, "retain_ratio", self.retain_ratio, low=0.0, high=1.0, low_open=True)
     if self.num_bends < 3:

@@ -13,16 +13,16 @@ Nothing here is specific to a model: any pytree of arrays (Flax params, plain di
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from typing import Callable
 
 import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mcu_jax.validation import InvalidArgument
+from mcu_jax.errors import InvalidArgument
+from mcu_jax.typing import PyTree
 
-PyTree = Any
 KINDS = ("bezier", "polychain")
 
 

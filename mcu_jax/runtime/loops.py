@@ -23,22 +23,22 @@ the same results up to float reassociation.
 ``make_batch_sum`` applies the same choice to a sum over pre-cut batches (the masks' gradient
 accumulation).
 
-The host loops check for a recorded SIGINT or SIGTERM before every step (``mcu_jax.signals``),
+The host loops check for a recorded SIGINT or SIGTERM before every step (``mcu_jax.runtime.signals``),
 so a long epoch stops within a step; a scanned epoch is checked between epochs by its caller.
 """
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mcu_jax import signals
-from mcu_jax.validation import InvalidArgument
+from mcu_jax.runtime import signals
+from mcu_jax.errors import InvalidArgument
+from mcu_jax.typing import PyTree
 
-PyTree = Any
 # body(state, *inputs, indices, valid, key) -> (state, metrics); inputs end with the data dict.
 Body = Callable[..., tuple[PyTree, dict]]
 LOOPS = ("auto", "scan", "python")
@@ -106,7 +106,7 @@ class LoopedEpoch:
   """An epoch as a host loop over one jitted, donated step; see the module docstring.
 
   ``lower(...).compile()`` compiles both programs ahead of time, like a jitted function's, so
-  ``mcu_jax.train.compile_ahead`` works on it.
+  ``mcu_jax.runtime.train.compile_ahead`` works on it.
   """
 
   def __init__(self, body: Body, batch_size: int):

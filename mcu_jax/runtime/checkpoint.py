@@ -12,18 +12,14 @@ import hashlib
 import os
 import warnings
 from pathlib import Path
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-PyTree = Any
-
-
-class CheckpointError(RuntimeError):
-  """A checkpoint is missing, incomplete or does not match the expected structure."""
+from mcu_jax.errors import CheckpointError
+from mcu_jax.typing import PyTree
 
 
 def tree_digest(tree: PyTree) -> str:

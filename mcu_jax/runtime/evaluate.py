@@ -19,18 +19,18 @@ one device's up to float summation order. ``mesh=None``: no placement, no constr
 from __future__ import annotations
 
 import functools
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mcu_jax import objectives, parallel
+from mcu_jax.core import objectives
+from mcu_jax.runtime import parallel
 from mcu_jax.models.adapters import Apply
 from mcu_jax.preprocess import Preprocess, default_preprocess
-from mcu_jax.validation import InvalidArgument, check_positive
-
-PyTree = Any
+from mcu_jax.validation import check_positive
+from mcu_jax.errors import InvalidArgument
+from mcu_jax.typing import PyTree
 
 
 # ---------------------------------------------------------------------------------------------

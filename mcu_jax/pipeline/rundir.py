@@ -21,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 import errno
 import hashlib
-import json
 import os
 import shutil
 import sys
@@ -32,10 +31,10 @@ from typing import Any, Callable, Iterable, Sequence
 import jax
 import numpy as np
 
-from mcu_jax import checkpoint, parallel, report
-from mcu_jax.validation import MCUError
-
-PyTree = Any
+from mcu_jax.runtime import checkpoint, parallel
+from mcu_jax import io
+from mcu_jax.errors import MCUError
+from mcu_jax.typing import PyTree
 
 
 class StageError(MCUError, RuntimeError):
@@ -44,8 +43,7 @@ class StageError(MCUError, RuntimeError):
 
 def digest(value: Any) -> str:
   """SHA-256 (16 hex digits) of a JSON-able value, keys sorted."""
-  text = json.dumps(report.to_jsonable(value), sort_keys=True, separators=(",", ":"))
-  return hashlib.sha256(text.encode()).hexdigest()[:16]
+  return hashlib.sha256(io.canonical_json(value).encode()).hexdigest()[:16]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -227,7 +225,7 @@ class RunDir:
     if not path.exists():
       raise StageError(f"{path} does not exist")
     try:
-      return report.read_json(path)
+      return io.read_json(path)
     except (ValueError, UnicodeDecodeError) as e:
       raise StageError(f"{path} is corrupt ({type(e).__name__}: {e}); rerun its stage with "
                        "--force") from None
@@ -239,7 +237,7 @@ class RunDir:
   def write_json(self, path: Path, value: Any) -> None:
     self.acquire()
     if parallel.is_primary():
-      report.write_json(path, value)
+      io.write_json(path, value)
     parallel.sync(f"wrote {path}")
 
   def write_file(self, write, path: Path) -> None:

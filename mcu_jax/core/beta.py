@@ -26,7 +26,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mcu_jax.validation import InvalidArgument, check_choice, check_number, is_number
+from mcu_jax.validation import check_choice, check_number, is_number
+from mcu_jax.errors import InvalidArgument
 
 
 class Targets(collections.namedtuple("Targets", ("retain", "forget"))):

@@ -26,7 +26,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from mcu_jax.validation import InvalidArgument
+from mcu_jax.errors import InvalidArgument
 
 LEVEL = 0.95
 RESAMPLES = 1000

@@ -9,24 +9,24 @@
 """
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
-from mcu_jax import objectives
-from mcu_jax.evaluate import predict_logits
+from mcu_jax.core import objectives
+from mcu_jax.runtime.evaluate import predict_logits
 from mcu_jax.models.adapters import Apply
 from mcu_jax.preprocess import Preprocess, default_preprocess
-
-PyTree = Any
+from mcu_jax.errors import InvalidArgument
+from mcu_jax.typing import PyTree
 
 
 def _as_feature(values, name: str) -> np.ndarray:
   values = np.asarray(values, dtype=np.float64).reshape(-1)
   if values.size == 0:
-    raise ValueError(f"{name} is empty")
+    raise InvalidArgument(f"{name} is empty")
   if not np.all(np.isfinite(values)):
-    raise ValueError(f"{name} has non-finite values")
+    raise InvalidArgument(f"{name} has non-finite values")
   return values
 
 
@@ -81,7 +81,7 @@ def _outputs(apply, params, state, images, labels, batch_size, preprocess, mesh=
   logits = predict_logits(apply, params, state, images, batch_size, preprocess, mesh=mesh)
   labels = np.asarray(labels).astype(np.int32)
   if labels.shape != (logits.shape[0],):
-    raise ValueError(f"{labels.shape} labels for {logits.shape[0]} images")
+    raise InvalidArgument(f"{labels.shape} labels for {logits.shape[0]} images")
   lg, lb = jnp.asarray(logits), jnp.asarray(labels)
   conf = jnp.take_along_axis(jax.nn.softmax(lg, axis=-1), lb[:, None], axis=1)[:, 0]
   loss = objectives.cross_entropy(lg, lb)
@@ -114,7 +114,7 @@ def unlearning_metrics(apply: Apply, params: PyTree, state: PyTree, *, forget, r
   out = {}
   for name, (images, labels) in (("forget", forget), ("retain", retain), ("test", test)):
     if int(np.shape(labels)[0]) == 0:
-      raise ValueError(f"the {name} set is empty")
+      raise InvalidArgument(f"the {name} set is empty")
     out[name] = _outputs(apply, params, state, images, labels, batch_size, preprocess, mesh)
   fa = 100.0 * out["forget"][2].mean()
   return {
@@ -132,10 +132,10 @@ def avg_gap(metrics: Mapping[str, float], retrain_metrics: Mapping[str, float],
   """Avg. Gap: mean over ``keys`` of |metric - the retrained model's metric|."""
   keys = tuple(keys)
   if not keys:
-    raise ValueError("keys must name at least one metric")
+    raise InvalidArgument("keys must name at least one metric")
   missing = [k for k in keys if k not in metrics or k not in retrain_metrics]
   if missing:
-    raise KeyError(f"metrics missing from one of the records: {missing}")
+    raise InvalidArgument(f"metrics missing from one of the records: {missing}")
   return float(np.mean([abs(float(metrics[k]) - float(retrain_metrics[k])) for k in keys]))
 
 

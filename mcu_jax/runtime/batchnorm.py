@@ -38,20 +38,19 @@ the same batches are formed as without a mesh, so the statistics agree to float 
 from __future__ import annotations
 
 import functools
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mcu_jax import evaluate
+from mcu_jax.runtime import evaluate
 from mcu_jax.models.adapters import Apply, forward, running_stats_of
 from mcu_jax.models.running_stats import (EmaStats, StatsLayout, is_float, leaf_paths,
                                           path_str)
 from mcu_jax.preprocess import Preprocess, default_preprocess
-from mcu_jax.validation import InvalidArgument, check_positive
-
-PyTree = Any
+from mcu_jax.validation import check_positive
+from mcu_jax.errors import InvalidArgument
+from mcu_jax.typing import PyTree
 
 # Variance leaf names -> the name of their mean sibling (Flax, Haiku/TF and torch-style).
 VARIANCE_NAMES = {"var": "mean", "variance": "mean", "running_var": "running_mean",

@@ -1,10 +1,10 @@
 """The sweep over t: phi(t) at many t, each with recalibrated BatchNorm statistics.
 
 For every t: phi(t) = ``point(curve, t)``; its BatchNorm statistics recomputed exactly on the
-recalibration inputs (``mcu_jax.batchnorm``; the reference's eval_curve.py uses its training
+recalibration inputs (``mcu_jax.runtime.batchnorm``; the reference's eval_curve.py uses its training
 set, mcu_jax's pipeline D_r); then accuracy and mean cross-entropy in inference mode on every
 named set; and the L2 distance from phi of the previous t, summed into the path length.
-``sweep_and_select`` adds the choice of t (``mcu_jax.choice``). Several t are evaluated at once
+``sweep_and_select`` adds the choice of t (``mcu_jax.core.choice``). Several t are evaluated at once
 (vmap) on accelerators and one at a time on the CPU (``loops.resolve_vectorize``).
 
 With ``SweepOptions.mesh`` (data parallelism, as the training steps): the curve, state and data
@@ -22,15 +22,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mcu_jax import batchnorm, choice, evaluate, loops
-from mcu_jax import signals
-from mcu_jax.beta import Targets
-from mcu_jax.curves import Curve, point
+from mcu_jax.runtime import batchnorm, evaluate, loops
+from mcu_jax.core import choice
+from mcu_jax.runtime import signals
+from mcu_jax.core.beta import Targets
+from mcu_jax.core.curves import Curve, point
 from mcu_jax.models.adapters import Apply, check_data
 from mcu_jax.preprocess import Preprocess, default_preprocess
-from mcu_jax.validation import InvalidArgument, NonFiniteError, check_pair, check_positive
-
-PyTree = Any
+from mcu_jax.validation import check_pair, check_positive
+from mcu_jax.errors import InvalidArgument, NonFiniteError
+from mcu_jax.typing import PyTree
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,7 +46,7 @@ class SweepOptions:
     chunk_size: how many t one vmapped call evaluates (None: all at once); giving it implies
       vmapping. The last chunk is padded by repeating its last t, so chunks compile once.
     vectorize: vmap over t (True), one t per call (False; same results), or None: the CPU
-      policy of ``mcu_jax.loops``.
+      policy of ``mcu_jax.runtime.loops``.
     keep_states: keep every t's recalibrated model state in the result.
     progress: a progress bar over chunks.
     mesh: a ``jax.sharding.Mesh`` with the axis ``"data"`` (``parallel.make_mesh()``), or None

@@ -14,7 +14,7 @@ is done when its record exists and is current (``rundir``: made from today's inp
 configuration, its output files all there with the sizes they were written with); running a
 done stage is a no-op unless ``force``. Training stages checkpoint every epoch and continue with
 ``resume``; a stage whose outputs were lost is rebuilt from its own checkpoints. A SIGINT or
-SIGTERM recorded by ``mcu_jax.signals`` stops a stage at its next loop boundary, with nothing of
+SIGTERM recorded by ``mcu_jax.runtime.signals`` stops a stage at its next loop boundary, with nothing of
 it marked done. Every stage runs on all devices of a 1-D mesh; in a multi-host run every
 process runs the same stages on one shared run directory and process 0 writes
 (``rundir.RunDir``).
@@ -28,12 +28,17 @@ from typing import Any
 
 import jax
 
-from mcu_jax import context, evaluate, masks, mcu, mia, models, parallel, report
-from mcu_jax import forget_stage, rundir, signals, sweep, train, unlearn
-from mcu_jax import beta as beta_lib
-from mcu_jax.context import Context
-from mcu_jax.curves import Curve, point
-from mcu_jax.rundir import Stage, StageError
+from mcu_jax import io
+from mcu_jax.pipeline import context, report
+from mcu_jax.runtime import evaluate, masks, mcu, mia, parallel
+from mcu_jax import models
+from mcu_jax.pipeline import forget_stage, rundir
+from mcu_jax.runtime import signals, sweep, train
+from mcu_jax import unlearn
+from mcu_jax.core import beta as beta_lib
+from mcu_jax.pipeline.context import Context
+from mcu_jax.core.curves import Curve, point
+from mcu_jax.pipeline.rundir import Stage, StageError
 
 
 # ---------------------------------------------------------------------------------------------
@@ -293,7 +298,7 @@ def stage_report(ctx: Context, stage: Stage) -> dict:
           chosen_t=t, path=path, title=f"{title}: {method} + MCU"),
       "methods.png": lambda path: report.plot_methods(rows, path=path,
                                                       title="Unlearning metrics (percent)"),
-      "report.md": lambda path: report.write_markdown(path, text)}
+      "report.md": lambda path: io.write_markdown(path, text)}
   for name, write in writers.items():
     ctx.run.write_file(write, ctx.run_dir / name)
   files = {name: str(ctx.run_dir / name) for name in writers}

@@ -16,9 +16,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mcu_jax import batchnorm, data, models, parallel, preprocess, report, rundir, signals
-from mcu_jax.config import RunConfig
-from mcu_jax.rundir import Stage, StageError
+from mcu_jax.runtime import batchnorm, parallel, signals
+from mcu_jax import data, models, preprocess
+from mcu_jax import io
+from mcu_jax.pipeline import rundir
+from mcu_jax.pipeline.config import RunConfig
+from mcu_jax.pipeline.rundir import Stage, StageError
 
 SPLIT_KEYS = ("dataset", "seed", "forget")   # what the forget split is made from
 
@@ -232,7 +235,7 @@ def _configure(run: rundir.RunDir, config: RunConfig, stages, force: bool
   or changed. A change that no started stage (a record or a partial checkpoint) reads is
   simply adopted; one that does needs ``force``. Returns (the changed keys, the started stages
   that read them)."""
-  wanted = report.to_jsonable(config.to_dict())
+  wanted = io.to_jsonable(config.to_dict())
   records = [s.record for s in stages if run.has(s.record)]
   if not run.config_path.exists():
     if records:

@@ -144,7 +144,7 @@ def install(second_message: str | None = None) -> None:
     os.close(write)
     return
   _wakeup = (read, write)
-  threading.Thread(target=_watch, args=(read, _generation), name="mcu_jax.signals",
+  threading.Thread(target=_watch, args=(read, _generation), name="mcu_jax.runtime.signals",
                    daemon=True).start()
 
 

@@ -1,93 +1,19 @@
 """Records of a run: JSON, markdown tables and PNG plots, all written atomically.
 
-Every writer creates the parent directory, writes a temporary file next to the target and
-``os.replace``s it, so a reader never sees a half-written file. Plots use matplotlib's Agg
-canvas directly (no pyplot, no global backend switch).
+Every writer goes through ``mcu_jax.io.atomic_write``, so a reader never sees a half-written
+file. Plots use matplotlib's Agg canvas directly (no pyplot, no global backend switch).
 """
 from __future__ import annotations
 
-import json
 import math
-import os
-import tempfile
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from mcu_jax.errors import InvalidArgument
+from mcu_jax.io import atomic_write
+
 DEFAULT_METRICS = ("UA", "RA", "TA", "MIA")
-
-
-# ---------------------------------------------------------------------------------------------
-# Atomic files.
-
-
-def atomic_write(path, write, mode: str = "w") -> str:
-  """Runs ``write(file)`` on a temporary file beside ``path``, then renames it into place."""
-  path = os.fspath(path)
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  suffix = os.path.splitext(path)[1]
-  fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=suffix + ".tmp",
-                             dir=directory)
-  try:
-    with os.fdopen(fd, mode, **({"encoding": "utf-8"} if "b" not in mode else {})) as f:
-      write(f)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
-  return path
-
-
-def to_jsonable(value: Any) -> Any:
-  """NumPy/JAX scalars and arrays, tuples, dataclasses -> plain JSON types.
-
-  Non-finite floats become None (strict JSON has no NaN or Infinity).
-  """
-  import dataclasses
-  if dataclasses.is_dataclass(value) and not isinstance(value, type):
-    if hasattr(value, "to_dict"):
-      return to_jsonable(value.to_dict())
-    return to_jsonable(dataclasses.asdict(value))
-  if isinstance(value, Mapping):
-    return {str(k): to_jsonable(v) for k, v in value.items()}
-  if isinstance(value, (list, tuple)):
-    return [to_jsonable(v) for v in value]
-  if isinstance(value, (str, bool)) or value is None:
-    return value
-  if isinstance(value, (int, np.integer)):
-    return int(value)
-  if isinstance(value, (float, np.floating)):
-    return float(value) if math.isfinite(float(value)) else None
-  if isinstance(value, np.bool_):
-    return bool(value)
-  if hasattr(value, "__array__"):
-    array = np.asarray(value)
-    return to_jsonable(array.item() if array.ndim == 0 else array.tolist())
-  raise TypeError(f"cannot write a {type(value).__name__} to JSON")
-
-
-def write_json(path, record: Any, indent: int = 2) -> str:
-  """Writes ``record`` (NumPy values allowed) as JSON, atomically; returns the path."""
-  text = json.dumps(to_jsonable(record), indent=indent, sort_keys=False, allow_nan=False) + "\n"
-  return atomic_write(path, lambda f: f.write(text))
-
-
-def read_json(path) -> Any:
-  with open(path, encoding="utf-8") as f:
-    return json.load(f)
-
-
-def write_text(path, text: str) -> str:
-  return atomic_write(path, lambda f: f.write(text))
-
-
-def write_markdown(path, text: str) -> str:
-  """Writes markdown ``text`` atomically (a newline is added if missing); returns the path."""
-  return write_text(path, text if text.endswith("\n") else text + "\n")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -117,7 +43,7 @@ def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[Any] | N
     for row in rows:
       columns.extend(k for k in row if k not in columns)
   if not columns:
-    raise ValueError("a table needs at least one column")
+    raise InvalidArgument("a table needs at least one column")
   keys = [c[0] if isinstance(c, (tuple, list)) else c for c in columns]
   headers = [str(c[1]) if isinstance(c, (tuple, list)) else str(c) for c in columns]
   body = [[_cell(row.get(k), floatfmt) for k in keys] for row in rows]
@@ -221,7 +147,7 @@ def plot_methods(rows: Sequence[Mapping[str, Any]], path="methods.png",
                  title: str | None = None) -> str:
   """Grouped bar chart: one group per metric (UA, RA, TA, MIA), one bar per method (row)."""
   if not rows:
-    raise ValueError("plot_methods needs at least one row")
+    raise InvalidArgument("plot_methods needs at least one row")
   metrics = list(metrics)
   fig = _figure((max(6.0, 1.2 + 0.5 * len(rows) * len(metrics) * 0.6), 4.5))
   ax = fig.add_subplot(1, 1, 1)
@@ -307,6 +233,4 @@ def plot_epsilons(scores: Mapping, methods: Sequence[str], path="forget_quality.
   return _save_png(fig, path)
 
 
-__all__ = ["to_jsonable", "write_json", "read_json", "write_text", "write_markdown",
-           "markdown_table", "plot_sweep", "plot_methods", "run_markdown", "atomic_write",
-           "plot_epsilons"]
+__all__ = ["markdown_table", "plot_sweep", "plot_methods", "run_markdown", "plot_epsilons"]

@@ -17,16 +17,17 @@ outside it, so neither momentum nor weight decay moves a masked-out weight).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from mcu_jax.validation import InvalidArgument, check_choice, check_number, check_positive
+from mcu_jax.validation import check_choice, check_number, check_positive
+from mcu_jax.errors import InvalidArgument
+from mcu_jax.typing import PyTree
 
-PyTree = Any
 SCHEDULE_UNITS = ("step", "epoch")
 
 

@@ -29,11 +29,15 @@ import time
 
 import numpy as np
 
-from mcu_jax import context, evaluate, forget_quality, models, population, report
-from mcu_jax import rundir, signals, train
-from mcu_jax.context import Context
+from mcu_jax import io
+from mcu_jax.pipeline import context, report
+from mcu_jax.runtime import evaluate
+from mcu_jax import forget_quality, models, population
+from mcu_jax.pipeline import rundir
+from mcu_jax.runtime import signals, train
+from mcu_jax.pipeline.context import Context
 from mcu_jax.forget_quality import model_level
-from mcu_jax.rundir import Stage
+from mcu_jax.pipeline.rundir import Stage
 
 SEED_OFFSETS = {"originals": 10_000, "retrain_a": 20_000, "retrain_b": 30_000,
                 "base": 40_000, "mcu": 60_000}
@@ -228,7 +232,7 @@ def _write_confidences(ctx: Context, evaluated: dict) -> str:
   logit-scaled confidences every score was computed from."""
   path = ctx.run_dir / CONFIDENCES
   arrays = {name: ev["confs"].astype(np.float32) for name, ev in evaluated.items()}
-  ctx.run.write_file(lambda p: report.atomic_write(p, lambda f: np.savez(f, **arrays), "wb"),
+  ctx.run.write_file(lambda p: io.atomic_write(p, lambda f: np.savez(f, **arrays), "wb"),
                      path)
   return CONFIDENCES
 
@@ -337,7 +341,7 @@ def stage_forget_quality(ctx: Context, stage: Stage) -> dict:
                 "interval": "normal (estimate -+ 1.96 bootstrap sd)"}
   text = _markdown(scores, sizes, methods=methods, n=settings.models, kind=ctx.split.kind,
                    forget_size=len(ctx.split.forget), settings=statistics)
-  for name, write in (("forget_quality.md", lambda path: report.write_markdown(path, text)),
+  for name, write in (("forget_quality.md", lambda path: io.write_markdown(path, text)),
                       ("forget_quality.png", lambda path: report.plot_epsilons(
                           scores, methods, path=path))):
     ctx.run.write_file(write, ctx.run_dir / name)
