@@ -15,7 +15,8 @@ import subprocess
 import sys
 import time
 import types
-from typing import Any, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -58,8 +59,8 @@ def _git_revision() -> dict:
 
 def machine_info(with_torch: bool = False) -> dict:
   """Versions, devices and date: the context every benchmark record carries."""
-  import jax
   import flax
+  import jax
   import optax
   devices = jax.devices()
   info = {
@@ -284,7 +285,8 @@ def reference_base_net(ref, num_classes: int, depth: int, device):
 
 
 def markdown_table(rows: Sequence[dict], columns: Iterable, floatfmt: str = ".4g") -> str:
-  """``columns``: keys, or (key, header) pairs (mcu_jax.pipeline.report's table, 4 significant digits)."""
+  """``columns``: keys, or (key, header) pairs (mcu_jax.pipeline.report's table, 4 significant
+  digits)."""
   from mcu_jax.pipeline import report
   return report.markdown_table(rows, list(columns), floatfmt).rstrip("\n")
 

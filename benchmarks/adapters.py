@@ -22,14 +22,16 @@ import warnings
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                "tests"))
+# The network's float64 NumPy twin is the tests' (tests/ is not a package).
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "tests"))
+if __package__ in (None, ""):   # run as a file (python3 benchmarks/adapters.py): the checkout
+  sys.path.insert(0, ROOT)
 import _adapter_models as am  # noqa: E402
-import _common  # noqa: E402
 import jax  # noqa: E402
 
 import mcu_jax  # noqa: E402
+from benchmarks import _common  # noqa: E402
 from mcu_jax import data  # noqa: E402
 from mcu_jax.runtime import train  # noqa: E402
 
@@ -65,8 +67,9 @@ def run_library(name: str, digits, epochs: int, points: int) -> dict:
     result = mcu_jax.unlearn_curve(case.apply, original.params, pre.params,
                                    model_state=original.model_state, scenario="class",
                                    forget=(x[f], y[f]), retain=(x[~f], y[~f]),
-                                   test=(xt[yt != 3], yt[yt != 3]), epochs=epochs,
-                                   points=points)
+                                   test=(xt[yt != 3], yt[yt != 3]),
+                                   curve=mcu_jax.CurveOptions(epochs=epochs),
+                                   sweep=mcu_jax.SweepOptions(points=points))
   seconds = time.perf_counter() - start
   weights = case.weights(result.params)
   stats = am.reference_stats(weights, x[~f], 128)

@@ -27,11 +27,10 @@ import os
 import subprocess
 import sys
 
-if __package__ in (None, ""):   # run as a script: the benchmarks folder and the checkout
+if __package__ in (None, ""):   # run as a file (python3 benchmarks/device_scaling.py): the checkout
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-  sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import _common  # noqa: E402
+from benchmarks import _common  # noqa: E402
 
 FORCED_LABEL = "forced CPU devices: not a real scaling measurement"
 _MARK = "DEVICE_SCALING_RESULT "
@@ -40,7 +39,8 @@ _MARK = "DEVICE_SCALING_RESULT "
 def measure(count: int, global_batch: int, args) -> dict:
   """The curve step on the first ``count`` devices of this process."""
   import jax
-  import step_throughput as st
+
+  from benchmarks import step_throughput as st
   image_shape = _common.parse_shape(args.image_shape)
   place = st.Placement(count)
   models = st.build_models(args.model, image_shape, args.precision, args.seed)
@@ -116,6 +116,7 @@ def main(argv=None) -> dict:
   if not counts or min(counts) < 1:
     raise ValueError(f"--devices must list positive counts, got {args.devices!r}")
   import jax
+
   from mcu_jax.runtime import loops
   accelerated = not loops.on_cpu() and not args.force_cpu
   mode = (f"real {jax.devices()[0].device_kind} devices" if accelerated else FORCED_LABEL)

@@ -7,8 +7,8 @@ forgetting, PreResNet-110, batch 128):
    D_r and over D_f at theta_o and the layer-wise ``mcu_mask`` (k=0.5, kr=0); with a
    ``--jax-loop`` other than auto, its pieces (``masks.summed_ce_gradients_fn`` with that
    loop, then ``mcu_mask``);
-2. ``curve``: ``--epochs`` epochs of ``mcu_jax.runtime.mcu.CurveTrainer.epoch`` over D_f + 50% of D_r
-   (``mcu.curve_data``; adaptive beta, SGD lr 0.01 momentum 0.9, on-device shuffling,
+2. ``curve``: ``--epochs`` epochs of ``mcu_jax.runtime.mcu.CurveTrainer.epoch`` over D_f + 50% of
+   D_r (``mcu.curve_data``; adaptive beta, SGD lr 0.01 momentum 0.9, on-device shuffling,
    crop+flip augmentation); the compile time of the epoch is reported on its own and counted
    in the part;
 3. ``sweep``: ``mcu_jax.runtime.sweep.sweep`` at ``--points`` t in [0, 1], each with BN statistics
@@ -44,21 +44,19 @@ import os
 import sys
 import time
 
-if __package__ in (None, ""):   # run as a script: the benchmarks folder and the checkout
+if __package__ in (None, ""):   # run as a file (python3 benchmarks/end_to_end.py): the checkout
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-  sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-import _common  # noqa: E402
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from mcu_jax.runtime import loops, masks, mcu, parallel  # noqa: E402
-from mcu_jax.core import beta as beta_lib  # noqa: E402
+from benchmarks import _common  # noqa: E402
 from mcu_jax import preprocess as preprocess_lib  # noqa: E402
-from mcu_jax.runtime import sweep as sweep_lib  # noqa: E402
+from mcu_jax.core import beta as beta_lib  # noqa: E402
 from mcu_jax.core.curves import Curve  # noqa: E402
 from mcu_jax.models import get_model, init_model, param_count  # noqa: E402
+from mcu_jax.runtime import loops, masks, mcu, parallel  # noqa: E402
+from mcu_jax.runtime import sweep as sweep_lib  # noqa: E402
 from mcu_jax.runtime.optim import OptimConfig  # noqa: E402
 
 NUM_CLASSES = 10
@@ -117,9 +115,9 @@ def jax_mask(apply, params, model_state, retain, forget, batch_size, preprocess,
   instead: host batches padded by ``masks.batched``, ``masks.summed_ce_gradients_fn`` with
   that loop, then ``masks.mcu_mask``."""
   if loop == "auto":
-    return masks.compute_mask(apply, params, model_state, forget=forget, retain=retain, k=k,
-                              kr=kr, batch_size=batch_size, preprocess=preprocess,
-                              mesh=mesh).mask
+    return masks.compute_mask(apply, params, model_state, forget=forget, retain=retain,
+                              options=masks.MaskOptions(k=k, kr=kr), batch_size=batch_size,
+                              preprocess=preprocess, mesh=mesh).mask
   fn = masks.summed_ce_gradients_fn(apply, preprocess, loop=loop)
   params, model_state = parallel.replicate((params, model_state), mesh)
   grads = [fn(params, model_state, parallel.replicate(masks.batched(x, y, batch_size), mesh))
@@ -190,7 +188,8 @@ def run_jax(args, data, image_shape) -> dict:
                                  "test": dev["test"]},
                            recal_inputs=dev["train"][0], options=options)
   out["sweep_s"] = time.perf_counter() - t0
-  # The sweep's own rule (mcu_jax.runtime.sweep): a chunk size implies vmapping, else the CPU policy.
+  # The sweep's own rule (mcu_jax.runtime.sweep): a chunk size implies vmapping, else the CPU
+  # policy.
   out["sweep_vectorized"] = (options.chunk_size is not None
                              or loops.resolve_vectorize(options.vectorize))
   out["sweep_final_accuracy"] = {k: float(v[-1]) for k, v in result.accuracy.items()}

@@ -25,18 +25,16 @@ import os
 import sys
 import time
 
-if __package__ in (None, ""):   # run as a script: the benchmarks folder and the checkout
+if __package__ in (None, ""):   # run as a file (python3 benchmarks/population.py): the checkout
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-  sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-import _common  # noqa: E402
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
+from benchmarks import _common  # noqa: E402
 from mcu_jax import data, models, population  # noqa: E402
-from mcu_jax.runtime import loops, train  # noqa: E402
 from mcu_jax.preprocess import images  # noqa: E402
+from mcu_jax.runtime import loops, train  # noqa: E402
 
 
 def _max_difference(pop: population.Population, members: list) -> float:

@@ -47,22 +47,21 @@ import sys
 import time
 from typing import Any
 
-if __package__ in (None, ""):   # run as a script: the benchmarks folder and the checkout
+# run as a file (python3 benchmarks/step_throughput.py): the checkout
+if __package__ in (None, ""):
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-  sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-import _common  # noqa: E402
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
+from benchmarks import _common  # noqa: E402
 from mcu_jax.core import beta as beta_lib  # noqa: E402
-from mcu_jax.runtime import mcu, parallel, train  # noqa: E402
 from mcu_jax.core.curves import Curve  # noqa: E402
 from mcu_jax.models import get_model, init_model, param_count  # noqa: E402
-from mcu_jax.runtime.optim import OptimConfig, make_optimizer  # noqa: E402
 from mcu_jax.preprocess import normalize_uint8  # noqa: E402
+from mcu_jax.runtime import mcu, parallel, train  # noqa: E402
+from mcu_jax.runtime.optim import OptimConfig, make_optimizer  # noqa: E402
 
 NUM_CLASSES = 10
 # Alignment targets of the adaptive beta (percent): a CIFAR-10 PreResNet-110's train / test
@@ -133,15 +132,13 @@ def plain_state(models: dict, place: Placement) -> train.TrainState:
 
 
 def make_plain_step(apply):
-  """The step ``train.make_epoch`` runs per batch (``train.supervised_loss``, then
-  ``TrainState.apply_gradients``), on one given batch, jitted on its own."""
-  loss_fn = train.supervised_loss(apply)
+  """The step ``train.make_epoch`` runs per batch (``train.make_step`` of
+  ``train.supervised_loss``), on one given batch, jitted on its own."""
+  update = train.make_step(train.supervised_loss(apply))
 
   @functools.partial(jax.jit, donate_argnums=(0,))
   def step(state: train.TrainState, batch: dict):
-    (_, (model_state, metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state.params, state.model_state, batch, state.rng)
-    return state.apply_gradients(grads, model_state), metrics
+    return update(state, batch, state.rng)
   return step
 
 

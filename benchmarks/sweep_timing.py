@@ -24,10 +24,10 @@ import numpy as np
 
 from mcu_jax import data as data_lib
 from mcu_jax import io
-from mcu_jax.pipeline import report
-from mcu_jax.runtime import sweep as sweep_lib
 from mcu_jax.core.curves import Curve
 from mcu_jax.models import from_linen, get_model, init_model, param_count
+from mcu_jax.pipeline import report
+from mcu_jax.runtime import sweep as sweep_lib
 
 
 def build_data(kind: str, num_examples: int, seed: int):

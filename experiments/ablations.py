@@ -27,7 +27,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
-
 import study as S  # noqa: E402
 
 
@@ -254,35 +253,28 @@ def time_mask(study, dataset, runs, scenario, seed, repeats: int = 3) -> dict:
   The per-cell curve times of table 2 come from different moments of a shared machine; this
   check runs both variants of one (scenario, seed) interleaved, ``repeats`` epochs each, from
   the same RL theta_p, and reports the median epoch time (compilation excluded). Each variant
-  is a ``mcu.CurveTrainer`` with the settings of ``pipeline.stage_curve``."""
+  is the curve stage's trainer (``pipeline.curve_trainer``: every setting of ``curve``)."""
   import jax
-  from mcu_jax.runtime import mcu
-  from mcu_jax import models
+
+  from mcu_jax.pipeline import config as config_lib
   from mcu_jax.pipeline import stages as pipeline
-  from mcu_jax.core.curves import Curve
-  from mcu_jax.runtime.optim import OptimConfig
+  from mcu_jax.runtime import mcu
   base = study["ablation"].get("base", "rl")
   directory = S.seed_dir(runs, study, scenario, seed) / base
   ctx = S.context(S.run_config(study, dataset, scenario, seed, base), directory, False)
-  settings = ctx.config.curve
+  settings, curve_seed = ctx.config.curve, ctx.config.seed + config_lib.CURVE_SEED_OFFSET
   start, model_state = ctx.load_model("original")
   end, _ = ctx.load_model("unlearn")
-  curve = Curve.from_endpoints(start, end, settings.num_bends, settings.kind)
+  curve = settings.line(start, end)
   curve_data = mcu.curve_data(forget=ctx.arrays(ctx.split.forget),
                               retain=ctx.arrays(ctx.split.retain),
-                              retain_ratio=settings.retain_ratio, seed=ctx.config.seed + 300)
+                              retain_ratio=settings.retain_ratio, seed=curve_seed)
   steps = -(-len(curve_data["labels"]) // settings.batch_size)
-  apply = models.with_precision(ctx.apply, settings.precision)
-  optimizer = OptimConfig(lr=settings.lr, momentum=settings.momentum)
-  policy = pipeline.beta_policy(ctx)
   variants, out = {}, {}
   for name, mask in (("mask", pipeline.load_mask(ctx, start)), ("no mask", None)):
-    trainer = mcu.CurveTrainer(apply, curve, mask=mask, optimizer=optimizer, beta=policy,
-                               batch_size=settings.batch_size, steps_per_epoch=steps,
-                               epochs=settings.epochs, preprocess=ctx.preprocess_train,
-                               mesh=ctx.mesh)
+    trainer = pipeline.curve_trainer(ctx, curve, mask=mask, steps_per_epoch=steps)
     placed = trainer.place(curve_data)
-    state = trainer.init(model_state, jax.random.PRNGKey(ctx.config.seed + 300))
+    state = trainer.init(model_state, jax.random.PRNGKey(curve_seed))
     seconds = trainer.compile(state, placed)
     variants[name] = [trainer, placed, state]
     out[name] = {"compile_seconds": seconds, "epoch_seconds": []}

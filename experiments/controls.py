@@ -49,7 +49,9 @@ EPOCHS = (1, 2, 5)
 def _objective_member(ctx, theta_o, state, theta_p, info, mask, seed):
   """(params, model_state, info) of control (a): theta_p trained on MCU's objective."""
   import jax
-  from mcu_jax.core import beta as beta_lib, curves
+
+  from mcu_jax.core import beta as beta_lib
+  from mcu_jax.core import curves
   from mcu_jax.runtime import mcu, train
   c = ctx.config.curve
   forget, retain = ctx.arrays(ctx.split.forget), ctx.arrays(ctx.split.retain)
@@ -75,8 +77,8 @@ def _objective_member(ctx, theta_o, state, theta_p, info, mask, seed):
 
 def _make(ctx, name, keys, make_member, n, like):
   """A control population from ``make_member(i)``, kept member by member."""
-  from mcu_jax.pipeline import forget_stage
   from mcu_jax import population
+  from mcu_jax.pipeline import forget_stage
   store = forget_stage.RunStore(ctx, name, keys)
   members, infos = [], []
   for i in range(n):
@@ -95,10 +97,12 @@ def make_controls(ctx, method: str, which: set, log) -> dict:
   """{name: (Population, infos, wall seconds of making its members, what it is compared
   with)}."""
   import jax
-  from mcu_jax.core import beta as beta_lib, choice, curves
+
+  from mcu_jax import population
+  from mcu_jax.core import beta as beta_lib
+  from mcu_jax.core import choice, curves
   from mcu_jax.pipeline import forget_stage
   from mcu_jax.runtime import masks
-  from mcu_jax import population
   from mcu_jax.runtime import sweep as sweep_lib
   pops, _ = forget_stage.make_populations(ctx, [method])
   n = len(pops["originals"])
@@ -117,7 +121,7 @@ def make_controls(ctx, method: str, which: set, log) -> dict:
     def objective(i):
       theta_o, state = pops["originals"].member(i)
       found = masks.compute_mask(ctx.apply, theta_o, state, forget=forget, retain=retain,
-                                 k=c.mask.k, kr=c.mask.kr, batch_size=c.curve.batch_size,
+                                 options=c.mask, batch_size=c.curve.batch_size,
                                  preprocess=ctx.preprocess_train, mesh=ctx.mesh)
       return _objective_member(ctx, theta_o, state, pops[method].member(i)[0], mcu_info[i],
                                found.mask, forget_stage._seeds(ctx, "mcu")[i])
@@ -236,7 +240,7 @@ def render(record: dict) -> str:
         f"{r['wall_seconds']:.1f} |")
   lines += ["", "| first | second | F difference [95% CI], p | AUC difference [95% CI], p |",
             "|---|---|---|---|"]
-  for name, r in record["populations"].items():
+  for r in record["populations"].values():
     c = r.get("comparison")
     if c:
       lines.append(f"| {c['base']} | {c['mcu']} | {_fmt(c, 'F')} | {_fmt(c, 'lira_auc')} |")
@@ -286,7 +290,7 @@ def main(argv=None) -> int:
     old = json.loads(previous.read_text())
     record["populations"] = {name: {"command": old.get("command"), **entry}
                              for name, entry in old.get("populations", {}).items()}
-  for name, (pop, infos, wall, compared_with) in made.items():
+  for name, (pop, _infos, wall, compared_with) in made.items():
     S.log(f"scoring {name}")
     entry = _scores(ctx, evaluated, name, compared_with, settings)
     entry["command"] = record["command"]

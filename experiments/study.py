@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import math
 import os
@@ -128,8 +129,7 @@ def dataset_name(study: dict, runs: Path) -> str:
     tmp = directory.with_name(directory.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    for part, ds, count, prefix in (("train", full.train, n_train, "train"),
-                                    ("test", full.test, n_test, "t10k")):
+    for ds, count, prefix in ((full.train, n_train, "train"), (full.test, n_test, "t10k")):
       idx = _stratified(ds.labels, int(count or len(ds)), seed)
       images = ds.images[idx]
       data.write_idx(tmp / f"{prefix}-images-idx3-ubyte",
@@ -370,8 +370,11 @@ def save_png(fig, path: Path) -> str:
 
 
 def scale_note(study: dict) -> str:
+  from mcu_jax.runtime.mcu import CurveOptions
+  from mcu_jax.runtime.sweep import SweepOptions
   run, spec = study["run"], study.get("data") or {}
-  train, curve = run.get("train", {}), run.get("curve", {})
+  defaults = {f.name: getattr(CurveOptions(), f.name) for f in dataclasses.fields(CurveOptions)}
+  train, curve = run.get("train", {}), {**defaults, **run.get("curve", {})}
   parts = [f"data {run.get('dataset')}"]
   if spec.get("train_subset") or spec.get("test_subset"):
     parts.append(f"stratified subset: {spec.get('train_subset') or 'all'} train / "
@@ -380,10 +383,10 @@ def scale_note(study: dict) -> str:
   parts.append(f"model {run.get('model')} {run.get('model_options') or ''}".strip())
   parts.append(f"original/retrain {train.get('epochs')} epochs, lr {train.get('lr')}, batch "
                f"{train.get('batch_size')}")
-  parts.append(f"curve {curve.get('epochs', 10)} epochs, lr {curve.get('lr', 0.01)}, batch "
-               f"{curve.get('batch_size', 128)}, retain_ratio {curve.get('retain_ratio', 0.5)}")
-  parts.append(f"{(run.get('sweep') or {}).get('points', 20)} sweep points; seeds "
-               f"{study['seeds']}")
+  parts.append(f"curve {curve['epochs']} epochs, lr {curve['lr']}, batch "
+               f"{curve['batch_size']}, retain_ratio {curve['retain_ratio']}")
+  parts.append(f"{(run.get('sweep') or {}).get('points', SweepOptions.points)} sweep points; "
+               f"seeds {study['seeds']}")
   if study.get("method_options"):
     parts.append(f"base-method overrides {study['method_options']}")
   return "; ".join(parts)

@@ -40,8 +40,8 @@ def avg_gap_differences(main: dict) -> dict:
   for scenario, block in main["scenarios"].items():
     raw = block["raw"]
     retrain = {k: np.asarray(raw["Retrain"][k], float) for k in ("UA", "RA", "TA", "MIA")}
-    gap = lambda cell: np.mean([np.abs(np.asarray(cell[k], float) - retrain[k])
-                                for k in retrain], axis=0)
+    gap = lambda cell, retrain=retrain: np.mean(
+        [np.abs(np.asarray(cell[k], float) - retrain[k]) for k in retrain], axis=0)
     for method in METHODS:
       out[(scenario, method)] = gap(raw[method]["mcu"]) - gap(raw[method]["base"])
   return out

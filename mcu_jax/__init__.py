@@ -35,8 +35,8 @@ _FROM = {
     "core.beta": ("AdaptiveBeta", "FixedBeta", "Targets", "alignment_targets"),
     "core.choice": ("Choice", "select_t"),
     "core.curves": ("Curve", "point", "points"),
-    "runtime.masks": ("MaskResult", "compute_mask", "mcu_mask", "salun_mask"),
-    "runtime.mcu": ("CurveTrainer", "TrainedCurve", "train_curve"),
+    "runtime.masks": ("MaskOptions", "MaskResult", "compute_mask", "mcu_mask", "salun_mask"),
+    "runtime.mcu": ("CurveOptions", "CurveTrainer", "TrainedCurve", "train_curve"),
     "runtime.optim": ("OptimConfig",),
     "runtime.sweep": ("SweepOptions", "SweepResult", "sweep_and_select"),
     "errors": ("InvalidArgument", "MCUError", "NonFiniteError"),
@@ -67,12 +67,14 @@ __all__ = [
     "__version__",
     # the one call
     "unlearn_curve", "MCUResult",
+    # its settings
+    "MaskOptions", "CurveOptions", "SweepOptions",
     # its three steps
     "compute_mask", "MaskResult", "train_curve", "TrainedCurve", "sweep_and_select",
     # the pieces
     "Curve", "point", "points", "mcu_mask", "salun_mask", "AdaptiveBeta", "FixedBeta",
-    "Targets", "alignment_targets", "CurveTrainer", "OptimConfig", "SweepOptions",
-    "SweepResult", "select_t", "Choice", "recalibrate_batch_stats", "models", "preprocess",
+    "Targets", "alignment_targets", "CurveTrainer", "OptimConfig", "SweepResult", "select_t",
+    "Choice", "recalibrate_batch_stats", "models", "preprocess",
     # forgetting quality over populations
     "population", "forget_quality",
     # errors

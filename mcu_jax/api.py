@@ -21,21 +21,23 @@ from __future__ import annotations
 import dataclasses
 import time
 import warnings
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
-from mcu_jax.runtime import batchnorm, evaluate, masks, mcu, parallel
 from mcu_jax.core import beta as beta_lib
 from mcu_jax.core.choice import Choice, bound_warning, collapse_warning
 from mcu_jax.core.curves import Curve, check_same_tree, point
-from mcu_jax.models.adapters import Apply, check_data, with_precision
-from mcu_jax.runtime.optim import OptimConfig, check_mask
-from mcu_jax.preprocess import Preprocess, default_preprocess
-from mcu_jax.runtime.sweep import SweepOptions, SweepResult, sweep_and_select
-from mcu_jax.validation import check_choice, check_pair, check_positive, dtype_of
 from mcu_jax.errors import InvalidArgument
+from mcu_jax.models.adapters import Apply, check_data
+from mcu_jax.preprocess import Preprocess, default_preprocess
+from mcu_jax.runtime import batchnorm, evaluate, masks, mcu, parallel
+from mcu_jax.runtime.masks import MaskOptions
+from mcu_jax.runtime.mcu import CurveOptions
+from mcu_jax.runtime.optim import check_mask
+from mcu_jax.runtime.sweep import SweepOptions, SweepResult, sweep_and_select
 from mcu_jax.typing import PyTree
+from mcu_jax.validation import check_choice, check_pair, dtype_of
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,23 +119,37 @@ def _targets(apply, theta_o, model_state, sets, scenario, batch_size, preprocess
   return beta_lib.alignment_targets(train_acc=train_acc, test_acc=test_acc, scenario=scenario)
 
 
+def _check_options(mask, curve, sweep, preprocess, mesh) -> None:
+  """The option types checked; ``sweep`` must leave preprocess and mesh to the call."""
+  if isinstance(mask, bool):
+    raise InvalidArgument(f"mask: expected MaskOptions or a pytree of bools like the params, "
+                          f"got {mask}; MaskOptions(enabled=False) trains every tensor")
+  for name, value, kind in (("curve", curve, CurveOptions), ("sweep", sweep, SweepOptions)):
+    if not isinstance(value, kind):
+      raise InvalidArgument(f"{name}: expected a {kind.__name__}, got {type(value).__name__}")
+  for name, own in (("preprocess", preprocess), ("mesh", mesh)):
+    value = getattr(sweep, name)
+    if value is not getattr(SweepOptions, name) and value is not own:
+      raise InvalidArgument(f"sweep.{name}: unlearn_curve runs every step with its own "
+                            f"{name}=; pass it there")
+
+
 def unlearn_curve(apply: Apply, theta_o: PyTree, theta_p: PyTree, *, forget, retain,
                   test=None, model_state: PyTree | None = None, scenario: str = "random",
-                  targets: beta_lib.Targets | None = None, mask: bool | PyTree = True,
-                  k: float = 0.5, kr: float = 0.0, beta="adaptive", beta_low: float = 0.01,
-                  beta_high: float = 0.5, train: bool = True, epochs: int = 10,
-                  lr: float = 0.01, momentum: float = 0.9,
-                  optimizer: OptimConfig | None = None, batch_size: int = 128,
-                  retain_ratio: float = 0.5, num_bends: int = 3, kind: str = "bezier",
-                  points: int = 20, t_search: tuple[float, float] = (0.75, 1.0),
-                  recalibrate_on: str = "retain", chunk_size: int | None = None,
-                  eval_batch_size: int = 512, seed: int = 0, mesh=None,
-                  precision: str = "fp32", preprocess: Preprocess = default_preprocess,
+                  targets: beta_lib.Targets | None = None,
+                  mask: MaskOptions | PyTree = MaskOptions(),
+                  curve: CurveOptions = CurveOptions(), sweep: SweepOptions = SweepOptions(),
+                  seed: int = 0, mesh=None, preprocess: Preprocess = default_preprocess,
                   checkpointer=None, progress: bool = False) -> MCUResult:
   """MCU between ``theta_o`` and ``theta_p``: mask, curve training, sweep and choice of t.
 
-  Defaults are the reference's hyperparameters. Option names are the CLI's config keys
-  (``mask.k``, ``curve.lr``, ``sweep.points``, ...).
+  The settings are three small frozen types with the reference's defaults, the same types a
+  run's configuration holds as ``mask``, ``curve`` and ``sweep`` (field names are the CLI's
+  config keys: ``mask.k``, ``curve.lr``, ``sweep.points``, ...)::
+
+    unlearn_curve(apply, theta_o, theta_p, forget=..., retain=..., test=...,
+                  mask=MaskOptions(k=0.3), curve=CurveOptions(epochs=5, lr=0.02),
+                  sweep=SweepOptions(points=40, t_search=(0.6, 1.0)))
 
   Args:
     apply: the model (``mcu_jax.models.from_function/from_linen/from_nnx``).
@@ -149,21 +165,18 @@ def unlearn_curve(apply: Apply, theta_o: PyTree, theta_p: PyTree, *, forget, ret
       statistics are not needed: every point's are recomputed.
     scenario: "random" (forget target = theta_o's test accuracy) or "class" (0).
     targets: explicit ``Targets(retain=..., forget=...)`` in percent instead.
-    mask: True: MCU's mask from ``k`` and ``kr``; False: every tensor trains; or a pytree of
-      bools like the params.
-    beta: "adaptive" (towards the targets, weights ``beta_low``/``beta_high``) or a number.
-    train: False keeps the straight line (the ablation baseline).
-    epochs, lr, momentum, batch_size, retain_ratio: the curve training (SGD, constant lr);
-      ``optimizer``, an ``OptimConfig``, replaces ``lr`` and ``momentum`` when given (weight
-      decay, a cosine schedule).
-    num_bends, kind: the curve ("bezier" or "polychain").
-    points, t_search: the sweep's evenly spaced t in [0, 1] and the window t is chosen in.
-    recalibrate_on: BatchNorm statistics from "retain" (D_r) or "train" (D_f + D_r, the
-      reference's choice).
-    chunk_size, eval_batch_size: how the sweep evaluates (``SweepOptions``).
+    mask: ``MaskOptions`` (k, kr; ``enabled=False``: every tensor trains), computed with the
+      curve's batch size; or a pytree of bools like the params, used as it is.
+    curve: ``CurveOptions``: the curve (num_bends, kind; ``train=False`` keeps the straight
+      line) and its training (SGD lr, momentum, weight decay, schedule, epochs, batch size,
+      retain_ratio, beta and its weights, precision).
+    sweep: ``SweepOptions``: points, t_search, recalibrate_on ("retain": D_r; "train":
+      D_f + D_r, the reference's), chunk_size, ``batch_size`` (of every evaluation here) and
+      ``recal_batch_size`` (of every BatchNorm recalibration). Its preprocess, mesh and
+      progress are this call's own.
     seed: seeds the curve's retain subset and its training randomness.
-    mesh: a ``jax.sharding.Mesh`` (default: all devices); batches are split over it.
-    precision: "fp32" or "bf16" (bfloat16 compute while training the curve).
+    mesh: a ``jax.sharding.Mesh`` (None: all devices, ``parallel.resolve_mesh``); batches
+      are split over it.
     preprocess: ``preprocess(key, inputs) -> model inputs`` (``mcu_jax.preprocess``).
     checkpointer: a ``mcu_jax.runtime.checkpoint.Checkpointer`` for resumable curve training.
     progress: progress bars (off by default).
@@ -171,50 +184,43 @@ def unlearn_curve(apply: Apply, theta_o: PyTree, theta_p: PyTree, *, forget, ret
   sets = _check_inputs(forget, retain, test)
   check_same_tree(theta_o, theta_p, ("theta_o", "theta_p"))
   check_choice("scenario", scenario, ("random", "class"))
-  check_choice("recalibrate_on", recalibrate_on, ("retain", "train"))
-  check_positive("eval_batch_size", eval_batch_size, integer=True)
+  _check_options(mask, curve, sweep, preprocess, mesh)
   model_state = {} if model_state is None else model_state
   num_classes = check_data(apply, theta_o, model_state, sets, preprocess,
                            {"theta_o": theta_o, "theta_p": theta_p})
   recal_inputs = np.asarray(sets["retain"][0])
-  if recalibrate_on == "train":
+  if sweep.recalibrate_on == "train":
     recal_inputs = np.concatenate([np.asarray(sets["forget"][0]), recal_inputs])
   layout = batchnorm.stats_layout(apply, theta_o, model_state, recal_inputs, preprocess)
-  mesh = parallel.make_mesh() if mesh is None else mesh
+  mesh = parallel.resolve_mesh(mesh)
   if targets is None:
-    targets = _targets(apply, theta_o, model_state, sets, scenario, eval_batch_size, preprocess,
-                       mesh, num_classes)
+    targets = _targets(apply, theta_o, model_state, sets, scenario, sweep.batch_size,
+                       preprocess, mesh, num_classes)
   targets = beta_lib.as_targets(targets)
-  policy = beta_lib.as_policy(beta, targets, beta_low, beta_high)
+  curve.policy(targets)         # a bad beta is refused before the mask is computed
   seconds = {"mask": 0.0, "curve": 0.0}
 
-  if mask is True:
+  if isinstance(mask, MaskOptions):
     found = masks.compute_mask(apply, theta_o, model_state, forget=sets["forget"],
-                               retain=sets["retain"], k=k, kr=kr, batch_size=batch_size,
-                               preprocess=preprocess, mesh=mesh)
+                               retain=sets["retain"], options=mask,
+                               batch_size=curve.batch_size, preprocess=preprocess,
+                               mesh=mesh)
     mask, seconds["mask"] = found.mask, found.seconds
-  elif mask is False:
-    mask = mcu.full_mask(theta_o)
   else:
     check_mask(mask, theta_o)
-  curve = Curve.from_endpoints(theta_o, theta_p, num_bends, kind)
+  path = curve.line(theta_o, theta_p)
   history = []
-  if train:
+  if curve.train:
     trained = mcu.train_curve(
-        with_precision(apply, precision), curve, model_state, forget=sets["forget"],
-        retain=sets["retain"], mask=mask, beta=policy, epochs=epochs,
-        optimizer=optimizer or OptimConfig(lr=lr, momentum=momentum), batch_size=batch_size,
-        retain_ratio=retain_ratio, seed=seed, preprocess=preprocess, mesh=mesh,
+        apply, path, model_state, forget=sets["forget"], retain=sets["retain"], mask=mask,
+        targets=targets, options=curve, seed=seed, preprocess=preprocess, mesh=mesh,
         checkpointer=checkpointer, progress=progress)
-    curve, history, seconds["curve"] = trained.curve, trained.history, trained.seconds
+    path, history, seconds["curve"] = trained.curve, trained.history, trained.seconds
 
-  options = SweepOptions(batch_size=eval_batch_size, recal_batch_size=batch_size,
-                         preprocess=preprocess, chunk_size=chunk_size, progress=progress,
-                         mesh=mesh)
+  sweep = sweep.replace(preprocess=preprocess, progress=progress, mesh=mesh)
   start = time.perf_counter()
-  swept, choice = sweep_and_select(apply, curve, model_state, sets=sets, targets=targets,
-                                   recal_inputs=recal_inputs, points=points,
-                                   t_search=t_search, options=options, warn=False)
+  swept, choice = sweep_and_select(apply, path, model_state, sets=sets, targets=targets,
+                                   recal_inputs=recal_inputs, options=sweep, warn=False)
   if choice.at_bound is not None:
     warnings.warn(bound_warning(choice), stacklevel=2)
   if choice.collapsed:
@@ -222,17 +228,17 @@ def unlearn_curve(apply: Apply, theta_o: PyTree, theta_p: PyTree, *, forget, ret
   seconds["sweep"] = time.perf_counter() - start
 
   def at(t: float) -> tuple[PyTree, PyTree]:
-    params = point(curve, t)
+    params = point(path, t)
     return params, batchnorm.recalibrate_batch_stats(apply, params, model_state, recal_inputs,
-                                                     batch_size, preprocess, layout=layout,
-                                                     mesh=mesh)
+                                                     sweep.recal_batch_size, preprocess,
+                                                     layout=layout, mesh=mesh)
 
   params, state = at(choice.t)
   metrics = {}
   for name, (inputs, labels) in sets.items():
     metrics[f"{name}_acc"], metrics[f"{name}_loss"] = evaluate.accuracy_and_loss(
-        apply, params, state, inputs, labels, eval_batch_size, preprocess, mesh=mesh)
-  return MCUResult(t=choice.t, params=params, model_state=state, metrics=metrics, curve=curve,
+        apply, params, state, inputs, labels, sweep.batch_size, preprocess, mesh=mesh)
+  return MCUResult(t=choice.t, params=params, model_state=state, metrics=metrics, curve=path,
                    mask=mask, sweep=swept, choice=choice, targets=targets, history=history,
                    seconds=seconds, _at=at)
 

@@ -12,12 +12,12 @@ import json
 import math
 import os
 import tempfile
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
 from mcu_jax.errors import InvalidArgument
-
 
 
 def atomic_write(path, write, mode: str = "w") -> str:
@@ -29,7 +29,8 @@ def atomic_write(path, write, mode: str = "w") -> str:
   fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=suffix + ".tmp",
                              dir=directory)
   try:
-    with os.fdopen(fd, mode, **({"encoding": "utf-8"} if "b" not in mode else {})) as f:
+    encoding = None if "b" in mode else "utf-8"
+    with os.fdopen(fd, mode, encoding=encoding) as f:
       write(f)
       f.flush()
       os.fsync(f.fileno())

@@ -7,11 +7,13 @@ leading axis of size N: ``params`` (N, ...), ``model_state`` (N, ...).
 Drivers (the CPU policy of ``mcu_jax.runtime.loops``):
 
 * ``train_population`` trains members from scratch (the originals on D, the retrained models
-  on D_r): on GPU/TPU one jitted epoch ``vmap``-ed over the population axis, that axis split
-  over the device mesh; on the CPU, where vmapped convolutions become grouped convolutions and
-  run slower (``benchmarks/population.py``), the same compiled epoch looped over the members.
-  Member i equals ``train.train_model`` with ``rng=PRNGKey(seeds[i] + 1)`` from
-  ``init(PRNGKey(seeds[i]))`` (the loop: exactly; vmapped: to float tolerance).
+  on D_r) with the trainer's epoch (``train.make_program``): on GPU/TPU one jitted epoch
+  ``vmap``-ed over the population axis, that axis split over the device mesh, run by
+  ``train.fit``; on the CPU, where vmapped convolutions become grouped convolutions and run
+  slower (``benchmarks/population.py``), ``train.train_model`` member by member, every member
+  running the first one's compiled epoch. Member i equals ``train.train_model`` with
+  ``rng=PRNGKey(seeds[i] + 1)`` from ``init(PRNGKey(seeds[i]))`` (the loop: exactly; vmapped:
+  to float tolerance).
 * ``unlearn_population`` applies a base method to every member of a population
   (``unlearn.run``, member by member, every backend: the methods have loops of their own),
   every member running the first member's compiled epoch (``unlearn.run``'s ``programs``; not
@@ -28,22 +30,21 @@ driver: chunk by chunk), so an interrupted population resumes member by member.
 from __future__ import annotations
 
 import dataclasses
-import time
+import functools
 import warnings
-from typing import Callable, Protocol, Sequence
+from collections.abc import Callable, Sequence
+from typing import Protocol
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import tqdm.auto as tqdm
 
-from mcu_jax.runtime import evaluate, loops, parallel, train
-from mcu_jax.runtime import signals
-from mcu_jax.runtime.optim import make_optimizer
-from mcu_jax.preprocess import Preprocess, default_preprocess
-from mcu_jax.validation import check_positive
 from mcu_jax.errors import InvalidArgument
+from mcu_jax.preprocess import Preprocess, default_preprocess
+from mcu_jax.runtime import evaluate, loops, parallel, signals, train
 from mcu_jax.typing import PyTree
+from mcu_jax.validation import check_positive
 
 
 def stack(trees: Sequence[PyTree]) -> PyTree:
@@ -86,7 +87,7 @@ class Population:
 
   @classmethod
   def of(cls, members: Sequence[tuple[PyTree, PyTree]], seeds: Sequence[int],
-         seconds: float = 0.0, compile_seconds: float = 0.0) -> "Population":
+         seconds: float = 0.0, compile_seconds: float = 0.0) -> Population:
     """A population from its members' (params, model_state)."""
     if len(members) != len(seeds):
       raise InvalidArgument(f"seeds: expected one per member ({len(members)}), got {len(seeds)}")
@@ -120,87 +121,89 @@ def train_population(loss_fn: train.LossFn, init: Callable[[jax.Array], tuple[Py
                      desc: str = "population", store: MemberStore | None = None,
                      chunk: int | None = None) -> Population:
   """Trains one member per seed from ``init(PRNGKey(seed))`` on ``data`` (see the module
-  docstring for the drivers). ``vectorize`` None follows the CPU policy. Members the
-  ``store`` holds are loaded, only the others trained: the loop driver keeps each as it is
-  made; the vmapped one trains ``chunk`` members at a time (default: all missing ones) with
-  one compiled program and keeps each chunk before the next starts."""
+  docstring for the drivers) on ``mesh`` (None: all devices, ``parallel.resolve_mesh``).
+  ``vectorize`` None follows the CPU policy. Members the ``store`` holds are loaded, only the
+  others trained: the loop driver keeps each as it is made; the vmapped one trains ``chunk``
+  members at a time (default: all missing ones) with one compiled program and keeps each
+  chunk before the next starts."""
   seeds = _check_seeds(seeds)
-  mesh = parallel.make_mesh() if mesh is None else mesh
-  steps = -(-int(data["labels"].shape[0]) // config.batch_size)
-  tx = make_optimizer(config, epochs=config.epochs, steps_per_epoch=steps)
+  mesh = parallel.resolve_mesh(mesh)
   like = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype),
                       jax.eval_shape(init, jax.random.PRNGKey(0)))
-  held = [None if store is None else store.load(i, like) for i in range(len(seeds))]
-  if all(h is not None for h in held):
-    return Population.of([h[:2] for h in held], seeds, sum(h[2]["seconds"] for h in held))
-  missing = [i for i, h in enumerate(held) if h is None]
-  states = {i: train.TrainState.create(params=p, model_state=s, tx=tx,
-                                       rng=jax.random.PRNGKey(seeds[i] + 1))
-            for i in missing for p, s in [init(jax.random.PRNGKey(seeds[i]))]}
   data = parallel.replicate(dict(data), mesh)
-  hint = f"lr = {config.lr:g} may be too large"
-  if loops.resolve_vectorize(vectorize):
-    chunk = len(missing) if chunk is None else check_positive("chunk", chunk, integer=True)
-    compile_seconds, vepochs = 0.0, {}
-    for first in range(0, len(missing), chunk):
-      part = missing[first:first + chunk]
-      made = _vectorized(loss_fn, [states[i] for i in part], data, config,
-                         [seeds[i] for i in part], preprocess, mesh, progress, desc, hint,
-                         vepochs)
-      compile_seconds += made.compile_seconds
-      for j, i in enumerate(part):     # kept chunk by chunk: a rerun trains only the rest
-        held[i] = (*made.member(j), {"seconds": made.seconds / len(part)})
-        if store is not None:
-          store.save(i, *held[i])
+  compile_seconds = 0.0
+  if not loops.resolve_vectorize(vectorize):
+    programs: dict = {}                # every member runs the first one's compiled epoch
+
+    def make(i):
+      nonlocal compile_seconds
+      params, model_state = init(jax.random.PRNGKey(seeds[i]))
+      trained = train.train_model(loss_fn, params, model_state, data, config=config,
+                                  rng=jax.random.PRNGKey(seeds[i] + 1), preprocess=preprocess,
+                                  mesh=mesh, desc=desc, programs=programs)
+      compile_seconds += trained.compile_seconds
+      return trained.state.params, trained.state.model_state, {"seconds": trained.seconds}
+    held = _member_by_member(len(seeds), desc, progress, store, lambda i: like, make)
     return Population.of([h[:2] for h in held], seeds, sum(h[2]["seconds"] for h in held),
                          compile_seconds)
-  if config.batch_size % mesh.devices.size:
-    raise InvalidArgument(f"batch_size: expected a multiple of the mesh's "
-                          f"{mesh.devices.size} devices, got {config.batch_size}")
-  epoch = train.make_epoch(loss_fn, config.batch_size, preprocess=preprocess,
-                           batch_sharding=parallel.batch_sharding(mesh))
-  first = parallel.replicate(states[missing[0]], mesh)
-  epoch, compile_seconds = train.compile_ahead(epoch, first, data)
-  members, seconds = [], 0.0
-  for i in tqdm.trange(len(seeds), desc=desc, disable=not progress, leave=False):
-    signals.check(f"{desc} member {i}")
-    if held[i] is None:
-      state, history = train.fit(parallel.replicate(states[i], mesh), epoch, data,
-                                 config.epochs, progress=False, desc=f"{desc} member {i}",
-                                 hint=hint)
-      held[i] = (state.params, state.model_state,
-                 {"seconds": sum(h["seconds"] for h in history)})
+  held = [None if store is None else store.load(i, like) for i in range(len(seeds))]
+  missing = [i for i, h in enumerate(held) if h is None]
+  chunk = len(missing) if chunk is None else check_positive("chunk", chunk, integer=True)
+  program = train.make_program(loss_fn, config, int(data["labels"].shape[0]),
+                               preprocess=preprocess, loop="scan")
+  vepochs: dict = {}
+  for first in range(0, len(missing), chunk):
+    part = missing[first:first + chunk]
+    made = _vectorized(program, init, data, config, [seeds[i] for i in part], mesh, progress,
+                       desc, vepochs)
+    compile_seconds += made.compile_seconds
+    for j, i in enumerate(part):       # kept chunk by chunk: a rerun trains only the rest
+      held[i] = (*made.member(j), {"seconds": made.seconds / len(part)})
       if store is not None:
         store.save(i, *held[i])
-    members.append(held[i][:2])
-    seconds += held[i][2]["seconds"]
-  return Population.of(members, seeds, seconds, compile_seconds)
+  return Population.of([h[:2] for h in held], seeds, sum(h[2]["seconds"] for h in held),
+                       compile_seconds)
 
 
-def _vectorized(loss_fn, states, data, config, seeds, preprocess, mesh, progress, desc, hint,
-                vepochs):
-  """Members in one vmapped epoch, the population axis over the mesh when it divides;
-  ``vepochs`` keeps the compiled epoch per chunk size for the next chunks."""
-  stacked = stack(states)
+def _member_by_member(count: int, desc: str, progress: bool, store: MemberStore | None,
+                      like: Callable[[int], tuple[PyTree, PyTree]],
+                      make: Callable[[int], tuple[PyTree, PyTree, dict]]) -> list:
+  """(params, model_state, info) of members 0 .. count - 1, in order: loaded from ``store``
+  when it holds them (``like(i)``: the member's structure), else ``make(i)``, handed to
+  ``store`` at once."""
+  held: list = []
+  for i in tqdm.trange(count, desc=desc, disable=not progress, leave=False):
+    signals.check(f"{desc} member {i}")
+    member: tuple | None = None if store is None else store.load(i, like(i))
+    if member is None:
+      member = make(i)
+      if store is not None:
+        store.save(i, *member)
+    held.append(member)
+  return held
+
+
+def _vectorized(program, init, data, config, seeds, mesh, progress, desc, vepochs):
+  """Members trained together: the trainer's ``program`` (``train.make_program``: its
+  optimizer and its epoch, one ``lax.scan``) with the epoch ``vmap``-ed over the members, run
+  by ``train.fit``; the population axis is split over the mesh when it divides. ``vepochs``
+  keeps the compiled epoch per chunk size."""
   n = len(seeds)
-  spec = jax.sharding.PartitionSpec("data" if n % mesh.devices.size == 0 else None)
-  stacked = jax.device_put(stacked, jax.sharding.NamedSharding(mesh, spec))
-  start = time.perf_counter()
+  tx, epoch = program
+  states = [train.TrainState.create(params=p, model_state=s, tx=tx,
+                                    rng=jax.random.PRNGKey(seed + 1))
+            for seed in seeds for p, s in [init(jax.random.PRNGKey(seed))]]
+  spec = jax.sharding.PartitionSpec(
+      parallel.DATA_AXIS if n % parallel.data_shards(mesh) == 0 else None)
+  stacked = jax.device_put(stack(states), jax.sharding.NamedSharding(mesh, spec))
+  compile_seconds = 0.0
   if n not in vepochs:
-    epoch = train.make_epoch(loss_fn, config.batch_size, preprocess=preprocess, loop="scan")
     vepoch = jax.jit(jax.vmap(epoch, in_axes=(0, None)), donate_argnums=(0,))
-    vepochs[n] = vepoch.lower(stacked, data).compile()
-  vepoch = vepochs[n]
-  compile_seconds = time.perf_counter() - start
-  seconds = 0.0
-  for e in tqdm.trange(config.epochs, desc=desc, disable=not progress, leave=False):
-    signals.check(f"{desc} epoch {e + 1}")
-    start = time.perf_counter()
-    stacked, metrics = vepoch(stacked, data)
-    metrics = jax.device_get(metrics)
-    seconds += time.perf_counter() - start
-    train.check_finite(stacked, metrics, desc=desc, epoch=e + 1, hint=hint)
-  return Population(stacked.params, stacked.model_state, seeds, seconds, compile_seconds)
+    vepochs[n], compile_seconds = train.compile_ahead(vepoch, stacked, data)
+  stacked, history = train.fit(stacked, vepochs[n], data, config.epochs, desc=desc,
+                               progress=progress, hint=f"lr = {config.lr:g} may be too large")
+  return Population(stacked.params, stacked.model_state, tuple(seeds),
+                    float(sum(record["seconds"] for record in history)), compile_seconds)
 
 
 def unlearn_population(method: str, originals: Population, *, apply, train_set, split,
@@ -214,23 +217,21 @@ def unlearn_population(method: str, originals: Population, *, apply, train_set, 
   if len(seeds) != len(originals):
     raise InvalidArgument(f"seeds: expected {len(originals)} (one per original), got "
                           f"{len(seeds)}")
-  members, seconds, compile_seconds, programs = [], 0.0, 0.0, {}
-  for i in tqdm.trange(len(seeds), desc=method, disable=not progress, leave=False):
-    signals.check(f"{method} member {i}")
+  compile_seconds = 0.0
+  programs: dict = {}
+
+  def make(i):
+    nonlocal compile_seconds
     params, model_state = originals.member(i)
-    held = None if store is None else store.load(i, (params, model_state))
-    if held is None:
-      result = unlearn.run(method, apply=apply, params=params, model_state=model_state,
-                           train=train_set, split=split, preprocess=preprocess, config=config,
-                           rng=jax.random.PRNGKey(seeds[i]), progress=False, init=init,
-                           mesh=mesh, programs=programs)
-      held = (result.params, result.model_state, {"seconds": result.rte_seconds})
-      compile_seconds += result.compile_seconds
-      if store is not None:
-        store.save(i, *held)
-    members.append(held[:2])
-    seconds += held[2]["seconds"]
-  return Population.of(members, seeds, seconds, compile_seconds)
+    result = unlearn.run(method, apply=apply, params=params, model_state=model_state,
+                         train=train_set, split=split, preprocess=preprocess, config=config,
+                         rng=jax.random.PRNGKey(seeds[i]), progress=False, init=init,
+                         mesh=mesh, programs=programs)
+    compile_seconds += result.compile_seconds
+    return result.params, result.model_state, {"seconds": result.rte_seconds}
+  held = _member_by_member(len(seeds), method, progress, store, originals.member, make)
+  return Population.of([h[:2] for h in held], seeds, sum(h[2]["seconds"] for h in held),
+                       compile_seconds)
 
 
 def mcu_population(apply, originals: Population, unlearned: Population, *, forget, retain,
@@ -249,50 +250,53 @@ def mcu_population(apply, originals: Population, unlearned: Population, *, forge
   if not len(originals) == len(unlearned) == len(seeds):
     raise InvalidArgument(f"unlearned: expected as many members as originals and seeds "
                           f"({len(originals)}, {len(seeds)}), got {len(unlearned)}")
-  members, seconds, ts = [], 0.0, []
-  for i in tqdm.trange(len(seeds), desc="mcu", disable=not progress, leave=False):
-    signals.check(f"mcu member {i}")
+
+  def make(i):
     theta_o, model_state = originals.member(i)
-    held = None if store is None else store.load(i, (theta_o, model_state))
-    if held is None:
-      with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        result = unlearn_curve(apply, theta_o, unlearned.member(i)[0], forget=forget,
-                               retain=retain, test=test, model_state=model_state,
-                               seed=seeds[i], **options)
-      held = (result.params, result.model_state,   # the unlearning's seconds: mask and curve
-              {"seconds": result.seconds["mask"] + result.seconds["curve"], "t": result.t,
-               "sweep": result.sweep.to_dict(),
-               "targets": {"retain": float(result.targets.retain),
-                           "forget": float(result.targets.forget)}})
-      if curve_store is not None:
-        curve_store.save(i, result.curve.controls, {}, {"seconds": 0.0, "t": result.t})
-      if store is not None:
-        store.save(i, *held)
-    members.append(held[:2])
-    seconds += held[2]["seconds"]
-    ts.append(held[2]["t"])
-  return dataclasses.replace(Population.of(members, seeds, seconds), ts=tuple(ts))
+    with warnings.catch_warnings():
+      warnings.simplefilter("ignore", UserWarning)
+      result = unlearn_curve(apply, theta_o, unlearned.member(i)[0], forget=forget,
+                             retain=retain, test=test, model_state=model_state,
+                             seed=seeds[i], **options)
+    if curve_store is not None:
+      curve_store.save(i, result.curve.controls, {}, {"seconds": 0.0, "t": result.t})
+    return (result.params, result.model_state,     # the unlearning's seconds: mask and curve
+            {"seconds": result.seconds["mask"] + result.seconds["curve"], "t": result.t,
+             "sweep": result.sweep.to_dict(),
+             "targets": {"retain": float(result.targets.retain),
+                         "forget": float(result.targets.forget)}})
+  held = _member_by_member(len(seeds), "mcu", progress, store, originals.member, make)
+  return dataclasses.replace(
+      Population.of([h[:2] for h in held], seeds, sum(h[2]["seconds"] for h in held)),
+      ts=tuple(h[2]["t"] for h in held))
+
+
+@functools.partial(jax.jit, static_argnames=("apply", "batch_size", "preprocess", "mesh"))
+def _stacked_logits(apply, params, state, inputs, batch_size, preprocess, mesh):
+  logits = jax.vmap(lambda p, s: evaluate.logits_of(apply, p, s, inputs, batch_size, preprocess,
+                                                    mesh))(params, state)
+  return parallel.gathered(logits, mesh)
 
 
 def population_logits(apply, population: Population, inputs, *, batch_size: int = 512,
                       preprocess: Preprocess = default_preprocess,
-                      vectorize: bool | None = None) -> np.ndarray:
-  """Inference-mode logits of every member on ``inputs`` (E, ...): float32 (N, E, C)."""
+                      vectorize: bool | None = None, mesh=None) -> np.ndarray:
+  """Inference-mode logits of every member on ``inputs`` (E, ...): float32 (N, E, C).
+
+  Members one at a time (``evaluate.predict_logits``) or ``vmap``-ed (``vectorize``; None:
+  the CPU policy of ``mcu_jax.runtime.loops``); either way every batch is split over ``mesh``
+  (None: all devices, ``parallel.resolve_mesh``) as ``evaluate`` does.
+  """
+  mesh = parallel.resolve_mesh(mesh)
+  check_positive("batch_size", batch_size, integer=True)
   if not loops.resolve_vectorize(vectorize):
     return np.stack([evaluate.predict_logits(apply, *population.member(i), inputs, batch_size,
-                                             preprocess) for i in range(len(population))])
-  n = int(np.shape(inputs)[0])
-  xs, _, _ = evaluate.padded_batches(jnp.asarray(inputs), jnp.zeros((n,), jnp.int32),
-                                     min(batch_size, n))
-
-  @jax.jit
-  def logits(params, state):
-    def one(params, state):
-      out = jax.lax.map(lambda x: apply(params, state, preprocess(None, x), False)[0], xs)
-      return out.reshape((-1,) + out.shape[2:])[:n]
-    return jax.vmap(one)(params, state)
-  return np.asarray(logits(population.params, population.model_state), np.float32)
+                                             preprocess, mesh=mesh)
+                     for i in range(len(population))])
+  size = parallel.inference_batch_size(batch_size, evaluate.num_examples(inputs), mesh)
+  params, state, inputs = parallel.replicate(
+      (population.params, population.model_state, inputs), mesh)
+  return np.asarray(_stacked_logits(apply, params, state, inputs, size, preprocess, mesh))
 
 
 __all__ = ["Population", "stack", "member", "train_population", "unlearn_population",

@@ -9,13 +9,14 @@ says what was expected, e.g.::
     mcu_jax.errors.InvalidArgument: lr: must lie in (0.0, inf), got -1.0
 
 ``InvalidArgument`` is both a ``ValueError`` and a ``TypeError``, so callers may catch either.
-Configuration errors (``mcu_jax.pipeline.config.ConfigError``) are the same checks with the key path as
-the name.
+Configuration errors (``mcu_jax.pipeline.config.ConfigError``) are the same checks with the key path
+as the name.
 """
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable, NoReturn
+from collections.abc import Iterable
+from typing import Any, NoReturn
 
 import numpy as np
 

@@ -14,11 +14,11 @@ def main():
     from mcu_jax.runtime import parallel
     parallel.initialize(f"localhost:{port}", 2, pid)
   import numpy as np
-
   from _tiny_curve import tiny_problem
+
   from mcu_jax.core import beta as beta_lib
-  from mcu_jax.runtime import mcu
   from mcu_jax.core.curves import Curve
+  from mcu_jax.runtime import mcu
   from mcu_jax.runtime.optim import OptimConfig
 
   apply, start, end, state, batches = tiny_problem(4)

@@ -6,14 +6,14 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
-
-from mcu_jax.core import beta as beta_lib
 from _tiny_curve import tiny_problem
-from mcu_jax.runtime import batchnorm, evaluate, loops, mcu, parallel, sweep
+
 from mcu_jax import data, unlearn
+from mcu_jax.core import beta as beta_lib
 from mcu_jax.core.curves import Curve
-from mcu_jax.runtime.optim import OptimConfig
 from mcu_jax.preprocess import normalize_uint8
+from mcu_jax.runtime import batchnorm, evaluate, loops, mcu, parallel, sweep
+from mcu_jax.runtime.optim import OptimConfig
 
 
 def main():
@@ -123,12 +123,12 @@ def sweep_on_meshes(apply, start, end, model_state, single_mesh, mesh) -> dict:
   layout = batchnorm.stats_layout(apply, curve.start, model_state, images[:50], normalize_uint8)
   static = dict(apply=apply, batch_size=32, recal_batch_size=16, preprocess=normalize_uint8,
                 layout=layout)
-  args = evaluate.on_mesh((curve, np.asarray(ts[:2], np.float32), np.asarray(ts[:2], np.float32),
-                           model_state, images[:50],
-                           {k: (jnp.asarray(a), jnp.asarray(b)) for k, (a, b) in sets.items()}),
-                          mesh)
+  args = parallel.replicate((curve, np.asarray(ts[:2], np.float32),
+                             np.asarray(ts[:2], np.float32), model_state, images[:50],
+                             {k: (jnp.asarray(a), jnp.asarray(b)) for k, (a, b) in sets.items()}),
+                            mesh)
   out["input_devices"] = len(args[4].devices())
-  out["rounded_batch_sizes"] = [evaluate.inference_batch_size(b, n, mesh)
+  out["rounded_batch_sizes"] = [parallel.inference_batch_size(b, n, mesh)
                                 for b, n in ((32, 13), (30, 100), (64, 64))]
   try:
     sweep.SweepOptions(recal_batch_size=18, mesh=mesh)

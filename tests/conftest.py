@@ -7,6 +7,7 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+from _cli_settings import FAST  # noqa: E402
 
 
 def has_gpu() -> bool:
@@ -44,10 +45,11 @@ def digits_original():
   bundled digits (SGD 0.1, cosine per step, batch 64). Shared: users copy before training
   further (``train.TrainState.create`` does)."""
   import jax.numpy as jnp
+
   from mcu_jax import data, models
+  from mcu_jax.preprocess import normalize_uint8
   from mcu_jax.runtime import train
   from mcu_jax.runtime.optim import make_optimizer
-  from mcu_jax.preprocess import normalize_uint8
   tt = data.load_digits()
   module = models.get_model("small_cnn", 10, width=8)
   apply = models.from_linen(module)
@@ -64,11 +66,6 @@ def digits_original():
 
 
 # The demo with small epochs: what the CLI and pipeline tests share (``demo_dir``).
-FAST = ["--no-progress", "--set", "train.epochs=3", "--set", "curve.epochs=2",
-        "--set", "unlearn.options={epochs: 1}", "--set", "sweep.points=6",
-        "--set", "model_options={width: 8}"]
-
-
 @pytest.fixture(scope="session")
 def demo_dir(tmp_path_factory):
   """A finished ``mcu-jax demo`` run directory (FAST settings). Tests must not change it."""

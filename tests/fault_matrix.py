@@ -20,8 +20,8 @@ seeded random times across ``train``, ``curve``, ``sweep`` and ``forget-quality`
 0.15 s (JAX still importing) to the end of an uninterrupted run of the same command. A trial
 is ok when the command exits 130 or 143 with one ``mcu-jax:`` line and no traceback or
 "Exception ignored", and the command that line names (``... --resume``) then finishes with
-results bit-identical to the uninterrupted run's. Their exit codes, stderr and resume outcome are in the JSON
-(``signals``) and in a table per command and signal.
+results bit-identical to the uninterrupted run's. Their exit codes, stderr and resume outcome are in
+the JSON (``signals``) and in a table per command and signal.
 
 Not collected by pytest (the name does not start with test_); tests/test_cli.py and
 tests/test_signals.py hold one test per kind of fault. Prints a table and the totals; exits 1
@@ -61,7 +61,8 @@ def mcu(*args, timeout=600):
 def audit(run_dir: Path) -> list[str]:
   """What is marked done but wrong in ``run_dir`` (empty when every record is sound)."""
   from mcu_jax.pipeline import config as config_lib
-  from mcu_jax.pipeline import stages as pipeline, rundir
+  from mcu_jax.pipeline import rundir
+  from mcu_jax.pipeline import stages as pipeline
   problems = []
   if not (run_dir / "config.json").exists() or not run_dir.is_dir():
     return problems
@@ -338,8 +339,8 @@ def run_killed(d: Path, sig=signal.SIGKILL, attempts: int = 3,
   """Starts 6 training epochs and sends ``sig`` (``twice``: two of it, 50 ms apart) once two
   epoch checkpoints exist (tried again from scratch when the training finished before the
   signal could reach it)."""
-  args = [sys.executable, "-m", "mcu_jax.pipeline.cli", "train", "--run-dir", str(d), "--no-progress",
-          "--set", "train.epochs=6", "--set", "model_options={width: 4}"]
+  args = [sys.executable, "-m", "mcu_jax.pipeline.cli", "train", "--run-dir", str(d),
+          "--no-progress", "--set", "train.epochs=6", "--set", "model_options={width: 4}"]
   proc = subprocess.Popen(args, cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, text=True)
   deadline = time.time() + 300
@@ -377,7 +378,8 @@ def signal_cases():
 
   def two_writers(d, b):
     copy(b, d)
-    holder = subprocess.Popen([sys.executable, "-c", "import time; from mcu_jax.pipeline.rundir import "
+    holder = subprocess.Popen([sys.executable, "-c", "import time; "
+                               "from mcu_jax.pipeline.rundir import "
                                f"RunDir; r = RunDir({str(d)!r}); r.acquire(); print('held', "
                                "flush=True); time.sleep(120)"], cwd=ROOT, env=ENV,
                               stdout=subprocess.PIPE, text=True)
@@ -517,9 +519,9 @@ def signal_trials(work: Path, base: Path, trials: int, seed: int = 0) -> list[di
     d = _prepare(work, base, f"trial{i}", copied)
     at, redraws = rng.uniform(0.15, 0.95 * seconds[command]), 0
     while True:
-      proc = subprocess.Popen([sys.executable, "-m", "mcu_jax.pipeline.cli", *args, "--run-dir", str(d),
-                               "--no-progress"], cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True)
+      proc = subprocess.Popen([sys.executable, "-m", "mcu_jax.pipeline.cli", *args,
+                               "--run-dir", str(d), "--no-progress"], cwd=ROOT, env=ENV,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
       try:
         proc.wait(timeout=at)
       except subprocess.TimeoutExpired:

@@ -142,7 +142,7 @@ def test_with_precision_computes_in_bfloat16_with_float32_params():
   assert not np.array_equal(out, (X @ np.ones((5, 3), np.float32)).astype(np.float32))
   with pytest.raises(InvalidArgument, match="precision: expected one of 'fp32', 'bf16'"):
     models.with_precision(apply, "fp16")
-  with pytest.raises(InvalidArgument, match="needs an apply from a models.from_\* adapter"):
+  with pytest.raises(InvalidArgument, match=r"needs an apply from a models.from_\* adapter"):
     models.with_precision(lambda p, s, x, t: (x, s), "bf16")
 
 
@@ -170,9 +170,10 @@ def test_check_model_state():
 # ---------------------------------------------------------------------------------------------
 # Randomness: a fresh key at every training step, derived from the seed; inference without.
 
-import _adapter_models as am   # noqa: E402
-from mcu_jax.runtime import evaluate, mcu  # noqa: E402
+import _adapter_models as am  # noqa: E402
+
 from mcu_jax.core.curves import Curve  # noqa: E402
+from mcu_jax.runtime import evaluate, mcu  # noqa: E402
 from mcu_jax.runtime.optim import OptimConfig  # noqa: E402
 
 

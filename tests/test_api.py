@@ -19,7 +19,10 @@ from mcu_jax.core.curves import line_controls
 from mcu_jax.errors import InvalidArgument
 
 FORGET_CLASS = 3
-FAST = dict(epochs=2, points=6, batch_size=64, eval_batch_size=256, k=0.1)  # k: a partial mask
+FAST = dict(mask=mcu_jax.MaskOptions(k=0.1),                  # k: a partial mask
+            curve=mcu_jax.CurveOptions(epochs=2, batch_size=64),
+            sweep=mcu_jax.SweepOptions(points=6, batch_size=256, recal_batch_size=64))
+LINE = dict(mask=mcu_jax.MaskOptions(enabled=False), curve=mcu_jax.CurveOptions(train=False))
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +81,8 @@ def check_common(result, theta_o, theta_p):
     else:
       np.testing.assert_array_equal(trained, initial)
   assert 0.75 <= result.t <= 1.0 and result.t == result.choice.t
-  assert len(result.history) == FAST["epochs"] and result.sweep.ts.shape == (FAST["points"],)
+  assert len(result.history) == FAST["curve"].epochs
+  assert result.sweep.ts.shape == (FAST["sweep"].points,)
 
 
 # ----------------------------------------------------------------------------- plain function
@@ -369,8 +373,8 @@ def test_integer_ids_reach_the_model_unchanged(digits):
   def np_logits(params, x):
     emb, w = np.asarray(params["emb"], np.float64), np.asarray(params["w"], np.float64)
     return emb[np.arange(x.shape[1]), np.asarray(x, np.int64)].sum(axis=1) @ w
-  kw = dict(targets=mcu_jax.Targets(retain=95.0, forget=0.0), train=False, mask=False,
-            points=4, t_search=(0.5, 1.0))
+  kw = dict(targets=mcu_jax.Targets(retain=95.0, forget=0.0), **LINE,
+            sweep=mcu_jax.SweepOptions(points=4, t_search=(0.5, 1.0)))
   for inputs, test_inputs, extra in ((ids, test_ids, {"preprocess": mcu_jax.preprocess.as_is}),
                                      (ids.astype(np.int32), test_ids.astype(np.int32), {})):
     data_sets = dict(forget=(inputs[f], y[f]), retain=(inputs[~f], y[~f]),
@@ -396,8 +400,8 @@ def test_theta_o_near_chance_is_warned_about(digits):
   kw = sets(digits, digits["features"], digits["test_features"])
   with pytest.warns(UserWarning, match=r"theta_o's accuracy on D_f \+ D_r is \d+\.\d %, near "
                                        r"chance \(10\.0 % for 10 classes\)"):
-    mcu_jax.unlearn_curve(models.from_function(mlp), theta, theta, train=False, mask=False,
-                          points=4, scenario="class", **kw)
+    mcu_jax.unlearn_curve(models.from_function(mlp), theta, theta, **LINE,
+                          sweep=mcu_jax.SweepOptions(points=4), scenario="class", **kw)
 
 
 # ---------------------------------------------------------- every library: BN, dropout, exact
@@ -405,6 +409,7 @@ def test_theta_o_near_chance_is_warned_about(digits):
 import _adapter_models as am  # noqa: E402
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("library", am.LIBRARIES)
 def test_every_library_with_batchnorm_and_dropout_is_exact(digits, library):
   """theta_o and theta_p of a model with two BatchNorms and dropout in each JAX library;
@@ -436,7 +441,7 @@ def test_every_library_with_batchnorm_and_dropout_is_exact(digits, library):
     if not flag:     # (a trained bias right before a BatchNorm has gradient 0 and stays too)
       np.testing.assert_array_equal(trained, initial)
   weights = case.weights(result.params)
-  stats = am.reference_stats(weights, kw["retain"][0], FAST["batch_size"])
+  stats = am.reference_stats(weights, kw["retain"][0], FAST["sweep"].recal_batch_size)
   for (mean, var), (want_mean, want_var) in zip(case.read_stats(result.model_state), stats):
     np.testing.assert_allclose(mean, want_mean, rtol=1e-5, atol=1e-5 * np.abs(want_mean).max())
     np.testing.assert_allclose(var, want_var, rtol=1e-5)
@@ -446,3 +451,36 @@ def test_every_library_with_batchnorm_and_dropout_is_exact(digits, library):
     assert result.metrics[f"{name}_loss"] == pytest.approx(np_ce(logits, labels), rel=1e-4)
   assert result.metrics["retain_acc"] > 90.0 and result.metrics["forget_acc"] < 20.0
   assert not result.choice.collapsed
+
+
+def test_options_of_the_wrong_kind_are_refused_naming_the_argument(digits, function_models,
+                                                                  monkeypatch):
+  theta_o, theta_p = function_models
+  kw = sets(digits, digits["features"], digits["test_features"])
+  apply = models.from_function(mlp)
+  _no_training(monkeypatch)
+  for bad, message in ((dict(mask=False), r"mask: expected MaskOptions or a pytree of bools"),
+                       (dict(curve={"epochs": 2}), r"curve: expected a CurveOptions, got dict"),
+                       (dict(sweep=mcu_jax.MaskOptions()),
+                        r"sweep: expected a SweepOptions, got MaskOptions"),
+                       (dict(sweep=mcu_jax.SweepOptions(preprocess=mcu_jax.preprocess.images)),
+                        r"sweep.preprocess: unlearn_curve runs every step with its own")):
+    with pytest.raises(InvalidArgument, match=message):
+      mcu_jax.unlearn_curve(apply, theta_o, theta_p, **kw, **bad)
+  with pytest.raises(InvalidArgument, match=r"CurveOptions.epochs"):
+    mcu_jax.CurveOptions(epochs=0)
+
+
+def test_unlearn_curve_takes_the_three_option_types_and_no_flat_copies():
+  """Each setting has one owner: no keyword of ``unlearn_curve`` repeats a field of the
+  option types, and the steps take the same types."""
+  import dataclasses
+  import inspect
+  params = set(inspect.signature(mcu_jax.unlearn_curve).parameters)
+  for kind in (mcu_jax.MaskOptions, mcu_jax.CurveOptions, mcu_jax.SweepOptions):
+    fields = {f.name for f in dataclasses.fields(kind)}
+    assert not (fields & params) - {"preprocess", "mesh", "progress"}, kind
+  for step, kind in ((mcu_jax.compute_mask, mcu_jax.MaskOptions),
+                     (mcu_jax.train_curve, mcu_jax.CurveOptions),
+                     (mcu_jax.sweep_and_select, mcu_jax.SweepOptions)):
+    assert inspect.signature(step).parameters["options"].default == kind()

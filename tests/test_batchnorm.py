@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from mcu_jax.runtime import batchnorm as bn_lib
 from mcu_jax import models
-from mcu_jax.runtime import parallel
+from mcu_jax.errors import InvalidArgument
 from mcu_jax.models import from_linen, get_model, init_model
 from mcu_jax.preprocess import images as uint8_images
-from mcu_jax.errors import InvalidArgument
+from mcu_jax.runtime import batchnorm as bn_lib
+from mcu_jax.runtime import parallel
 
 
 class ConvBN(nn.Module):
@@ -179,7 +179,7 @@ def test_a_variance_without_its_mean_is_refused_not_averaged(convbn):
 # ---------------------------------------------------------------------------------------------
 # Every adapter: the exact statistics, written so that the library's own inference reads them.
 
-import _adapter_models as am   # noqa: E402
+import _adapter_models as am  # noqa: E402
 
 
 def _library(name):

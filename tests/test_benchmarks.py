@@ -7,22 +7,15 @@ import importlib
 import json
 import math
 import os
-import sys
-from pathlib import Path
 
 import pytest
 
-BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 REFERENCE = os.environ.get("MCU_REFERENCE_PATH")
 
 
 @pytest.fixture(scope="module")
 def bench():
-  sys.path.insert(0, str(BENCHMARKS))
-  try:
-    yield lambda name: importlib.import_module(name)
-  finally:
-    sys.path.remove(str(BENCHMARKS))
+  return lambda name: importlib.import_module(f"benchmarks.{name}")
 
 
 def _positive(x):
@@ -230,6 +223,7 @@ def test_end_to_end_with_reference(bench, tmp_path, preresnet8):
                                      "total_without_curve_compile"}
 
 
+@pytest.mark.slow
 def test_population_benchmark(bench, tmp_path):
   out = tmp_path / "population.json"
   record = bench("population").main(["--sizes", "1", "2", "--epochs", "1", "--width", "4",

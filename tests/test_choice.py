@@ -7,8 +7,8 @@ from scipy.interpolate import CubicSpline, interp1d
 
 from mcu_jax.core import choice as ch
 from mcu_jax.core.beta import Targets
-from mcu_jax.runtime.sweep import SweepResult
 from mcu_jax.errors import InvalidArgument
+from mcu_jax.runtime.sweep import SweepResult
 
 
 def _synthetic():

@@ -9,11 +9,10 @@ from pathlib import Path
 import chex
 import numpy as np
 import pytest
+from _cli_settings import FAST
 
-from mcu_jax.runtime import checkpoint
 from mcu_jax.pipeline import cli
-
-from conftest import FAST
+from mcu_jax.runtime import checkpoint
 
 
 def test_demo_writes_every_report_file_and_metric(demo_dir, capsys):
@@ -85,6 +84,7 @@ def _train_command(run_dir, epochs, extra=()):
           "--set", "model_options={width: 8}", *extra]
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   epochs = 6
@@ -135,6 +135,7 @@ def test_corrupt_model_checkpoint_names_the_file(demo_dir, tmp_path, capsys):
   assert f"`mcu-jax unlearn --run-dir {copy}` rebuilds it" in line
 
 
+@pytest.mark.slow
 def test_demo_on_two_devices_matches_one_device(demo_dir, tmp_path):
   """Every stage on a 2-device mesh (forced CPU devices): models restored from disk, base
   methods' outputs and the data all meet on the mesh, and the report agrees with the
@@ -171,6 +172,7 @@ def test_bf16_curve_stage_trains_close_to_fp32(demo_dir, tmp_path, capsys):
       assert a[key] != b[key] and abs(a[key] - b[key]) <= 0.02 * abs(a[key]), (key, a, b)
 
 
+@pytest.mark.slow
 def test_two_process_curve_stage_equals_one_process(demo_dir, tmp_path):
   """`mcu-jax curve` under jax.distributed with 2 CPU processes (gloo) trains the same curve."""
   import shutil
@@ -359,6 +361,7 @@ def test_import_torch_into_an_impossible_path_fails_at_once(tmp_path, capsys):
   assert "a-file is a file, not a directory" in _one_error_line(capsys.readouterr().err)
 
 
+@pytest.mark.slow
 def test_forget_quality_end_to_end_on_digits(demo_dir, tmp_path):
   """Populations of 4, scored against retraining; a rerun reuses everything."""
   run_dir = _copy(demo_dir, tmp_path)

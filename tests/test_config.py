@@ -52,8 +52,9 @@ def test_bad_values_give_one_clear_message(override, message):
 
 
 def test_bf16_curve_needs_a_model_with_a_compute_dtype(monkeypatch):
-  from mcu_jax import models
   import flax.linen as nn
+
+  from mcu_jax import models
 
   class NoDtype(nn.Module):
     num_classes: int = 10
@@ -145,3 +146,79 @@ def test_unreadable_config_file_is_named(tmp_path):
   bad.write_bytes(b"curve:\n  lr: \xff\xfe\n")
   with pytest.raises(ConfigError, match=f"config file {bad} cannot be read"):
     load_config(bad)
+
+
+# ------------------------------------------------- the library's option types, one map to the call
+
+def test_the_config_holds_the_librarys_option_types():
+  """``mask`` and ``curve`` are the library's own types; their defaults (and the sweep's) are
+  the library's, written once."""
+  from mcu_jax.runtime.masks import MaskOptions
+  from mcu_jax.runtime.mcu import CurveOptions
+  from mcu_jax.runtime.sweep import SweepOptions
+  c = load_config()
+  assert c.mask == MaskOptions() and type(c.mask) is MaskOptions
+  assert c.curve == CurveOptions() and type(c.curve) is CurveOptions
+  assert config_lib.sweep_options(c) == SweepOptions()
+  assert c.eval_batch_size == SweepOptions().batch_size
+  assert c.curve.optim() == CurveOptions().optim()
+
+
+def test_unlearn_curve_kwargs_equal_the_direct_call():
+  """Every key of the configuration reaches the call: the map equals the objects a library
+  user would build by hand."""
+  import mcu_jax
+  c = load_config(overrides=[
+      "mask.k=0.3", "mask.kr=0.1", "curve.lr=0.02", "curve.momentum=0.5",
+      "curve.weight_decay=1e-4", "curve.cosine=true", "curve.epochs=3", "curve.batch_size=32",
+      "curve.retain_ratio=0.25", "curve.num_bends=4", "curve.kind=polychain", "curve.beta=0.3",
+      "curve.beta_low=0.05", "curve.beta_high=0.6", "curve.precision=bf16", "sweep.points=9",
+      "sweep.t_search=[0.5, 0.9]", "sweep.chunk_size=3", "sweep.recalibrate_on=train",
+      "eval_batch_size=256", "seed=7"])
+  kwargs = config_lib.unlearn_curve_kwargs(c, scenario="class")
+  assert kwargs == dict(
+      scenario="class", seed=7 + config_lib.CURVE_SEED_OFFSET,
+      mask=mcu_jax.MaskOptions(k=0.3, kr=0.1),
+      curve=mcu_jax.CurveOptions(lr=0.02, momentum=0.5, weight_decay=1e-4, cosine=True,
+                                 epochs=3, batch_size=32, retain_ratio=0.25, num_bends=4,
+                                 kind="polychain", beta=0.3, beta_low=0.05, beta_high=0.6,
+                                 precision="bf16"),
+      sweep=mcu_jax.SweepOptions(points=9, t_search=(0.5, 0.9), chunk_size=3,
+                                 recalibrate_on="train", batch_size=256, recal_batch_size=32),
+      preprocess=kwargs["preprocess"], mesh=None, progress=False)
+  import inspect
+  assert set(kwargs) <= set(inspect.signature(mcu_jax.unlearn_curve).parameters)
+
+
+def test_old_config_files_read_the_same(tmp_path):
+  """The keys of the option types are the config keys they replaced: a file of every key
+  reads, and its dict (what run-directory digests are computed from) is unchanged."""
+  path = tmp_path / "c.yaml"
+  path.write_text("mask: {enabled: true, k: 0.5, kr: 0.0}\n"
+                  "curve: {epochs: 10, lr: 0.01, momentum: 0.9, weight_decay: 0.0, cosine: false,"
+                  " schedule_unit: epoch, batch_size: 128, retain_ratio: 0.5, num_bends: 3,"
+                  " kind: bezier, beta: adaptive, beta_low: 0.01, beta_high: 0.5, train: true,"
+                  " precision: fp32}\n"
+                  "sweep: {points: 20, chunk_size: null, t_search: [0.75, 1.0],"
+                  " targets: alignment, recalibrate_on: retain}\n")
+  c = load_config(path)
+  assert c == load_config()
+  d = c.to_dict()
+  assert list(d["mask"]) == ["enabled", "k", "kr"]
+  assert d["sweep"]["t_search"] == [0.75, 1.0]
+  assert set(d["curve"]) == {"lr", "momentum", "weight_decay", "cosine", "schedule_unit",
+                             "epochs", "batch_size", "retain_ratio", "num_bends", "kind", "beta",
+                             "beta_low", "beta_high", "train", "precision"}
+
+
+@pytest.mark.parametrize("override,message", [
+    ("sweep.t_search=[0.9, 0.1]", r"config.sweep.t_search: expected 0 <= lo < hi <= 1"),
+    ("sweep.chunk_size=0", r"config.sweep.chunk_size: must lie in"),
+    ("sweep.recalibrate_on=test", r"config.sweep.recalibrate_on: 'test' is not one of"),
+    ("sweep.targets=oracle", r"config.sweep.targets: 'oracle' is not one of"),
+    ("curve.retain_ratio=0", r"config.curve.retain_ratio: must lie in \(0.0, 1.0\]"),
+    ("mask.enabled=1", r"config.mask.enabled: expected bool"),
+])
+def test_option_values_are_refused_naming_the_config_key(override, message):
+  with pytest.raises(ConfigError, match=message):
+    load_config(overrides=[override])

@@ -75,7 +75,7 @@ def test_straight_line_init(rng, kind, num_bends):
   curve = Curve.from_endpoints(start, end, num_bends=num_bends, kind=kind)
   assert curve.num_bends == num_bends
   for t in (0.0, 0.25, 0.6, 1.0):
-    want = jax.tree.map(lambda s, e: (1 - t) * s + t * e, start, end)
+    want = jax.tree.map(lambda s, e, t=t: (1 - t) * s + t * e, start, end)
     chex.assert_trees_all_close(curves.point(curve, t), want, atol=1e-5)
   chex.assert_trees_all_equal(curves.point(curve, 0.0), start)
   chex.assert_trees_all_equal(curves.point(curve, 1.0), end)

@@ -3,10 +3,10 @@ import jax
 import numpy as np
 import pytest
 
+from mcu_jax.errors import InvalidArgument
+from mcu_jax.models import from_function, from_linen, get_model, init_model
 from mcu_jax.runtime import evaluate as ev
 from mcu_jax.runtime import parallel
-from mcu_jax.models import from_function, from_linen, get_model, init_model
-from mcu_jax.errors import InvalidArgument
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +32,8 @@ def test_inference_helpers_agree(small_model):
 
 
 def test_a_mesh_gives_the_same_results(small_model):
-  """With a 1-device mesh: the same numbers as without one (4 devices: test_parallel.py)."""
+  """With a 1-device mesh: the same numbers as with None (all devices, here one; 4 devices:
+  test_parallel.py)."""
   apply, params, s0, (x, y) = small_model
   mesh = parallel.make_mesh()
   np.testing.assert_allclose(ev.predict_logits(apply, params, s0, x, batch_size=64, mesh=mesh),
@@ -45,17 +46,6 @@ def test_a_mesh_gives_the_same_results(small_model):
     ev.accuracy_and_loss(apply, params, s0, x, y, mesh=jax.devices())
   with pytest.raises(InvalidArgument, match="batch_size: "):
     ev.predict_logits(apply, params, s0, x, batch_size=0)
-
-
-def test_inference_batch_size_rounds_up_to_the_mesh():
-  class FakeMesh:   # only the "data" axis size matters
-    shape = {"data": 4}
-  assert ev.inference_batch_size(512, 13, FakeMesh()) == 16
-  assert ev.inference_batch_size(30, 100, FakeMesh()) == 32
-  assert ev.inference_batch_size(64, 100, FakeMesh()) == 64
-  assert ev.inference_batch_size(512, 13) == 13          # no mesh: min(batch_size, n)
-
-
 
 
 def test_float_features_are_evaluated_as_given():

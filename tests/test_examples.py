@@ -14,6 +14,7 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 NEEDS = {"haiku_model": "haiku", "equinox_model": "equinox"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["plain_function", "linen_cnn", "nnx_model", "haiku_model",
                                   "equinox_model"])
 def test_example_runs_and_forgets(name):

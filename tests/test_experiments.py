@@ -35,6 +35,7 @@ def smoke(tmp_path_factory):
   return tmp, log
 
 
+@pytest.mark.slow
 def test_main_table_has_every_cell_and_column(smoke):
   tmp, _ = smoke
   results = tmp / "results" / "digits_smoke"
@@ -142,6 +143,7 @@ def test_the_committed_n64_study_is_recomputable_from_its_files():
   """F, the challenge score, the LiRA AUC and the base vs MCU differences of the committed
   forget-quality study, from its confidences and per-model accuracies alone."""
   import numpy as np
+
   from mcu_jax import forget_quality as fq
   from mcu_jax.forget_quality import model_level
   results = EXPERIMENTS / "results" / "forget_quality_digits_n64"

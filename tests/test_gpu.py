@@ -7,21 +7,18 @@ The suite pins JAX to the CPU unless JAX_PLATFORMS is set, so run these with
 (the CPU backend stays available for the comparisons).
 """
 import importlib
-import sys
-from pathlib import Path
 
 import chex
 import jax
 import numpy as np
 import pytest
 
-from mcu_jax.core import beta as beta_lib
-from mcu_jax.runtime import mcu, parallel
 from mcu_jax import models
+from mcu_jax.core import beta as beta_lib
 from mcu_jax.core.curves import Curve
+from mcu_jax.runtime import mcu, parallel
 
 pytestmark = pytest.mark.gpu
-BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
 
 def _setup():
@@ -65,11 +62,7 @@ def test_gpu_scan_and_python_loops_agree():
 
 
 def test_gpu_bf16_curve_step_trains_like_fp32():
-  sys.path.insert(0, str(BENCHMARKS))
-  try:
-    bench = importlib.import_module("step_throughput")
-  finally:
-    sys.path.remove(str(BENCHMARKS))
+  bench = importlib.import_module("benchmarks.step_throughput")
   record = bench.main(["--model", "preresnet20", "--batch-size", "128", "--steps", "20",
                        "--warmup", "2", "--precision", "fp32,bf16", "--skip-plain"])
   assert record["machine"]["backend"] == "gpu"

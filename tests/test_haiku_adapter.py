@@ -6,9 +6,9 @@ import pytest
 
 hk = pytest.importorskip("haiku", reason="dm-haiku is not installed (pip install -e '.[haiku]')")
 
-from mcu_jax.runtime import batchnorm  # noqa: E402
 from mcu_jax import models  # noqa: E402
 from mcu_jax.errors import InvalidArgument  # noqa: E402
+from mcu_jax.runtime import batchnorm  # noqa: E402
 
 X = np.random.default_rng(0).normal(size=(8, 5)).astype(np.float32)
 

@@ -4,6 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from mcu_jax.errors import InvalidArgument
 from mcu_jax.runtime import masks
 
 
@@ -185,3 +186,31 @@ def test_fractions_that_select_nothing_raise():
     masks.mcu_mask(g, g, k=0.005)
   with pytest.raises(ValueError, match="k: expected a number, got str '0.5'"):
     masks.mcu_mask(g, g, k="0.5")
+
+
+def test_mask_options_defaults_and_refusals():
+  """``MaskOptions`` holds the defaults of ``mcu_mask`` and refuses bad values naming the
+  field."""
+  import inspect
+  options = masks.MaskOptions()
+  assert (options.enabled, options.k, options.kr) == (True, 0.5, 0.0)
+  defaults = inspect.signature(masks.mcu_mask).parameters
+  assert (defaults["k"].default, defaults["kr"].default) == (options.k, options.kr)
+  for kwargs, message in ((dict(k=0.0), r"MaskOptions.k: must lie in \(0.0, 1.0\]"),
+                          (dict(kr=1.0), r"MaskOptions.kr: must lie in \[0.0, 1.0\)"),
+                          (dict(k="0.5"), r"MaskOptions.k"),
+                          (dict(enabled="yes"), r"MaskOptions.enabled: expected a bool")):
+    with pytest.raises(InvalidArgument, match=message):
+      masks.MaskOptions(**kwargs)
+  with pytest.raises(InvalidArgument, match=r"MaskOptions.k"):
+    options.replace(k=2.0)
+
+
+def test_a_disabled_mask_trains_every_tensor_and_computes_nothing(monkeypatch):
+  params = {"a": jnp.ones((2, 3)), "b": jnp.ones(3)}
+  monkeypatch.setattr(masks, "summed_ce_gradients_fn", None)     # nothing may be computed
+  found = masks.compute_mask(None, params, {}, forget=None, retain=None,
+                             options=masks.MaskOptions(enabled=False))
+  assert found.mask == {"a": True, "b": True} and found.fraction == 1.0
+  with pytest.raises(InvalidArgument, match="options: expected a MaskOptions"):
+    masks.compute_mask(None, params, {}, forget=None, retain=None, options={"k": 0.5})

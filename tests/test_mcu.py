@@ -5,14 +5,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mcu_jax.core import beta as beta_lib
 from mcu_jax import data, models
-from mcu_jax.runtime import mcu, train
+from mcu_jax.core import beta as beta_lib
 from mcu_jax.core import objectives
 from mcu_jax.core.curves import Curve, point
-from mcu_jax.runtime.optim import OptimConfig, make_optimizer
-from mcu_jax.preprocess import normalize_uint8
 from mcu_jax.errors import InvalidArgument
+from mcu_jax.preprocess import normalize_uint8
+from mcu_jax.runtime import mcu, train
+from mcu_jax.runtime.optim import OptimConfig, make_optimizer
 
 
 @pytest.fixture(scope="module")
@@ -194,8 +194,8 @@ def digits_curves(digits_models):
   for precision in ("fp32", "bf16"):
     apply = models.with_precision(models.from_linen(module), precision)
     result = mcu.train_curve(apply, curve, original.model_state, forget=forget, retain=retain,
-                             beta=0.2, epochs=6, batch_size=64, seed=0,
-                             preprocess=normalize_uint8)
+                             options=mcu.CurveOptions(beta=0.2, epochs=6, batch_size=64),
+                             seed=0, preprocess=normalize_uint8)
     assert np.isfinite([h["train_loss"] for h in result.history]).all()
     trained[precision] = result.curve
   return curve, trained, cdata
@@ -268,3 +268,53 @@ def test_unknown_loop_raises(setup):
   apply, start, end, _, _ = setup
   with pytest.raises(InvalidArgument, match="loop: expected one of 'auto', 'scan', 'python'"):
     mcu.CurveTrainer(apply, Curve.from_endpoints(start, end), loop="while")
+
+
+def test_curve_options_defaults_are_the_references_written_once():
+  """The curve's defaults: SGD lr 0.01, momentum 0.9, no weight decay, constant lr, 10 epochs,
+  batch 128 (``train.FitConfig``'s), retain_ratio 0.5, 3 Bezier bends, adaptive beta in
+  [0.01, 0.5] (``AdaptiveBeta``'s), fp32; the trainer and the data split read the same."""
+  import inspect
+  options = mcu.CurveOptions()
+  assert options.optim() == OptimConfig() == mcu.CURVE_OPTIM
+  assert (options.lr, options.momentum, options.weight_decay, options.cosine) == (0.01, 0.9, 0.0,
+                                                                                  False)
+  assert (options.epochs, options.batch_size, options.retain_ratio) == (10, 128, 0.5)
+  assert (options.num_bends, options.kind, options.beta, options.train,
+          options.precision) == (3, "bezier", "adaptive", True, "fp32")
+  assert (options.beta_low, options.beta_high) == (0.01, 0.5)
+  assert inspect.signature(mcu.curve_data).parameters["retain_ratio"].default == 0.5
+  assert inspect.signature(mcu.CurveTrainer).parameters["batch_size"].default == 128
+  targets = beta_lib.Targets(retain=90.0, forget=10.0)
+  assert options.policy(targets) == beta_lib.AdaptiveBeta(targets=targets, low=0.01, high=0.5)
+  assert mcu.CurveOptions(beta=0.3).policy() == beta_lib.FixedBeta(0.3)
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(lr=0.0), r"CurveOptions.lr: must lie in \(0, inf\)"),
+    (dict(momentum=1.0), r"CurveOptions.momentum"),
+    (dict(epochs=0), r"CurveOptions.epochs"),
+    (dict(retain_ratio=0.0), r"CurveOptions.retain_ratio: must lie in \(0.0, 1.0\]"),
+    (dict(num_bends=2), r"CurveOptions.num_bends: a trainable curve needs >= 3 bends"),
+    (dict(num_bends=2.5, train=False), r"CurveOptions.num_bends"),
+    (dict(kind="spline"), r"CurveOptions.kind: 'spline' is not one of bezier, polychain"),
+    (dict(beta="fast"), r"CurveOptions.beta: 'fast' is not one of adaptive"),
+    (dict(beta=-1.0), r"CurveOptions.beta: must lie in \[0.0, inf\)"),
+    (dict(beta_low=0.9), r"CurveOptions.beta_low: must be <= CurveOptions.beta_high"),
+    (dict(precision="fp16"), r"CurveOptions.precision: 'fp16' is not one of fp32, bf16"),
+    (dict(train="yes"), r"CurveOptions.train: expected a bool"),
+])
+def test_curve_options_refuse_bad_values_naming_the_field(kwargs, message):
+  with pytest.raises(InvalidArgument, match=message):
+    mcu.CurveOptions(**kwargs)
+
+
+def test_curve_options_line_and_adaptive_beta_needs_targets():
+  start, end = {"w": jnp.zeros((2, 2))}, {"w": jnp.ones((2, 2))}
+  line = mcu.CurveOptions(num_bends=4, kind="polychain").line(start, end)
+  assert (line.num_bends, line.kind) == (4, "polychain")
+  assert mcu.CurveOptions(num_bends=2, train=False).line(start, end).num_bends == 2
+  with pytest.raises(InvalidArgument, match="targets: beta='adaptive' needs the alignment"):
+    mcu.CurveOptions().policy()
+  with pytest.raises(InvalidArgument, match="options: expected a CurveOptions"):
+    mcu.train_curve(None, line, {}, forget=None, retain=None, options={"epochs": 1})

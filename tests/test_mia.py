@@ -5,12 +5,11 @@ import numpy as np
 import optax
 import pytest
 
-from mcu_jax.errors import InvalidArgument
-
 from mcu_jax import data
-from mcu_jax.runtime import evaluate, mia
-from mcu_jax.preprocess import normalize_uint8
+from mcu_jax.errors import InvalidArgument
 from mcu_jax.models import from_linen, get_model, init_model
+from mcu_jax.preprocess import normalize_uint8
+from mcu_jax.runtime import evaluate, mia
 
 
 def _member_conf(rng, n):       # a memorising model: true-label confidence close to 1

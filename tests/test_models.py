@@ -9,8 +9,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mcu_jax.models import (from_linen, get_model, init_model, model_names, param_count,
-                            preresnet, resnet, vgg)
+from mcu_jax.models import (
+  from_linen,
+  get_model,
+  init_model,
+  model_names,
+  param_count,
+  preresnet,
+  resnet,
+  vgg,
+)
 
 KEY = jax.random.PRNGKey(0)
 

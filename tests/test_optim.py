@@ -7,8 +7,8 @@ import optax
 import pytest
 
 from mcu_jax import unlearn
-from mcu_jax.runtime.optim import OptimConfig, check_mask, make_optimizer
 from mcu_jax.errors import InvalidArgument
+from mcu_jax.runtime.optim import OptimConfig, check_mask, make_optimizer
 
 
 def updates(opt, params, grads, steps):

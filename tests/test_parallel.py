@@ -7,9 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from mcu_jax.errors import InvalidArgument
 from mcu_jax.runtime import parallel
 
 
+@pytest.mark.slow
 def test_sharded_step_batch_sums_unlearn_and_sweep_match_single_device():
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
              JAX_PLATFORMS="cpu")
@@ -24,7 +26,8 @@ def test_sharded_step_batch_sums_unlearn_and_sweep_match_single_device():
     assert single.keys() == sharded.keys()
     for key in single:
       np.testing.assert_allclose(sharded[key], single[key], rtol=1e-5, atol=1e-5, err_msg=key)
-  assert "not divisible by the 4 devices" in result["indivisible_error"]
+  assert result["indivisible_error"] == ("batch size: expected a multiple of the mesh's 4 "
+                                         "devices, got 6")
   assert set(result["batch_sums"]) == {
       f"{loop}{compiled}{placement}" for loop in ("scan", "python")
       for compiled in ("", " compiled") for placement in ("", " uncommitted")}
@@ -70,10 +73,53 @@ def test_single_device_mesh():
   np.testing.assert_array_equal(np.asarray(batch["x"]), np.arange(8.0))
 
 
+def test_resolve_mesh_makes_none_all_devices_and_refuses_the_rest():
+  import jax
+  from jax.sharding import Mesh
+  mesh = parallel.resolve_mesh(None)
+  assert mesh.axis_names == ("data",) and list(mesh.devices.flat) == jax.devices()
+  assert mesh == parallel.make_mesh()        # equal meshes: jitted functions share programs
+  given = parallel.make_mesh(jax.devices()[:1])
+  assert parallel.resolve_mesh(given) is given
+  for bad in (jax.devices(), "data", Mesh(np.asarray(jax.devices()), ("batch",))):
+    with pytest.raises(InvalidArgument, match="options.mesh: expected None or a "
+                                              "jax.sharding.Mesh with a 'data' axis"):
+      parallel.resolve_mesh(bad, "options.mesh")
+
+
+class _FourDevices:
+  shape = {"data": 4}      # all that data_shards reads
+
+
+def test_batch_sizes_the_mesh_splits():
+  four = _FourDevices()
+  assert parallel.check_batch_size("batch_size", 8, four) == 8
+  with pytest.raises(InvalidArgument, match=r"^curve.batch_size: expected a multiple of the "
+                                            r"mesh's 4 devices, got 18$"):
+    parallel.check_batch_size("curve.batch_size", 18, four)
+  with pytest.raises(InvalidArgument, match="batch_size: must lie in"):
+    parallel.check_batch_size("batch_size", 0, four)
+  assert parallel.inference_batch_size(512, 13, four) == 16
+  assert parallel.inference_batch_size(30, 100, four) == 32
+  assert parallel.inference_batch_size(64, 100, four) == 64
+  assert parallel.inference_batch_size(512, 13, parallel.resolve_mesh(None)) == 13  # 1 device
+
+
+def test_replicate_keeps_what_is_already_placed():
+  import jax.numpy as jnp
+  mesh = parallel.resolve_mesh(None)
+  placed = parallel.replicate({"a": np.arange(3.0), "b": None}, mesh)
+  assert placed["a"].committed and placed["b"] is None
+  again = parallel.replicate(placed, mesh)
+  assert again["a"] is placed["a"]
+  assert parallel.replicate(jnp.ones(2), mesh).committed
+
+
 def _last_json(text: str) -> dict:
   return json.loads(text.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_two_process_cpu_run_matches_one_process():
   """jax.distributed on localhost with gloo CPU collectives: the curve equals 1 process."""
   import socket
@@ -87,7 +133,7 @@ def test_two_process_cpu_run_matches_one_process():
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for i in range(2)]
   outputs = [w.communicate(timeout=300) for w in workers]
-  for w, (out, err) in zip(workers, outputs):
+  for w, (_, err) in zip(workers, outputs):
     assert w.returncode == 0, err[-3000:]
   single = subprocess.run([sys.executable, script, "single"], env=env, capture_output=True,
                           text=True, timeout=300)

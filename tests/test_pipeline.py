@@ -1,4 +1,5 @@
-"""The pipeline's stages are the library's steps: load, call, save."""
+"""The pipeline's stages are the library's steps: load, call, save; and the one map from a
+configuration to the library's call (``config.unlearn_curve_kwargs``) is what they run."""
 import chex
 import jax
 import numpy as np
@@ -14,14 +15,11 @@ def test_curve_stage_equals_unlearn_curve(demo_dir):
   theta_o, model_state = ctx.load_model("original")
   theta_p, _ = ctx.load_model("unlearn")
   stage_curve, _ = pipeline.load_curve(ctx)
-  settings = config.curve
-  result = mcu_jax.unlearn_curve(
-      ctx.apply, theta_o, theta_p, forget=ctx.arrays(ctx.split.forget),
-      retain=ctx.arrays(ctx.split.retain), model_state=model_state, scenario=ctx.split.kind,
-      k=config.mask.k, kr=config.mask.kr, epochs=settings.epochs, lr=settings.lr,
-      momentum=settings.momentum, batch_size=settings.batch_size,
-      retain_ratio=settings.retain_ratio, points=config.sweep.points,
-      seed=config.seed + 300, preprocess=ctx.preprocess_train)
+  kwargs = config_lib.unlearn_curve_kwargs(config, scenario=ctx.split.kind,
+                                           preprocess=ctx.preprocess_train, mesh=ctx.mesh)
+  result = mcu_jax.unlearn_curve(ctx.apply, theta_o, theta_p, model_state=model_state,
+                                 forget=ctx.arrays(ctx.split.forget),
+                                 retain=ctx.arrays(ctx.split.retain), **kwargs)
   assert result.targets == pipeline.alignment_targets(ctx)
   flags = pipeline.load_mask(ctx, theta_o)
   assert jax.tree.leaves(result.mask) == jax.tree.leaves(flags)
@@ -30,3 +28,5 @@ def test_curve_stage_equals_unlearn_curve(demo_dir):
            zip(jax.tree.leaves(stage_curve.controls),
                jax.tree.leaves(mcu_jax.Curve.from_endpoints(theta_o, theta_p).controls))]
   assert max(moved) > 1e-3      # a trained curve, not two straight lines
+  swept = ctx.record("sweep")
+  assert result.t == swept["chosen_t"]      # the sweep stage: the same options, the same t

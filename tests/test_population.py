@@ -9,9 +9,9 @@ import pytest
 
 import mcu_jax
 from mcu_jax import data, models, population, unlearn
-from mcu_jax.runtime import evaluate, train
-from mcu_jax.preprocess import normalize_uint8
 from mcu_jax.errors import InvalidArgument
+from mcu_jax.preprocess import normalize_uint8
+from mcu_jax.runtime import evaluate, parallel, train
 
 CONFIG = train.FitConfig(lr=0.2, momentum=0.9, epochs=1, batch_size=64, cosine=True,
                          schedule_unit="step")
@@ -133,7 +133,8 @@ def test_base_methods_and_mcu_apply_member_by_member(setup, originals, caplog):
   chex.assert_trees_all_equal(unlearned.member(1)[0], alone.params)
   forget = (tt.train.images[split.forget], tt.train.labels[split.forget])
   retain = (tt.train.images[split.retain], tt.train.labels[split.retain])
-  options = dict(scenario="class", epochs=1, points=5, batch_size=64,
+  options = dict(scenario="class", curve=mcu_jax.CurveOptions(epochs=1, batch_size=64),
+                 sweep=mcu_jax.SweepOptions(points=5, recal_batch_size=64),
                  preprocess=normalize_uint8, targets=mcu_jax.Targets(retain=95.0, forget=0.0))
   caplog.clear()
   with jax.log_compiles():
@@ -158,6 +159,25 @@ def test_logits_of_a_population(setup, originals):
   np.testing.assert_allclose(vmapped, looped, rtol=1e-5, atol=1e-5)
   alone = evaluate.predict_logits(apply, *originals.member(2), x, preprocess=normalize_uint8)
   np.testing.assert_array_equal(looped[2], alone)
+  mesh = parallel.make_mesh()        # what None means (parallel.resolve_mesh)
+  for vectorize, want in ((False, looped), (True, vmapped)):
+    np.testing.assert_array_equal(population.population_logits(
+        apply, originals, x, vectorize=vectorize, preprocess=normalize_uint8, mesh=mesh), want)
+  with pytest.raises(InvalidArgument, match="mesh: expected None or a jax.sharding.Mesh"):
+    population.population_logits(apply, originals, x, mesh=jax.devices())
+
+
+def test_the_loop_driver_compiles_one_epoch_for_all_members(caplog):
+  """Every member runs ``train.train_model`` with the first member's compiled epoch."""
+  x, y, apply, init, config = _mlp()
+  caplog.set_level(logging.WARNING)
+  with jax.log_compiles():
+    made = population.train_population(train.supervised_loss(apply), init,
+                                       {"images": x, "labels": y}, config=config,
+                                       seeds=(0, 1, 2), vectorize=False)
+  compiled = [r.getMessage() for r in caplog.records
+              if r.getMessage().startswith(("Compiling jit(step)", "Compiling jit(epoch)"))]
+  assert len(compiled) == 1 and len(made) == 3, compiled
 
 
 def test_bad_populations():

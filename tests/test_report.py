@@ -5,11 +5,11 @@ import os
 import numpy as np
 import pytest
 
+from mcu_jax import io
 from mcu_jax.core.beta import Targets
 from mcu_jax.core.choice import select_t
-from mcu_jax.runtime.sweep import SweepResult
-from mcu_jax import io
 from mcu_jax.pipeline import report
+from mcu_jax.runtime.sweep import SweepResult
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

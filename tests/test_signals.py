@@ -1,4 +1,5 @@
-"""SIGINT and SIGTERM recorded, never lost: mcu_jax.runtime.signals, and the command that uses it."""
+"""SIGINT and SIGTERM recorded, never lost: mcu_jax.runtime.signals, and the command that uses
+it."""
 import json
 import os
 import signal
@@ -57,6 +58,7 @@ def test_loops_stop_at_their_boundaries(installed):
   """The host loops of mcu_jax.runtime.loops (training steps, the mask's batch sums) and train.fit's
   epochs raise at their next boundary: before the first step once a signal is recorded."""
   import flax.struct
+
   from mcu_jax.runtime import train
 
   @flax.struct.dataclass
@@ -108,7 +110,8 @@ def test_a_second_signal_exits_at_once_while_python_is_blocked(tmp_path):
 def test_the_command_module_imports_no_jax():
   """The handlers are installed by ``cli.run`` before anything heavy is imported: importing
   the command's module (and the package) imports neither JAX nor orbax."""
-  script = ("import sys, mcu_jax.pipeline.cli; heavy = [m for m in ('jax', 'orbax', 'numpy', 'flax') "
+  script = ("import sys, mcu_jax.pipeline.cli; "
+            "heavy = [m for m in ('jax', 'orbax', 'numpy', 'flax') "
             "if m in sys.modules]; print(heavy)")
   out = subprocess.run([sys.executable, "-c", script], env=ENV, capture_output=True, text=True,
                        timeout=60)
@@ -165,6 +168,7 @@ def _train(run_dir, *extra):
           "--set", "model_options={width: 4}", *extra]
 
 
+@pytest.mark.slow
 def test_sigterm_mid_training_stops_cleanly_and_resume_is_bit_identical(tmp_path):
   run_dir = tmp_path / "stopped"
   proc = subprocess.Popen(_train(run_dir), env=ENV, stdout=subprocess.PIPE,

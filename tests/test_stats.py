@@ -2,13 +2,13 @@
 
 import numpy as np
 import pytest
-from scipy import special, stats as sps
+from scipy import special
+from scipy import stats as sps
 
-from mcu_jax.core import stats
 from mcu_jax import forget_quality as fq
-from mcu_jax.forget_quality import model_level as ml
+from mcu_jax.core import stats
 from mcu_jax.errors import InvalidArgument
-
+from mcu_jax.forget_quality import model_level as ml
 
 # ------------------------------------------------------------------------------------------
 # bootstrap

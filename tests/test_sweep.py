@@ -5,13 +5,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mcu_jax.runtime import batchnorm, evaluate as ev, parallel
-from mcu_jax.runtime import sweep as sweep_lib
 from mcu_jax.core.beta import Targets
 from mcu_jax.core.curves import Curve, point
-from mcu_jax.models import from_function, from_linen, get_model, init_model
-from mcu_jax.runtime.sweep import SweepOptions
 from mcu_jax.errors import InvalidArgument, NonFiniteError
+from mcu_jax.models import from_function, from_linen, get_model, init_model
+from mcu_jax.runtime import batchnorm, parallel
+from mcu_jax.runtime import evaluate as ev
+from mcu_jax.runtime import sweep as sweep_lib
+from mcu_jax.runtime.sweep import SweepOptions
 
 
 @pytest.fixture(scope="module")
@@ -106,9 +107,9 @@ def test_sweep_bad_inputs(small_curve):
   with pytest.raises(InvalidArgument, match="recal_inputs: a model with BatchNorm statistics "
                                             "needs a non-empty set"):
     sweep_lib.sweep(bent, [0.5], apply, s0, sets)
-  with pytest.raises(InvalidArgument, match="points: cubic interpolation needs an integer >= 4"):
+  with pytest.raises(InvalidArgument, match="SweepOptions.points: cubic interpolation needs >= 4"):
     sweep_lib.sweep_and_select(apply, bent, s0, sets=sets, targets=Targets(90.0, 10.0),
-                               recal_inputs=images, points=3)
+                               recal_inputs=images, options=SweepOptions(points=3))
 
 
 def test_a_non_finite_point_is_refused_naming_its_t():
@@ -134,7 +135,7 @@ def test_stateless_model_needs_no_recalibration_inputs():
   sets = {"retain": (x[:30], y[:30]), "forget": (x[30:], y[30:])}
   result, choice = sweep_lib.sweep_and_select(apply, curve, {}, sets=sets,
                                               targets=Targets(retain=90.0, forget=10.0),
-                                              points=6)
+                                              options=SweepOptions(points=6))
   for i, t in enumerate(result.ts):
     logits = x[:30] @ np.asarray(point(curve, t)["w"])
     assert result.accuracy["retain"][i] == pytest.approx(100 * np.mean(logits.argmax(1) == y[:30]))
@@ -146,3 +147,26 @@ def test_a_non_finite_curve_is_refused(small_curve):
   broken = bent.replace(end=jax.tree.map(lambda x: x * np.nan, bent.end))
   with pytest.raises(InvalidArgument, match="curve: theta_p holds NaN or infinite parameters"):
     sweep_lib.sweep(broken, [0.0, 1.0], apply, s0, sets, images)
+
+
+def test_sweep_options_hold_the_window_and_points_once():
+  import inspect
+
+  from mcu_jax.core import choice
+  options = SweepOptions()
+  assert (options.points, options.t_search, options.recalibrate_on) == (20, (0.75, 1.0),
+                                                                        "retain")
+  assert options.t_search == choice.T_SEARCH
+  for fn in (choice.select_t, choice.optimal_t):
+    assert inspect.signature(fn).parameters["t_search"].default is choice.T_SEARCH
+  assert choice.Choice(t=1.0, gap=0.0, region=[], targets=Targets(90.0, 0.0)).t_search \
+      == choice.T_SEARCH
+  assert SweepOptions(t_search=[0.5, 1]).t_search == (0.5, 1.0)     # a pair of floats
+  for kwargs, message in ((dict(points=3), r"SweepOptions.points: cubic interpolation"),
+                          (dict(points=4.0), r"SweepOptions.points"),
+                          (dict(t_search=(0.9, 0.1)), r"SweepOptions.t_search: expected 0 <= lo"),
+                          (dict(t_search=0.5), r"SweepOptions.t_search: expected a pair"),
+                          (dict(recalibrate_on="test"), r"SweepOptions.recalibrate_on"),
+                          (dict(chunk_size=0), r"SweepOptions.chunk_size")):
+    with pytest.raises(InvalidArgument, match=message):
+      SweepOptions(**kwargs)

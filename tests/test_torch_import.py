@@ -18,9 +18,9 @@ torch = pytest.importorskip("torch", reason="torch is needed to build the refere
                                             "(pip install 'mcu_jax[torch]')")
 from torch import nn  # noqa: E402
 
-from mcu_jax.runtime import checkpoint  # noqa: E402
-from mcu_jax.pipeline import torch_import  # noqa: E402
 from mcu_jax.models import from_linen, get_model, param_count  # noqa: E402
+from mcu_jax.pipeline import torch_import  # noqa: E402
+from mcu_jax.runtime import checkpoint  # noqa: E402
 
 VGG16 = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))
 RTOL = 1e-4
@@ -438,7 +438,8 @@ def test_cli_import_torch(tmp_path, capsys, preresnet56):
   try:
     from mcu_jax.pipeline import cli
   except Exception as e:  # other issues' modules may be unfinished
-    pytest.skip(f"mcu_jax.pipeline.cli does not import (outside torch_import): {type(e).__name__}: {e}")
+    pytest.skip("mcu_jax.pipeline.cli does not import (outside torch_import): "
+                f"{type(e).__name__}: {e}")
   model, params, state = preresnet56
   ckpt = tmp_path / "ckpt.pt"
   torch.save(model.state_dict(), ckpt)
@@ -489,9 +490,10 @@ def test_core_needs_no_torch(tmp_path):
 
 def test_a_signal_stops_the_conversion_before_anything_is_written(tmp_path, capsys):
   import signal
+
+  from mcu_jax.models import init_model
   from mcu_jax.pipeline import cli
   from mcu_jax.runtime import signals
-  from mcu_jax.models import init_model
   params, state = init_model(get_model("preresnet20", 10), jax.random.PRNGKey(0), (1, 32, 32, 3))
   np.savez(tmp_path / "sd.npz", **torch_import.flax_to_state_dict(params, state, "preresnet20"))
   out = tmp_path / "out"

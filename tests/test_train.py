@@ -4,10 +4,10 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from mcu_jax.runtime import checkpoint, evaluate, train
 from mcu_jax import data, models
-from mcu_jax.runtime.optim import OptimConfig, make_optimizer
 from mcu_jax.preprocess import normalize_uint8
+from mcu_jax.runtime import checkpoint, evaluate, train
+from mcu_jax.runtime.optim import OptimConfig, make_optimizer
 
 
 @pytest.fixture(scope="module")

@@ -13,10 +13,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mcu_jax.runtime import batchnorm, checkpoint, evaluate, masks
 from mcu_jax import data, models, unlearn
 from mcu_jax.core import objectives
 from mcu_jax.preprocess import normalize_uint8
+from mcu_jax.runtime import batchnorm, checkpoint, evaluate, masks
 
 BATCH = 64
 FORGET_CLASS = 3

@@ -26,8 +26,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mcu_jax.validation import check_choice, check_number, is_number
 from mcu_jax.errors import InvalidArgument
+from mcu_jax.validation import check_choice, check_number, is_number
 
 
 class Targets(collections.namedtuple("Targets", ("retain", "forget"))):

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
-from typing import Any, Callable
+from typing import Any, Protocol, cast
 
 import numpy as np
 
@@ -29,6 +29,9 @@ from mcu_jax.errors import InvalidArgument
 
 COLLAPSE_POINTS = 10.0
 """Percentage points of retain accuracy below both ends that flag a chosen t as collapsed."""
+
+T_SEARCH = (0.75, 1.0)
+"""The reference's window for t, [0.75, 1]: the one default of every ``t_search``."""
 
 def check_ts(ts, name: str = "ts") -> np.ndarray:
   """``ts`` as a strictly increasing, non-empty float64 1-D array in [0, 1]."""
@@ -57,7 +60,14 @@ def _check_curves(ts, *values) -> tuple[np.ndarray, ...]:
   return (ts, *out)
 
 
-def gap(ts, retain_acc, forget_acc, *, targets: Targets) -> Callable[[Any], np.ndarray]:
+class GapFn(Protocol):
+  """What ``gap`` returns: the vectorised gap, with ``domain`` the sampled range (lo, hi)."""
+  domain: tuple[float, float]
+
+  def __call__(self, t: Any) -> np.ndarray: ...
+
+
+def gap(ts, retain_acc, forget_acc, *, targets: Targets) -> GapFn:
   """The interpolated gap as a vectorised callable on [ts[0], ts[-1]] (t outside raises).
 
   ``ts`` (T,) strictly increasing with T >= 4; ``retain_acc``, ``forget_acc`` (T,) percent.
@@ -76,8 +86,9 @@ def gap(ts, retain_acc, forget_acc, *, targets: Targets) -> Callable[[Any], np.n
                             f"[{np.min(t)}, {np.max(t)}]")
     return (np.abs(ra_fn(t) - targets.retain) + np.abs(fa_fn(t) - targets.forget)) / 2.0
 
-  fn.domain = (lo, hi)
-  return fn
+  gap_fn = cast(GapFn, fn)
+  gap_fn.domain = (lo, hi)
+  return gap_fn
 
 
 def _grid(gap_fn, lo: float, hi: float, num: int) -> np.ndarray:
@@ -89,13 +100,13 @@ def _grid(gap_fn, lo: float, hi: float, num: int) -> np.ndarray:
 
 
 def optimal_t(ts, retain_acc, forget_acc, *, targets: Targets,
-              t_search: tuple[float, float] = (0.75, 1.0), num: int = 251) -> float:
+              t_search: tuple[float, float] = T_SEARCH, num: int = 251) -> float:
   """The t of a dense grid of ``num`` points on ``t_search`` (within the sampled range) that
   minimises the gap; the first minimum wins. 251 points on [0.75, 1] is a step of 0.001 (the
   reference used 26). Returns t itself (the reference's ``find_optimal_t`` returned an index).
   """
   fn = gap(ts, retain_acc, forget_acc, targets=targets)
-  grid = _grid(fn, *_check_window(t_search), num)
+  grid = _grid(fn, *check_window(t_search), num)
   return float(grid[int(np.argmin(fn(grid)))])
 
 
@@ -111,13 +122,15 @@ def effective_region(ts, retain_acc, forget_acc, *, targets: Targets,
   return [(float(grid[a]), float(grid[b - 1])) for a, b in zip(edges[::2], edges[1::2])]
 
 
-def _check_window(t_search) -> tuple[float, float]:
+def check_window(t_search, name: str = "t_search") -> tuple[float, float]:
+  """``t_search`` as a pair of floats (lo, hi) with 0 <= lo < hi <= 1; else ``InvalidArgument``
+  naming ``name``."""
   try:
     lo, hi = (float(v) for v in t_search)
   except (TypeError, ValueError):
-    raise InvalidArgument(f"t_search: expected a pair (lo, hi), got {t_search!r}") from None
+    raise InvalidArgument(f"{name}: expected a pair (lo, hi), got {t_search!r}") from None
   if not 0.0 <= lo < hi <= 1.0:
-    raise InvalidArgument(f"t_search: expected 0 <= lo < hi <= 1, got {t_search!r}")
+    raise InvalidArgument(f"{name}: expected 0 <= lo < hi <= 1, got {t_search!r}")
   return lo, hi
 
 
@@ -140,7 +153,7 @@ class Choice:
   gap: float
   region: list
   targets: Targets
-  t_search: tuple[float, float] = (0.75, 1.0)
+  t_search: tuple[float, float] = T_SEARCH
   at_bound: str | None = None
   retain_acc: float = float("nan")
   collapsed: bool = False
@@ -162,7 +175,7 @@ def collapse_warning(choice: Choice) -> str:
           "broke the model (is the learning rate too large?); this is not an unlearned model")
 
 
-def select_t(result, targets: Targets, *, t_search: tuple[float, float] = (0.75, 1.0),
+def select_t(result, targets: Targets, *, t_search: tuple[float, float] = T_SEARCH,
              retain: str = "retain", forget: str = "forget", warn: bool = True) -> Choice:
   """``optimal_t`` and ``effective_region`` of a sweep's ``retain`` and ``forget`` accuracies.
 
@@ -170,7 +183,7 @@ def select_t(result, targets: Targets, *, t_search: tuple[float, float] = (0.75,
   bound of ``t_search`` is flagged in ``Choice.at_bound`` and, with ``warn``, warned about.
   """
   targets = as_targets(targets)
-  lo, hi = _check_window(t_search)
+  lo, hi = check_window(t_search)
   for name in (retain, forget):
     if name not in result.accuracy:
       raise InvalidArgument(f"result: the sweep has no {name!r} set (it has "
@@ -194,5 +207,5 @@ def select_t(result, targets: Targets, *, t_search: tuple[float, float] = (0.75,
   return chosen
 
 
-__all__ = ["check_ts", "gap", "optimal_t", "effective_region", "Choice", "select_t",
-           "bound_warning", "collapse_warning", "COLLAPSE_POINTS"]
+__all__ = ["T_SEARCH", "check_ts", "check_window", "gap", "optimal_t", "effective_region", "Choice",
+           "select_t", "bound_warning", "collapse_warning", "COLLAPSE_POINTS"]

@@ -13,7 +13,7 @@ Nothing here is specific to a model: any pytree of arrays (Flax params, plain di
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import flax.struct
 import jax
@@ -43,7 +43,7 @@ def check_t(t) -> None:
     raise InvalidArgument(f"t must lie in [0, 1], got {shown}")
 
 
-def bezier_coefficients(t: jax.Array, num_bends: int) -> jax.Array:
+def bezier_coefficients(t: float | jax.Array, num_bends: int) -> jax.Array:
   """Bernstein coefficients of a Bezier curve: float array of shape (num_bends,)."""
   _check_num_bends(num_bends)
   check_t(t)
@@ -53,7 +53,7 @@ def bezier_coefficients(t: jax.Array, num_bends: int) -> jax.Array:
   return jnp.stack([math.comb(n, i) * t**i * (1.0 - t) ** (n - i) for i in range(num_bends)])
 
 
-def polychain_coefficients(t: jax.Array, num_bends: int) -> jax.Array:
+def polychain_coefficients(t: float | jax.Array, num_bends: int) -> jax.Array:
   """Hat-function coefficients of a piecewise-linear chain: shape (num_bends,)."""
   _check_num_bends(num_bends)
   check_t(t)
@@ -62,13 +62,13 @@ def polychain_coefficients(t: jax.Array, num_bends: int) -> jax.Array:
   return jnp.maximum(0.0, 1.0 - jnp.abs(position - jnp.arange(num_bends, dtype=t.dtype)))
 
 
-_COEFFICIENTS: dict[str, Callable[[jax.Array, int], jax.Array]] = {
+_COEFFICIENTS: dict[str, Callable[[float | jax.Array, int], jax.Array]] = {
     "bezier": bezier_coefficients,
     "polychain": polychain_coefficients,
 }
 
 
-def coefficients(kind: str, t: jax.Array, num_bends: int) -> jax.Array:
+def coefficients(kind: str, t: float | jax.Array, num_bends: int) -> jax.Array:
   """Coefficients of curve ``kind`` at ``t``: shape (num_bends,)."""
   if kind not in _COEFFICIENTS:
     raise InvalidArgument(f"unknown curve kind {kind!r}; known kinds: {', '.join(KINDS)}")
@@ -79,7 +79,7 @@ def check_same_tree(a: PyTree, b: PyTree, names: tuple[str, str] = ("start", "en
   """Raises InvalidArgument naming the first difference in structure, shape or dtype."""
   leaves_a, tree_a = jax.tree_util.tree_flatten_with_path(a)
   leaves_b, tree_b = jax.tree_util.tree_flatten_with_path(b)
-  if tree_a != tree_b:
+  if tree_a != tree_b:  # type: ignore[operator]  # jax's PyTreeDef alias is opaque to mypy
     raise InvalidArgument(
         f"{names[0]} and {names[1]} have different pytree structures:\n  {tree_a}\n  {tree_b}")
   for (path, x), (_, y) in zip(leaves_a, leaves_b):
@@ -126,7 +126,7 @@ class Curve:
 
   @classmethod
   def from_endpoints(cls, start: PyTree, end: PyTree, num_bends: int = 3,
-                     kind: str = "bezier") -> "Curve":
+                     kind: str = "bezier") -> Curve:
     """A curve whose controls sit evenly on the straight line from ``start`` to ``end``.
 
     With evenly spaced collinear controls, both the Bezier curve and the chain trace the
@@ -150,7 +150,7 @@ def line_controls(start: PyTree, end: PyTree, num_bends: int) -> PyTree:
   return jax.tree.map(leaf, start, end)
 
 
-def point(curve: Curve, t: jax.Array) -> PyTree:
+def point(curve: Curve, t: float | jax.Array) -> PyTree:
   """phi(t): a pytree with the structure, shapes and dtypes of ``curve.start``.
 
   ``t`` is a scalar in [0, 1]; concrete values outside raise, traced ones are not checked.

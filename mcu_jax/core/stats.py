@@ -22,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
-from typing import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 
 import numpy as np
 
@@ -144,7 +144,7 @@ def bootstrap(statistic: Callable[..., float], samples: Sequence, *,
   if len(groups) != len(samples):
     raise InvalidArgument(f"groups: expected one id per sample ({len(samples)}), got "
                           f"{len(groups)}")
-  sizes = {}
+  sizes: dict[Hashable, int] = {}
   for g, s in zip(groups, samples):
     if sizes.setdefault(g, s.shape[0]) != s.shape[0]:
       raise InvalidArgument(f"groups: samples of group {g!r} must have as many units, got "

@@ -27,13 +27,30 @@ Modules (every name below is also ``mcu_jax.data.<name>``):
 from __future__ import annotations
 
 from mcu_jax.data.arrays import forget_retain_data, padded_batches, subset_arrays
-from mcu_jax.data.datasets import (NORMALIZATION, Dataset, TrainTest, channel_stats,
-                                   normalization_stats)
+from mcu_jax.data.datasets import (
+                                   NORMALIZATION,
+                                   Dataset,
+                                   TrainTest,
+                                   channel_stats,
+                                   normalization_stats,
+)
 from mcu_jax.data.idx import IdxFormatError, load_idx_dir, parse_idx, read_idx, write_idx
-from mcu_jax.data.sources import (FASHION_MNIST_DIR, KNOWN_SOURCES, load_dataset, load_digits,
-                                  load_fashion_mnist, load_tfds)
-from mcu_jax.data.splits import (ForgetSplit, class_forget_split, load_split, make_split,
-                                 random_forget_split, save_split)
+from mcu_jax.data.sources import (
+                                   FASHION_MNIST_DIR,
+                                   KNOWN_SOURCES,
+                                   load_dataset,
+                                   load_digits,
+                                   load_fashion_mnist,
+                                   load_tfds,
+)
+from mcu_jax.data.splits import (
+                                   ForgetSplit,
+                                   class_forget_split,
+                                   load_split,
+                                   make_split,
+                                   random_forget_split,
+                                   save_split,
+)
 
 __all__ = [
     # data sets

@@ -5,7 +5,7 @@ them on devices is ``mcu_jax.runtime.parallel``'s job (``replicate``, ``shard_ba
 """
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -39,7 +39,7 @@ def padded_batches(arrays: Mapping[str, np.ndarray], batch_size: int) -> dict[st
     raise InvalidArgument("cannot batch an empty set")
   steps = -(-n // batch_size)
   pad = steps * batch_size - n
-  out = {}
+  out: dict[str, np.ndarray] = {}
   for name, value in arrays.items():
     value = np.asarray(value)
     value = np.concatenate([value, np.zeros((pad,) + value.shape[1:], value.dtype)])

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+
 from mcu_jax.errors import InvalidArgument
 
 
@@ -31,7 +32,7 @@ class Dataset:
   def __len__(self) -> int:
     return int(self.labels.shape[0])
 
-  def subset(self, indices: np.ndarray, name: str | None = None) -> "Dataset":
+  def subset(self, indices: np.ndarray, name: str | None = None) -> Dataset:
     return Dataset(name or self.name, self.images[indices], self.labels[indices],
                    self.num_classes)
 

@@ -79,12 +79,14 @@ def load_tfds(name: str, data_dir: str | os.PathLike | None = None, train_split:
   num_classes = int(label.num_classes)
   parts = []
   for part, ds in zip(("train", "test"), splits):
-    images, labels = [], []
+    image_list: list[np.ndarray] = []
+    label_list: list[np.ndarray] = []
     for x, y in tfds.as_numpy(ds):
-      images.append(np.asarray(x)), labels.append(np.asarray(y))
-    if not images:
+      image_list.append(np.asarray(x))
+      label_list.append(np.asarray(y))
+    if not image_list:
       raise InvalidArgument(f"tfds:{name} split {part!r} is empty")
-    images, labels = np.concatenate(images), np.concatenate(labels).astype(np.int32)
+    images, labels = np.concatenate(image_list), np.concatenate(label_list).astype(np.int32)
     if images.ndim == 3:
       images = images[..., None]
     parts.append(Dataset(f"{name}/{part}", images.astype(np.uint8, copy=False), labels,

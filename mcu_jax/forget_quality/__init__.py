@@ -16,9 +16,15 @@ example by example. Everything here is NumPy float64 on the CPU; JAX arrays are 
 Errors raise ``mcu_jax.InvalidArgument`` naming the argument.
 """
 from mcu_jax.forget_quality.confidence import logit_scaled_confidence
-from mcu_jax.forget_quality.epsilon import (DELTA, EPSILON_CAP, ForgetScore, challenge_score,
-                                            epsilon_bucket_scores, forget_score,
-                                            per_example_epsilons)
+from mcu_jax.forget_quality.epsilon import (
+                                            DELTA,
+                                            EPSILON_CAP,
+                                            ForgetScore,
+                                            challenge_score,
+                                            epsilon_bucket_scores,
+                                            forget_score,
+                                            per_example_epsilons,
+)
 from mcu_jax.forget_quality.lira import LiraResult, lira
 
 __all__ = ["DELTA", "EPSILON_CAP", "ForgetScore", "LiraResult", "logit_scaled_confidence",

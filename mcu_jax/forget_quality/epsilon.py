@@ -60,10 +60,8 @@ import math
 
 import numpy as np
 
-from mcu_jax.forget_quality.checks import finite, populations
 from mcu_jax.errors import InvalidArgument
-
-
+from mcu_jax.forget_quality.checks import finite, populations
 
 DELTA = 1e-5
 EPSILON_CAP = 50.0

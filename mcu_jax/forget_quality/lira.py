@@ -23,8 +23,8 @@ import dataclasses
 
 import numpy as np
 
-from mcu_jax.forget_quality.checks import finite, populations
 from mcu_jax.errors import InvalidArgument
+from mcu_jax.forget_quality.checks import finite, populations
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

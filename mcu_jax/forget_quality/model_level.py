@@ -31,14 +31,15 @@ the AUC 0.005 vs 0.004), slightly conservative. A jackknife overstates it threef
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import numpy as np
 
 from mcu_jax.core import stats
+from mcu_jax.errors import InvalidArgument
 from mcu_jax.forget_quality.checks import population, populations
 from mcu_jax.forget_quality.epsilon import challenge_score, forget_score
 from mcu_jax.forget_quality.lira import lira
-from mcu_jax.errors import InvalidArgument
 
 SPLITS = 20
 RESAMPLES = 200
@@ -83,7 +84,9 @@ def split_indices(n_tested: int, n_reference: int, splits: int = SPLITS, seed: i
 def _auc(tested, reference, fit_t, attack_t, fit_r, attack_r) -> float:
   targets = np.concatenate([tested[attack_t], reference[attack_r]])
   labels = np.r_[np.ones(len(attack_t), bool), np.zeros(len(attack_r), bool)]
-  return lira(targets, tested[fit_t], reference[fit_r], labels).auc
+  auc = lira(targets, tested[fit_t], reference[fit_r], labels).auc
+  assert auc is not None  # labels are given, so the metrics are computed
+  return auc
 
 
 def _mean_auc(tested, reference, splits) -> float:
@@ -167,6 +170,7 @@ def population_scores(tested, reference, *, tested_acc=None, reference_acc=None,
 
   boot = stats.bootstrap(statistic, samples, groups=groups, resamples=resamples, seed=seed,
                          method="normal")
+  assert isinstance(boot.estimate, np.ndarray)  # the statistic returns a list of values
   out = {"F": _interval(boot.estimate[0], boot.replicates[:, 0]), "resamples": resamples}
   if with_acc:
     out["challenge"] = _interval(boot.estimate[1], boot.replicates[:, 1], (0.0, np.inf))
@@ -210,12 +214,13 @@ def compare(base, mcu, reference, *, base_acc=None, mcu_acc=None, reference_acc=
 
   boot = stats.bootstrap(statistic, samples, groups=groups, resamples=resamples, seed=seed,
                          method="normal")
+  assert isinstance(boot.estimate, np.ndarray)  # the statistic returns a list of values
   est, rep = boot.estimate, boot.replicates
   both = lambda i, j, bounds: {"base_ci95": _interval(est[i], rep[:, i], bounds)["ci95"],
                                "mcu_ci95": _interval(est[j], rep[:, j], bounds)["ci95"]}
-  out = {"F": {"base": float(est[0]), "mcu": float(est[1]),
-               **_difference(est[2], rep[:, 2]), **both(0, 1, (0.0, 1.0))},
-         "resamples": resamples}
+  out: dict[str, Any] = {"F": {"base": float(est[0]), "mcu": float(est[1]),
+                               **_difference(est[2], rep[:, 2]), **both(0, 1, (0.0, 1.0))},
+                         "resamples": resamples}
   if with_acc:
     out["challenge"] = {"base": float(est[3]), "mcu": float(est[4]),
                         **_difference(est[5], rep[:, 5], (-np.inf, np.inf)),

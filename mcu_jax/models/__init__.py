@@ -11,25 +11,34 @@ JAX model library makes one, and declares what its state's BatchNorm statistics 
 from __future__ import annotations
 
 import functools
-from typing import Callable
+from collections.abc import Callable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mcu_jax.models.adapters import (COMPUTE_DTYPES, Apply, CastApply, FunctionApply,
-                                     check_model_state, compute_dtype, forward, from_function,
-                                     with_precision, with_running_stats)
+from mcu_jax.errors import InvalidArgument
+from mcu_jax.models.adapters import (
+  COMPUTE_DTYPES,
+  Apply,
+  CastApply,
+  FunctionApply,
+  check_model_state,
+  compute_dtype,
+  forward,
+  from_function,
+  with_precision,
+  with_running_stats,
+)
 from mcu_jax.models.equinox_adapter import EquinoxApply, from_equinox, to_equinox
 from mcu_jax.models.haiku_adapter import HaikuApply, from_haiku
 from mcu_jax.models.linen_adapter import LinenApply, from_linen
 from mcu_jax.models.nnx_adapter import NnxApply, from_nnx, to_nnx
-from mcu_jax.models.running_stats import RunningStats, StatsLayout
 from mcu_jax.models.preresnet import PreResNet20, PreResNet56, PreResNet110, PreResNet164
 from mcu_jax.models.resnet import ResNet18
+from mcu_jax.models.running_stats import RunningStats, StatsLayout
 from mcu_jax.models.small import MLP, SmallCNN
 from mcu_jax.models.vgg import VGG16BN
-from mcu_jax.errors import InvalidArgument
 from mcu_jax.typing import PyTree
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {

@@ -47,14 +47,14 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 
-from mcu_jax.models.running_stats import (EmaStats, RunningStats, StatsLayout, index_of,
-                                          leaf_paths)
 from mcu_jax.errors import InvalidArgument
+from mcu_jax.models.running_stats import EmaStats, RunningStats, StatsLayout, index_of, leaf_paths
 from mcu_jax.typing import PyTree
 
 Apply = Callable[..., tuple[jax.Array, PyTree]]
@@ -120,6 +120,14 @@ def from_function(fn: Callable[..., jax.Array]) -> Apply:
   return FunctionApply(fn, takes_rng)
 
 
+class CastsToDtype:
+  """Mixin of the library adapters that compute in another dtype by casting (Haiku, NNX,
+  Equinox): ``with_dtype`` wraps the adapter in a ``CastApply``."""
+
+  def with_dtype(self, dtype) -> Apply:
+    return CastApply(self, jnp.dtype(dtype))
+
+
 @dataclasses.dataclass(frozen=True)
 class CastApply:
   """``inner`` computing in ``dtype``: floating params and inputs are cast to it, logits come
@@ -134,7 +142,7 @@ class CastApply:
     new_state = jax.tree.map(lambda new, old: new.astype(old.dtype), new_state, model_state)
     return logits.astype(jnp.float32), new_state
 
-  def running_stats(self, params, model_state, sample) -> StatsLayout:
+  def running_stats(self, params, model_state, sample) -> StatsLayout | None:
     return running_stats_of(self.inner, params, model_state, sample)
 
   def with_dtype(self, dtype) -> Apply:
@@ -217,10 +225,10 @@ def with_precision(apply: Apply, precision: str) -> Apply:
     return apply
   if isinstance(apply, FunctionApply):
     return CastApply(apply, jnp.dtype(dtype))
-  if not hasattr(apply, "with_dtype"):
-    raise InvalidArgument(f"precision={precision!r} needs an apply from a models.from_* "
-                          f"adapter, got {type(apply).__name__}")
-  return apply.with_dtype(dtype)
+  if hasattr(apply, "with_dtype"):
+    return apply.with_dtype(dtype)
+  raise InvalidArgument(f"precision={precision!r} needs an apply from a models.from_* "
+                        f"adapter, got {type(apply).__name__}")
 
 
 def check_model_state(apply: Apply, params: PyTree, model_state: PyTree, inputs) -> int:
@@ -236,7 +244,7 @@ def check_model_state(apply: Apply, params: PyTree, model_state: PyTree, inputs)
     raise InvalidArgument(f"apply: expected logits of shape (batch, num_classes), got "
                           f"{logits.shape} for a batch of 1")
   old, new = jax.tree.structure(model_state), jax.tree.structure(new_state)
-  same = old == new and all(
+  same = old == new and all(  # type: ignore[operator]  # jax's PyTreeDef alias is opaque to mypy
       (a.shape, a.dtype) == (b.shape, b.dtype)
       for a, b in zip(jax.tree.leaves(model_state), jax.tree.leaves(new_state)))
   if not same:

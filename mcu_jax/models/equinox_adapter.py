@@ -15,12 +15,10 @@ import dataclasses
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 
-from mcu_jax.models.adapters import CastApply, takes_keyword
-from mcu_jax.models.running_stats import (CountedEmaStats, FirstTimeEmaStats, StatsLayout,
-                                          path_str)
 from mcu_jax.errors import InvalidArgument
+from mcu_jax.models.adapters import CastApply, CastsToDtype, takes_keyword
+from mcu_jax.models.running_stats import CountedEmaStats, FirstTimeEmaStats, StatsLayout, path_str
 
 
 def _is_batch_norm(x) -> bool:
@@ -29,7 +27,7 @@ def _is_batch_norm(x) -> bool:
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class EquinoxApply:
+class EquinoxApply(CastsToDtype):
   """``Apply`` of an Equinox model's static part; see ``from_equinox``. Hashed by identity
   (an Equinox model's static part may hold lists): reuse one apply to reuse compilations."""
   static: Any
@@ -77,7 +75,7 @@ class EquinoxApply:
     model = self.model(params)
     leaves, treedef = jax.tree.flatten(model_state)
     index = jax.tree.unflatten(treedef, list(range(len(leaves))))   # state of leaf indices
-    entries = []
+    entries: list[FirstTimeEmaStats | CountedEmaStats] = []
     found = jax.tree_util.tree_flatten_with_path(model, is_leaf=_is_batch_norm)[0]
     for path, layer in found:
       if not _is_batch_norm(layer):
@@ -95,9 +93,6 @@ class EquinoxApply:
         raise InvalidArgument(f"model: the BatchNorm {name} has mode {layer.mode!r}, whose "
                               "statistics mcu_jax does not know")
     return StatsLayout(tuple(entries), "equinox")
-
-  def with_dtype(self, dtype):
-    return CastApply(self, jnp.dtype(dtype))
 
 
 def from_equinox(model, state=None, *, axis_name="batch") -> tuple[EquinoxApply, Any, Any]:

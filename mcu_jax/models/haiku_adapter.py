@@ -13,16 +13,21 @@ import dataclasses
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 
-from mcu_jax.models.adapters import CastApply
-from mcu_jax.models.running_stats import (DebiasedEmaStats, StatsLayout, index_of, is_float,
-                                          leaf_paths, path_str)
 from mcu_jax.errors import InvalidArgument
+from mcu_jax.models.adapters import CastsToDtype
+from mcu_jax.models.running_stats import (
+  DebiasedEmaStats,
+  StatsLayout,
+  index_of,
+  is_float,
+  leaf_paths,
+  path_str,
+)
 
 
 @dataclasses.dataclass(frozen=True)
-class HaikuApply:
+class HaikuApply(CastsToDtype):
   """``Apply`` of ``hk.transform_with_state(f)``; see ``from_haiku``."""
   transformed: Any
   train_arg: str | None = "is_training"
@@ -66,7 +71,8 @@ class HaikuApply:
       jax.eval_shape(lambda p, s, x: self(p, s, x, True, jax.random.PRNGKey(0)), params,
                      model_state, sample)
     paths = leaf_paths(model_state)
-    entries, covered = [], set()
+    entries: list[DebiasedEmaStats] = []
+    covered: set[str] = set()
     for name, mean_ema, var_ema, training in calls:
       if mean_ema.module_name in covered:
         raise InvalidArgument(f"model_state: the BatchNorm {name} runs twice per forward, so no "
@@ -82,9 +88,9 @@ class HaikuApply:
                               "moving averages of another kind; their recalibration is unknown")
       at = lambda ema, key: index_of(paths, (ema.module_name, key), f"{ema.module_name}'s {key}")
       entries.append(DebiasedEmaStats(
-          name, counter=tuple(at(e, "counter") for e in emas),
-          hidden=tuple(at(e, "hidden") for e in emas),
-          average=tuple(at(e, "average") for e in emas), decay=float(mean_ema.decay),
+          name, counter=(at(mean_ema, "counter"), at(var_ema, "counter")),
+          hidden=(at(mean_ema, "hidden"), at(var_ema, "hidden")),
+          average=(at(mean_ema, "average"), at(var_ema, "average")), decay=float(mean_ema.decay),
           zero_debias=bool(mean_ema.zero_debias)))
     for path, leaf in zip(paths, jax.tree.leaves(model_state)):
       if is_float(leaf) and path[0] not in covered and path[-1] in ("hidden", "average"):
@@ -93,9 +99,6 @@ class HaikuApply:
             "what recalibration should write there is unknown; mcu_jax cannot recalibrate "
             "this model's state exactly")
     return StatsLayout(tuple(entries), "haiku")
-
-  def with_dtype(self, dtype):
-    return CastApply(self, jnp.dtype(dtype))
 
 
 def from_haiku(transformed, *, train_arg: str | None = "is_training") -> HaikuApply:

@@ -16,10 +16,16 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from mcu_jax.models.adapters import TRAIN_ARGS, CastApply, stream_key
-from mcu_jax.models.running_stats import (EmaStats, StatsLayout, index_of, is_float, leaf_paths,
-                                          path_str)
 from mcu_jax.errors import InvalidArgument
+from mcu_jax.models.adapters import TRAIN_ARGS, CastApply, stream_key
+from mcu_jax.models.running_stats import (
+  EmaStats,
+  StatsLayout,
+  index_of,
+  is_float,
+  leaf_paths,
+  path_str,
+)
 
 
 def _train_arg(module) -> str | None:

@@ -16,10 +16,16 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from mcu_jax.models.adapters import CastApply, stream_key
-from mcu_jax.models.running_stats import (EmaStats, StatsLayout, index_of, is_float, leaf_paths,
-                                          path_str)
 from mcu_jax.errors import InvalidArgument
+from mcu_jax.models.adapters import CastApply, CastsToDtype, stream_key
+from mcu_jax.models.running_stats import (
+  EmaStats,
+  StatsLayout,
+  index_of,
+  is_float,
+  leaf_paths,
+  path_str,
+)
 
 
 def _reseed(model, rng) -> None:
@@ -32,7 +38,7 @@ def _reseed(model, rng) -> None:
 
 
 @dataclasses.dataclass(frozen=True)
-class NnxApply:
+class NnxApply(CastsToDtype):
   """``Apply`` of a Flax NNX model split into (graphdef, params, model_state); see
   ``from_nnx``."""
   graphdef: Any
@@ -89,9 +95,6 @@ class NnxApply:
             "apply, [models.RunningStats(mean=..., var=..., momentum=...)])")
     return StatsLayout(tuple(entries), "nnx")
 
-  def with_dtype(self, dtype):
-    return CastApply(self, jnp.dtype(dtype))
-
 
 def from_nnx(model) -> tuple[NnxApply, Any, Any]:
   """``(apply, params, model_state)`` of a Flax NNX model.
@@ -104,7 +107,8 @@ def from_nnx(model) -> tuple[NnxApply, Any, Any]:
   from flax import nnx
   if not isinstance(model, nnx.Module):
     raise InvalidArgument(f"model: expected a flax.nnx.Module, got {type(model).__name__}")
-  graphdef, params, model_state = nnx.split(model, nnx.Param, ...)
+  # mypy: flax types split's 2-filter result as variadic; it is exactly 3 long, hence the ignore
+  graphdef, params, model_state = nnx.split(model, nnx.Param, ...)  # type: ignore[misc]
   return NnxApply(graphdef), params, model_state
 
 

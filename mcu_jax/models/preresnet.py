@@ -34,14 +34,15 @@ curve model stores the same tensors as ``net.<same path>.weight_{b}`` / ``bias_{
 from __future__ import annotations
 
 import functools
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
 
+from mcu_jax.errors import InvalidArgument
 from mcu_jax.models.resnet import batch_norm, conv_kernel_init, dense_kernel_init
 from mcu_jax.models.resnet import torch_key as _torch_key
-from mcu_jax.errors import InvalidArgument
 
 
 def torch_key(path: Sequence[str]) -> str:
@@ -109,6 +110,7 @@ class PreResNet(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = False):
+    block: type[PreActBottleneck] | type[PreActBasicBlock]
     if self.depth >= 44:
       if (self.depth - 2) % 9:
         raise InvalidArgument(f"PreResNet depth >= 44 must be 9n+2, got {self.depth}")

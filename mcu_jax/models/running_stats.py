@@ -38,7 +38,7 @@ own (``mcu_jax.models.with_running_stats``).
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp

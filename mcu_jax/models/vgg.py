@@ -39,7 +39,8 @@ as ``torch_w.T``.
 from __future__ import annotations
 
 import functools
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -71,14 +72,16 @@ class VGG(nn.Module):
   def __call__(self, x, train: bool = False):
     x = x.astype(self.dtype)
     for b, sizes in enumerate(self.config):
-      layers = []  # the torch ModuleList: [conv, bn, conv, bn, ...] or [conv, conv, ...]
+      # the torch ModuleList: [conv, bn, conv, bn, ...] or [conv, conv, ...]
+      layers: list[nn.Module] = []
       for channels in sizes:
         layers.append(nn.Conv(channels, (3, 3), padding=1, dtype=self.dtype,
                               kernel_init=conv_kernel_init, name=f"layer_blocks_{b}_{len(layers)}"))
         if self.batch_norm:
           layers.append(batch_norm(train, self.dtype, f"layer_blocks_{b}_{len(layers)}"))
       step = 2 if self.batch_norm else 1
-      intended = lambda h: _chain([layers[i:i + step] for i in range(0, len(layers), step)], h)
+      groups = [layers[i:i + step] for i in range(0, len(layers), step)]
+      intended = functools.partial(_chain, groups)
       if self.reference_forward:
         if self.is_initializing():
           intended(x)  # creates the parameters of the modules the buggy forward skips

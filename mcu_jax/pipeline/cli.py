@@ -10,9 +10,10 @@ its last epoch checkpoint; ``--force`` recomputes finished stages. Failures are 
 stderr and a non-zero exit (2 for bad input or state, 1 for the system, 130 for Ctrl-C, 143 for
 SIGTERM); ``--debug`` shows the traceback.
 
-The command (``run``) records SIGINT and SIGTERM from its first line on (``mcu_jax.runtime.signals``)
-and imports JAX and the rest after that: a signal at any moment stops the run at the next loop
-boundary, with one line naming the stage and the checkpoint it kept; a second one exits at once.
+The command (``run``) records SIGINT and SIGTERM from its first line on
+(``mcu_jax.runtime.signals``) and imports JAX and the rest after that: a signal at any moment
+stops the run at the next loop boundary, with one line naming the stage and the checkpoint it
+kept; a second one exits at once.
 """
 from __future__ import annotations
 
@@ -127,9 +128,9 @@ def _run(args) -> int:
     print(out)
     return 0
   config = _config(args)
-  from mcu_jax.runtime import parallel
   from mcu_jax import io
   from mcu_jax.pipeline import stages as pipeline
+  from mcu_jax.runtime import parallel
   parallel.initialize(args.coordinator, args.num_processes, args.process_id)
   if args.run_dir is None:
     args.run_dir = _demo_dir()
@@ -240,8 +241,9 @@ def run() -> None:
   a finished run with -2 and no word (1 of 20 random-time interrupts). Everything written is
   atomic; an uncommitted checkpoint is ignored on resume.
 
-  SIGINT and SIGTERM are recorded from here on, before JAX is imported (``mcu_jax.runtime.signals``):
-  the run stops at its next loop boundary with one line, and a second signal exits at once.
+  SIGINT and SIGTERM are recorded from here on, before JAX is imported
+  (``mcu_jax.runtime.signals``): the run stops at its next loop boundary with one line, and a
+  second signal exits at once.
   """
   signals.install("mcu-jax: interrupted again: stopped at once; finished stages and the last "
                   "checkpoints are kept")
@@ -250,10 +252,11 @@ def run() -> None:
   sys.stdout.flush()
   if code == 0:
     atexit._run_exitfuncs()
-    if signals.requested() is not None:   # after main's last check: the work is all done
+    signum = signals.requested()   # the first signal's, kept once set
+    if signum is not None:   # after main's last check: the work is all done
       signals.exiting()
-      code = signals.exit_code(signals.requested())
-      print(f"mcu-jax: interrupted by {signals.name(signals.requested())} after the command "
+      code = signals.exit_code(signum)
+      print(f"mcu-jax: interrupted by {signals.name(signum)} after the command "
             "had finished: every result is kept", file=sys.stderr)
   sys.stdout.flush()
   sys.stderr.flush()

@@ -7,9 +7,13 @@ anything is written. The rules are their owners' (``mcu_jax.validation`` checks,
 fields of ``train.FitConfig``, curve kinds from ``curves``, precisions from ``models``, mask
 fractions from ``masks``, beta weights from ``beta``): config states none of them again.
 
-The defaults are the reference's MCU hyperparameters (SGD lr 0.01, momentum 0.9, no weight
-decay, 10 epochs, batch 128, retain_ratio 0.5, 3 bends, Bezier, k = 0.5, kr = 0, 20 sweep
-points) and a digits-sized original model.
+The MCU settings are the library's own types: ``mask`` is a ``MaskOptions``, ``curve`` a
+``CurveOptions`` (their defaults are the reference's MCU hyperparameters: SGD lr 0.01, momentum
+0.9, no weight decay, 10 epochs, batch 128, retain_ratio 0.5, 3 bends, Bezier, k = 0.5,
+kr = 0), and ``sweep`` holds the config keys of ``SweepOptions`` (20 points, t on [0.75, 1])
+plus the pipeline's choice of targets. ``unlearn_curve_kwargs`` is the one map from a
+configuration to the library's call; the stages pass the same objects to its three steps.
+The other defaults are a digits-sized original model.
 """
 from __future__ import annotations
 
@@ -19,12 +23,20 @@ import os
 import re
 import types
 import typing
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from mcu_jax.errors import InvalidArgument
+from mcu_jax.preprocess import Preprocess, default_preprocess
+from mcu_jax.runtime.masks import MaskOptions
+from mcu_jax.runtime.mcu import CurveOptions
+from mcu_jax.runtime.sweep import SweepOptions
 from mcu_jax.runtime.train import FitConfig
 from mcu_jax.validation import check_choice, check_number
-from mcu_jax.errors import InvalidArgument
+
+CURVE_SEED_OFFSET = 300
+"""The curve's seed (its retain subset and training randomness) is ``seed + 300``."""
 
 
 class ConfigError(InvalidArgument):
@@ -84,67 +96,27 @@ class UnlearnConfig:
       raise ConfigError(f"{where}.options: invalid {self.method} hyperparameters: {e}") from e
 
 
-@dataclasses.dataclass(frozen=True)
-class MaskConfig:
-  enabled: bool = True
-  k: float = 0.5
-  kr: float = 0.0
-
-  def validate(self, where):
-    from mcu_jax.runtime import masks
-    masks.check_fractions(self.k, self.kr, names=(f"{where}.k", f"{where}.kr"),
-                          error=ConfigError)
-
-
-@dataclasses.dataclass(frozen=True)
-class CurveConfig(FitConfig):
-  """Curve training (``train.FitConfig``'s fields: the reference's SGD lr 0.01, momentum 0.9,
-  no weight decay, constant lr, 10 epochs, batch 128) and the curve itself."""
-  retain_ratio: float = 0.5
-  num_bends: int = 3
-  kind: str = "bezier"
-  beta: str | float = "adaptive"   # "adaptive" or a fixed number
-  beta_low: float = 0.01
-  beta_high: float = 0.5
-  train: bool = True               # False: the straight line (ablation baseline)
-  precision: str = "fp32"          # "bf16": bfloat16 compute, float32 controls and endpoints
-
-  def validate(self, where):
-    from mcu_jax.core import beta, curves
-    from mcu_jax import models
-    _choice(where, "precision", self.precision, tuple(models.COMPUTE_DTYPES))
-    _number(where, "retain_ratio", self.retain_ratio, low=0.0, high=1.0, low_open=True)
-    if self.num_bends < 3:
-      raise ConfigError(f"{where}.num_bends: a trainable curve needs >= 3 bends, got "
-                        f"{self.num_bends}")
-    _choice(where, "kind", self.kind, curves.KINDS)
-    if isinstance(self.beta, str):
-      _choice(where, "beta", self.beta, ("adaptive",))
-    else:
-      _number(where, "beta", self.beta, low=0.0)
-    beta.check_weights(self.beta_low, self.beta_high,
-                       names=(f"{where}.beta_low", f"{where}.beta_high"), error=ConfigError)
+SWEEP_KEYS = ("points", "chunk_size", "t_search", "recalibrate_on")
+"""The fields of ``SweepOptions`` a configuration holds (under ``sweep``)."""
 
 
 @dataclasses.dataclass(frozen=True)
 class SweepConfig:
-  points: int = 20
-  chunk_size: int | None = None    # t values vmapped at once; None: the CPU policy of loops
-  t_search: list[float] = dataclasses.field(default_factory=lambda: [0.75, 1.0])
-  targets: str = "alignment"       # "alignment" (original model) or "retrain"
-  recalibrate_on: str = "retain"   # BN statistics from D_r, or "train" (D_r + D_f, reference)
+  """``SweepOptions``' configurable fields (``SWEEP_KEYS``, their defaults its own) and the
+  targets the pipeline's sweep aims at: "alignment" (the original model) or "retrain"."""
+  points: int = SweepOptions.points
+  chunk_size: int | None = SweepOptions.chunk_size   # t values vmapped at once
+  t_search: list[float] = dataclasses.field(
+      default_factory=lambda: list(SweepOptions.t_search))
+  targets: str = "alignment"
+  recalibrate_on: str = SweepOptions.recalibrate_on
 
   def validate(self, where):
-    if self.points < 4:
-      raise ConfigError(f"{where}.points: cubic interpolation needs >= 4 points, got "
-                        f"{self.points}")
-    if self.chunk_size is not None:
-      _number(where, "chunk_size", self.chunk_size, low=1, integer=True)
     _choice(where, "targets", self.targets, ("alignment", "retrain"))
-    _choice(where, "recalibrate_on", self.recalibrate_on, ("retain", "train"))
-    if len(self.t_search) != 2 or not 0.0 <= self.t_search[0] < self.t_search[1] <= 1.0:
-      raise ConfigError(f"{where}.t_search: needs [lo, hi] with 0 <= lo < hi <= 1, got "
-                        f"{self.t_search}")
+    try:
+      SweepOptions(**{key: getattr(self, key) for key in SWEEP_KEYS})
+    except InvalidArgument as e:
+      raise ConfigError(_renamed(str(e), "SweepOptions", where)) from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -176,13 +148,13 @@ class RunConfig:
   model_options: dict[str, Any] = dataclasses.field(default_factory=dict)
   seed: int = 0
   augment: bool = False            # random crop (padding 4) + flip; off for digits
-  eval_batch_size: int = 512
+  eval_batch_size: int = SweepOptions.batch_size   # every evaluation's inference batch
   forget: ForgetConfig = dataclasses.field(default_factory=ForgetConfig)
   train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
   retrain: TrainConfig | None = None   # None: the same recipe as train (the gold standard)
   unlearn: UnlearnConfig = dataclasses.field(default_factory=UnlearnConfig)
-  mask: MaskConfig = dataclasses.field(default_factory=MaskConfig)
-  curve: CurveConfig = dataclasses.field(default_factory=CurveConfig)
+  mask: MaskOptions = dataclasses.field(default_factory=MaskOptions)
+  curve: CurveOptions = dataclasses.field(default_factory=CurveOptions)
   sweep: SweepConfig = dataclasses.field(default_factory=SweepConfig)
   forget_quality: ForgetQualityConfig = dataclasses.field(default_factory=ForgetQualityConfig)
 
@@ -202,11 +174,34 @@ class RunConfig:
     _number(where, "eval_batch_size", self.eval_batch_size, low=1, integer=True)
     for field in dataclasses.fields(self):
       value = getattr(self, field.name)
-      if dataclasses.is_dataclass(value) and not isinstance(value, type):
+      if hasattr(value, "validate"):    # the library's option types check at construction
         value.validate(f"{where}.{field.name}")
 
   def to_dict(self) -> dict:
     return dataclasses.asdict(self)
+
+
+def sweep_options(config: RunConfig, *, preprocess: Preprocess = default_preprocess, mesh=None,
+                  progress: bool = False) -> SweepOptions:
+  """The ``SweepOptions`` of ``config``: its ``sweep`` keys, every evaluation's batch
+  ``eval_batch_size`` and the recalibration's batch ``curve.batch_size``."""
+  return SweepOptions(**{key: getattr(config.sweep, key) for key in SWEEP_KEYS},
+                      batch_size=config.eval_batch_size,
+                      recal_batch_size=config.curve.batch_size, preprocess=preprocess,
+                      progress=progress, mesh=mesh)
+
+
+def unlearn_curve_kwargs(config: RunConfig, *, scenario: str,
+                         preprocess: Preprocess = default_preprocess, mesh=None,
+                         progress: bool = False) -> dict:
+  """``unlearn_curve``'s keyword arguments for ``config``: the one map from a run's
+  configuration to the library's call (the stages call its three steps with the same
+  options). ``scenario``: the split's kind; the seed is ``config.seed + CURVE_SEED_OFFSET``,
+  the curve stage's."""
+  return dict(scenario=scenario, mask=config.mask, curve=config.curve,
+              sweep=sweep_options(config),
+              seed=config.seed + CURVE_SEED_OFFSET, preprocess=preprocess, mesh=mesh,
+              progress=progress)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -272,10 +267,14 @@ def _from_dict(cls, values: dict, where: str):
   except ConfigError:
     raise
   except InvalidArgument as e:     # a check at construction names "<Class>.<key>"
-    message = str(e)
-    prefix = f"{cls.__name__}."
-    raise ConfigError(f"{where}.{message[len(prefix):]}" if message.startswith(prefix)
-                      else f"{where}: {message}") from None
+    raise ConfigError(_renamed(str(e), cls.__name__, where)) from None
+
+
+def _renamed(message: str, owner: str, where: str) -> str:
+  """An option type's message (``"<owner>.<key>: ..."``) in config terms (``<where>.<key>``)."""
+  if not message.startswith(f"{owner}."):
+    return f"{where}: {message}"
+  return message.replace(f"{owner}.", f"{where}.")
 
 
 def merge(base: dict, update: dict) -> dict:
@@ -355,7 +354,7 @@ def parse_override(text: str) -> dict:
     value = _yaml(raw) if raw.strip() else ""
   except yaml.YAMLError as e:
     raise ConfigError(f"override {text!r}: cannot parse value: {e}") from e
-  out: dict = value
+  out: Any = value
   for part in reversed(key.strip().split(".")):
     if not part:
       raise ConfigError(f"override {text!r}: empty key component")
@@ -363,7 +362,7 @@ def parse_override(text: str) -> dict:
   return out
 
 
-def load_config(path: str | os.PathLike | None = None, overrides: list[str] = (),
+def load_config(path: str | os.PathLike | None = None, overrides: Sequence[str] = (),
                 base: dict | None = None) -> RunConfig:
   """Defaults <- ``base`` <- file <- overrides, then validated as a whole."""
   values = dict(base or {})

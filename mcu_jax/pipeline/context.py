@@ -9,19 +9,19 @@ record, or one whose outputs are gone, from a current one.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mcu_jax.runtime import batchnorm, parallel, signals
-from mcu_jax import data, models, preprocess
-from mcu_jax import io
+from mcu_jax import data, io, models, preprocess
 from mcu_jax.pipeline import rundir
 from mcu_jax.pipeline.config import RunConfig
 from mcu_jax.pipeline.rundir import Stage, StageError
+from mcu_jax.runtime import batchnorm, parallel, signals
 
 SPLIT_KEYS = ("dataset", "seed", "forget")   # what the forget split is made from
 
@@ -286,11 +286,10 @@ def make_context(config: RunConfig, run_dir, stages: tuple[Stage, ...], *, progr
   run = rundir.RunDir(run_dir)
   dataset = data.load_dataset(config.dataset)
   module = models.get_model(config.model, dataset.train.num_classes, **config.model_options)
-  mesh = parallel.make_mesh()
+  mesh = parallel.resolve_mesh(None)
   for name, batch in (("train.batch_size", config.train.batch_size),
                       ("curve.batch_size", config.curve.batch_size)):
-    if batch % mesh.devices.size:
-      raise StageError(f"{name} = {batch} is not divisible by the {mesh.devices.size} devices")
+    parallel.check_batch_size(name, batch, mesh)
   changed, touched = _configure(run, config, stages, force)
   split = _split(config, run, dataset.train)
   mean, std = data.normalization_stats(dataset.train)

@@ -24,20 +24,19 @@ pairs. The per-example Wilcoxon test stays in the record as a description only. 
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import time
 
 import numpy as np
 
-from mcu_jax import io
-from mcu_jax.pipeline import context, report
-from mcu_jax.runtime import evaluate
-from mcu_jax import forget_quality, models, population
-from mcu_jax.pipeline import rundir
-from mcu_jax.runtime import signals, train
-from mcu_jax.pipeline.context import Context
+from mcu_jax import forget_quality, io, models, population
 from mcu_jax.forget_quality import model_level
+from mcu_jax.pipeline import config as config_lib
+from mcu_jax.pipeline import context, report, rundir
+from mcu_jax.pipeline.context import Context
 from mcu_jax.pipeline.rundir import Stage
+from mcu_jax.runtime import signals, train
 
 SEED_OFFSETS = {"originals": 10_000, "retrain_a": 20_000, "retrain_b": 30_000,
                 "base": 40_000, "mcu": 60_000}
@@ -91,16 +90,13 @@ def _seeds(ctx: Context, kind: str, k: int = 0) -> list[int]:
 
 
 def _mcu_options(ctx: Context) -> dict:
-  """``unlearn_curve``'s options from the run's configuration (as the stages use them)."""
-  c = ctx.config
-  return dict(scenario=ctx.split.kind, mask=c.mask.enabled, k=c.mask.k, kr=c.mask.kr,
-              beta=c.curve.beta, beta_low=c.curve.beta_low, beta_high=c.curve.beta_high,
-              train=c.curve.train, epochs=c.curve.epochs, optimizer=c.curve.optim(),
-              batch_size=c.curve.batch_size, retain_ratio=c.curve.retain_ratio,
-              num_bends=c.curve.num_bends, kind=c.curve.kind, points=c.sweep.points,
-              t_search=tuple(c.sweep.t_search), recalibrate_on=c.sweep.recalibrate_on,
-              chunk_size=c.sweep.chunk_size, eval_batch_size=c.eval_batch_size,
-              precision=c.curve.precision, preprocess=ctx.preprocess_train, mesh=ctx.mesh)
+  """``unlearn_curve``'s options from the run's configuration
+  (``config.unlearn_curve_kwargs``), less the seed: each member has its own."""
+  kwargs = config_lib.unlearn_curve_kwargs(ctx.config, scenario=ctx.split.kind,
+                                           preprocess=ctx.preprocess_train, mesh=ctx.mesh,
+                                           progress=ctx.progress)
+  del kwargs["seed"]
+  return kwargs
 
 
 def make_populations(ctx: Context, methods: list[str]) -> tuple[dict, dict]:
@@ -115,7 +111,7 @@ def make_populations(ctx: Context, methods: list[str]) -> tuple[dict, dict]:
 
   def timed(name, make, store):
     signals.check(f"the {name} population")
-    pops[name] = make(store)
+    pops[name] = make(store=store)
     walls[name] = store.wall_seconds
     ctx.log(f"[forget-quality] {name}: {len(pops[name])} models, {walls[name]:.1f} s")
 
@@ -133,35 +129,40 @@ def make_populations(ctx: Context, methods: list[str]) -> tuple[dict, dict]:
   for k, method in enumerate(methods):
     options = ctx.config.unlearn.options if method == ctx.config.unlearn.method else None
     keys = COMMON + ("forget", "train", "unlearn")
-    timed(method, lambda store: population.unlearn_population(
-        method, pops["originals"], apply=apply, train_set=data_set, split=split,
-        seeds=_seeds(ctx, "base", k), config=options, init=init, store=store, **common),
-        RunStore(ctx, method, keys))
+    timed(method, functools.partial(
+        population.unlearn_population, method, pops["originals"], apply=apply,
+        train_set=data_set, split=split, seeds=_seeds(ctx, "base", k), config=options,
+        init=init, **common), RunStore(ctx, method, keys))
     if ctx.config.forget_quality.mcu:
       mcu_keys = keys + ("mask", "curve", "sweep", "eval_batch_size")
-      timed(f"{method}+mcu", lambda store: population.mcu_population(
-          apply, pops["originals"], pops[method], forget=forget, retain=retain, test=test,
-          seeds=_seeds(ctx, "mcu", k), progress=ctx.progress, store=store,
+      timed(f"{method}+mcu", functools.partial(
+          population.mcu_population, apply, pops["originals"], pops[method], forget=forget,
+          retain=retain, test=test, seeds=_seeds(ctx, "mcu", k),
           curve_store=RunStore(ctx, f"{method}+mcu-curves", mcu_keys), **_mcu_options(ctx)),
           RunStore(ctx, f"{method}+mcu", mcu_keys))
   return pops, walls
 
 
 def evaluate_population(ctx: Context, pop: population.Population, sets: dict) -> dict:
-  """Per member, BatchNorm recalibrated as every stage does (``Context.recalibrate``):
-  logit-scaled confidences on D_f (N, E) and accuracies (N,) in percent on every set."""
-  out = {"confs": [], **{f"{n}_acc": [] for n in sets}}
+  """Every member, BatchNorm recalibrated as every stage does (``Context.recalibrate``),
+  through ``population.population_logits`` on the run's mesh: logit-scaled confidences on D_f
+  (N, E) and accuracies (N,) in percent on every set of ``sets`` ({name: (inputs, labels)})."""
+  states = []
   for i in range(len(pop)):
-    signals.check(f"evaluating member {i}")
-    params, state = pop.member(i)
-    state = ctx.recalibrate(params, state)
-    logits = evaluate.predict_logits(ctx.apply, params, state, sets["forget"][0],
-                                     ctx.config.eval_batch_size, ctx.preprocess_eval)
-    out["confs"].append(forget_quality.logit_scaled_confidence(logits, sets["forget"][1]))
-    for name, (x, y) in sets.items():
-      out[f"{name}_acc"].append(evaluate.accuracy_and_loss(
-          ctx.apply, params, state, x, y, ctx.config.eval_batch_size, ctx.preprocess_eval)[0])
-  return {k: np.asarray(v) for k, v in out.items()}
+    signals.check(f"recalibrating member {i}")
+    states.append(ctx.recalibrate(*pop.member(i)))
+  recalibrated = dataclasses.replace(pop, model_state=population.stack(states))
+  out = {}
+  for name, (x, y) in sets.items():
+    signals.check(f"evaluating the members on {name}")
+    logits = population.population_logits(ctx.apply, recalibrated, x,
+                                           batch_size=ctx.config.eval_batch_size,
+                                           preprocess=ctx.preprocess_eval, mesh=ctx.mesh)
+    hits = np.sum(np.argmax(logits, axis=-1) == np.asarray(y)[None], axis=1)
+    out[f"{name}_acc"] = 100.0 * hits.astype(np.float64) / len(y)
+    if name == "forget":
+      out["confs"] = forget_quality.logit_scaled_confidence(logits, y)
+  return out
 
 
 def _settings(ctx: Context) -> dict:

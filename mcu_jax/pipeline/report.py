@@ -6,7 +6,8 @@ file. Plots use matplotlib's Agg canvas directly (no pyplot, no global backend s
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 

@@ -25,15 +25,16 @@ import os
 import shutil
 import sys
 import tempfile
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import IO, Any
 
 import jax
 import numpy as np
 
-from mcu_jax.runtime import checkpoint, parallel
 from mcu_jax import io
 from mcu_jax.errors import MCUError
+from mcu_jax.runtime import checkpoint, parallel
 from mcu_jax.typing import PyTree
 
 
@@ -72,7 +73,7 @@ class Stage:
   in_run: bool = True
   keeps: tuple[str, ...] = ()
 
-  def started(self, run: "RunDir") -> bool:
+  def started(self, run: RunDir) -> bool:
     """Whether anything of it is on disk: its record, or a partial checkpoint."""
     return run.has(self.record) or any(
         o.endswith("ckpt") and o not in self.keeps and (run.path / o).is_dir()
@@ -168,7 +169,7 @@ class RunDir:
 
   def __init__(self, path: str | os.PathLike):
     self.path = Path(path)
-    self._lock = None
+    self._lock: IO[str] | None = None
 
   @property
   def config_path(self) -> Path:
@@ -323,7 +324,7 @@ class RunDir:
                 "written with (damaged)")
     return None
 
-  def copy_from(self, source: "RunDir", relatives: Iterable[str]) -> None:
+  def copy_from(self, source: RunDir, relatives: Iterable[str]) -> None:
     """Copies files and directories of another run directory into this one (process 0)."""
     self.acquire()
     if parallel.is_primary():

@@ -14,8 +14,8 @@ is done when its record exists and is current (``rundir``: made from today's inp
 configuration, its output files all there with the sizes they were written with); running a
 done stage is a no-op unless ``force``. Training stages checkpoint every epoch and continue with
 ``resume``; a stage whose outputs were lost is rebuilt from its own checkpoints. A SIGINT or
-SIGTERM recorded by ``mcu_jax.runtime.signals`` stops a stage at its next loop boundary, with nothing of
-it marked done. Every stage runs on all devices of a 1-D mesh; in a multi-host run every
+SIGTERM recorded by ``mcu_jax.runtime.signals`` stops a stage at its next loop boundary, with
+nothing of it marked done. Every stage runs on all devices of a 1-D mesh; in a multi-host run every
 process runs the same stages on one shared run directory and process 0 writes
 (``rundir.RunDir``).
 """
@@ -28,18 +28,14 @@ from typing import Any
 
 import jax
 
-from mcu_jax import io
-from mcu_jax.pipeline import context, report
-from mcu_jax.runtime import evaluate, masks, mcu, mia, parallel
-from mcu_jax import models
-from mcu_jax.pipeline import forget_stage, rundir
-from mcu_jax.runtime import signals, sweep, train
-from mcu_jax import unlearn
+from mcu_jax import io, models, unlearn
 from mcu_jax.core import beta as beta_lib
-from mcu_jax.pipeline.context import Context
 from mcu_jax.core.curves import Curve, point
+from mcu_jax.pipeline import config as config_lib
+from mcu_jax.pipeline import context, forget_stage, report, rundir
+from mcu_jax.pipeline.context import Context
 from mcu_jax.pipeline.rundir import Stage, StageError
-
+from mcu_jax.runtime import evaluate, masks, mcu, mia, parallel, signals, sweep, train
 
 # ---------------------------------------------------------------------------------------------
 # Stages.
@@ -117,16 +113,13 @@ def stage_mask(ctx: Context, stage: Stage) -> dict:
   """The tensor mask from retain/forget saliency of theta_o; its seconds exclude compiling."""
   settings = ctx.config.mask
   params, model_state = ctx.load_model("original")
-  if settings.enabled:
-    ctx.log(f"[mask] k={settings.k} kr={settings.kr}")
-    found = masks.compute_mask(ctx.apply, params, model_state,
-                               forget=ctx.arrays(ctx.split.forget),
-                               retain=ctx.arrays(ctx.split.retain), k=settings.k, kr=settings.kr,
-                               batch_size=ctx.config.curve.batch_size,
-                               preprocess=ctx.preprocess_eval, mesh=ctx.mesh)
-  else:
-    ctx.log("[mask] disabled: every tensor trains")
-    found = masks.MaskResult(mcu.full_mask(params), 1.0, 0.0, 0.0)
+  ctx.log(f"[mask] k={settings.k} kr={settings.kr}" if settings.enabled
+          else "[mask] disabled: every tensor trains")
+  found = masks.compute_mask(ctx.apply, params, model_state,
+                             forget=ctx.arrays(ctx.split.forget),
+                             retain=ctx.arrays(ctx.split.retain), options=settings,
+                             batch_size=ctx.config.curve.batch_size,
+                             preprocess=ctx.preprocess_eval, mesh=ctx.mesh)
   flags = {jax.tree_util.keystr(path): flag
            for path, flag in jax.tree_util.tree_flatten_with_path(found.mask)[0]}
   return context.finish(ctx, stage, {
@@ -149,28 +142,21 @@ def alignment_targets(ctx: Context) -> beta_lib.Targets:
                                     test_acc=original["test_acc"], scenario=ctx.split.kind)
 
 
-def beta_policy(ctx: Context) -> beta_lib.BetaPolicy:
-  """The curve's beta: fixed, or adaptive towards the alignment targets."""
-  settings = ctx.config.curve
-  return beta_lib.as_policy(settings.beta, alignment_targets(ctx), settings.beta_low,
-                            settings.beta_high)
-
-
-def curve_settings(ctx: Context) -> dict:
-  """What the curve trains with, as keyword arguments of ``mcu.train_curve`` and
-  ``mcu.CurveTrainer``: the model at ``curve.precision``, beta, optimizer, batch size,
-  epochs, preprocessing and mesh."""
-  settings = ctx.config.curve
-  return dict(beta=beta_policy(ctx), optimizer=settings.optim(), epochs=settings.epochs,
-              batch_size=settings.batch_size, preprocess=ctx.preprocess_train, mesh=ctx.mesh)
+def curve_trainer(ctx: Context, curve: Curve, *, mask, steps_per_epoch: int
+                  ) -> mcu.CurveTrainer:
+  """The curve stage's trainer (``CurveTrainer.from_options`` of ``config.curve``, beta towards
+  the alignment targets), for runs that drive the epochs themselves."""
+  return mcu.CurveTrainer.from_options(ctx.apply, curve, ctx.config.curve,
+                                       targets=alignment_targets(ctx), mask=mask,
+                                       steps_per_epoch=steps_per_epoch,
+                                       preprocess=ctx.preprocess_train, mesh=ctx.mesh)
 
 
 def _line(ctx: Context) -> tuple[Curve, Any]:
   """The untrained curve from theta_o to theta_p (a straight line) and theta_o's model state."""
   start, model_state = ctx.load_model("original")
   end, _ = ctx.load_model("unlearn")
-  return (Curve.from_endpoints(start, end, ctx.config.curve.num_bends, ctx.config.curve.kind),
-          model_state)
+  return ctx.config.curve.line(start, end), model_state
 
 
 def load_curve(ctx: Context) -> tuple[Curve, Any]:
@@ -179,7 +165,7 @@ def load_curve(ctx: Context) -> tuple[Curve, Any]:
   record = ctx.record("curve")
   if record["trained"]:
     controls = ctx.run.load_tree("curve/controls", curve.controls, record["controls_digest"])
-    curve = curve.replace(controls=controls)
+    curve = dataclasses.replace(curve, controls=controls)
   return curve, model_state
 
 
@@ -190,21 +176,22 @@ def stage_curve(ctx: Context, stage: Stage) -> dict:
   if not settings.train:
     ctx.log("[curve] straight line (no training)")
     return context.finish(ctx, stage, {"trained": False, "rte_seconds": 0.0, "history": []})
-  options = curve_settings(ctx)
-  ctx.log(f"[curve] {settings.epochs} epochs, beta={options['beta']}, {settings.precision}")
+  targets = alignment_targets(ctx)
+  policy = settings.policy(targets)
+  ctx.log(f"[curve] {settings.epochs} epochs, beta={policy}, {settings.precision}")
   with ctx.run.checkpointer("curve", resume=ctx.resume, force=ctx.force) as checkpointer:
     trained = mcu.train_curve(
-        models.with_precision(ctx.apply, settings.precision), curve, model_state,
-        forget=ctx.arrays(ctx.split.forget), retain=ctx.arrays(ctx.split.retain),
-        mask=load_mask(ctx, curve.start), retain_ratio=settings.retain_ratio,
-        seed=ctx.config.seed + 300, checkpointer=checkpointer, progress=ctx.progress,
-        **options)
+        ctx.apply, curve, model_state, forget=ctx.arrays(ctx.split.forget),
+        retain=ctx.arrays(ctx.split.retain), mask=load_mask(ctx, curve.start), targets=targets,
+        options=settings, seed=ctx.config.seed + config_lib.CURVE_SEED_OFFSET,
+        preprocess=ctx.preprocess_train, mesh=ctx.mesh, checkpointer=checkpointer,
+        progress=ctx.progress)
   digest = ctx.run.save_tree("curve/controls", trained.curve.controls)
   return context.finish(ctx, stage, {
       "trained": True, "history": trained.history, "curve_seconds": trained.seconds,
       "compile_seconds": trained.compile_seconds,
       "rte_seconds": ctx.record("mask")["seconds"] + trained.seconds,
-      "beta_policy": repr(options["beta"]), "precision": settings.precision,
+      "beta_policy": repr(policy), "precision": settings.precision,
       "controls_digest": digest})
 
 
@@ -215,9 +202,11 @@ def _targets(ctx: Context) -> beta_lib.Targets:
   params, model_state = ctx.load_model("retrain")
   model_state = ctx.recalibrate(params, model_state)
   sets = ctx.eval_sets()
-  acc = lambda name: evaluate.accuracy_and_loss(ctx.apply, params, model_state, *sets[name],
-                                                ctx.config.eval_batch_size,
-                                                ctx.preprocess_eval, mesh=ctx.mesh)[0]
+  def acc(name):
+    images, labels = sets[name]
+    return evaluate.accuracy_and_loss(ctx.apply, params, model_state, images, labels,
+                                      ctx.config.eval_batch_size, ctx.preprocess_eval,
+                                      mesh=ctx.mesh)[0]
   return beta_lib.Targets(retain=acc("retain"), forget=acc("forget"))
 
 
@@ -227,15 +216,12 @@ def stage_sweep(ctx: Context, stage: Stage) -> dict:
   curve, model_state = load_curve(ctx)
   ctx.log(f"[sweep] {settings.points} points")
   targets = _targets(ctx)
-  options = sweep.SweepOptions(batch_size=ctx.config.eval_batch_size,
-                               recal_batch_size=ctx.config.curve.batch_size,
-                               preprocess=ctx.preprocess_eval, chunk_size=settings.chunk_size,
-                               progress=ctx.progress, mesh=ctx.mesh)
+  options = config_lib.sweep_options(ctx.config, preprocess=ctx.preprocess_eval, mesh=ctx.mesh,
+                                     progress=ctx.progress)
   start = time.perf_counter()
   result, choice = sweep.sweep_and_select(
       ctx.apply, curve, model_state, sets=ctx.eval_sets(), targets=targets,
-      recal_inputs=ctx.recalibration_images(), points=settings.points,
-      t_search=tuple(settings.t_search), options=options)
+      recal_inputs=ctx.recalibration_images(), options=options)
   return context.finish(ctx, stage, {
       "sweep": result.to_dict(), "seconds": time.perf_counter() - start, "chosen_t": choice.t,
       "gap": choice.gap, "region": [list(r) for r in choice.region],
@@ -252,8 +238,9 @@ def _point_metrics(ctx: Context, params, model_state) -> dict:
                                    preprocess=ctx.preprocess_eval, seed=ctx.config.seed,
                                    mesh=ctx.mesh)
   if "test_forget" in sets:
+    images, labels = sets["test_forget"]
     metrics["TA_forgotten"] = evaluate.accuracy_and_loss(
-        ctx.apply, params, model_state, *sets["test_forget"], ctx.config.eval_batch_size,
+        ctx.apply, params, model_state, images, labels, ctx.config.eval_batch_size,
         ctx.preprocess_eval, mesh=ctx.mesh)[0]
   return metrics
 
@@ -344,7 +331,7 @@ def run_stage(ctx: Context, name: str) -> dict:
   try:
     return _run_stage(ctx, stage)
   except (signals.Interrupted, Exception) as e:
-    e.stage = getattr(e, "stage", None) or stage.name
+    e.stage = getattr(e, "stage", None) or stage.name  # type: ignore[union-attr]
     raise
 
 
@@ -381,7 +368,7 @@ def copy_stage(ctx: Context, source, name: str) -> bool:
 def run_all(ctx: Context, names=None) -> dict:
   """The stages in order (by default every stage of ``mcu-jax run``); returns the last
   record."""
-  out = None
+  out: dict = {}
   chosen = [s for s in STAGES if s.in_run] if names is None else [STAGE_OF[n] for n in names]
   for stage in chosen:
     out = run_stage(ctx, stage.name)

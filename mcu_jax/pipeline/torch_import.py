@@ -1,4 +1,4 @@
-"""Reference PyTorch checkpoints <-> this library's Flax params (issue #5).
+"""Reference PyTorch checkpoints <-> this library's Flax params.
 
 The MCU reference trains PreResNet-110/164 and VGG-16-BN in PyTorch. ``state_dict_to_flax``
 turns such a ``state_dict`` into ``(params, {"batch_stats": ...})`` for the model registered
@@ -38,16 +38,17 @@ from __future__ import annotations
 import math
 import os
 import re
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mcu_jax.runtime import checkpoint, signals
-from mcu_jax.models import get_model, init_model, preresnet, resnet, vgg
 from mcu_jax.errors import InvalidArgument, MissingDependency, MissingFileError
+from mcu_jax.models import get_model, init_model, preresnet, resnet, vgg
+from mcu_jax.runtime import checkpoint, signals
 from mcu_jax.typing import PyTree
 
 _IGNORED_SUFFIXES = (".num_batches_tracked",)
@@ -83,7 +84,8 @@ def _to_numpy(key: str, value) -> np.ndarray:
   try:
     array = np.asarray(value)
   except Exception as e:
-    raise InvalidArgument(f"state_dict entry {key!r} is not an array: {type(value).__name__}") from e
+    raise InvalidArgument(
+      f"state_dict entry {key!r} is not an array: {type(value).__name__}") from e
   if array.dtype == object:
     raise InvalidArgument(f"state_dict entry {key!r} is not an array: {type(value).__name__}")
   return array
@@ -271,8 +273,8 @@ def _unwrap(obj: Any, path: Path) -> Mapping[str, Any]:
       if isinstance(obj.get(wrapper), Mapping):
         return obj[wrapper]
     return obj
-  raise InvalidArgument(f"{path} holds a {type(obj).__name__}, not a state_dict (a mapping of names "
-                   "to tensors, possibly under 'state_dict' or 'model_state')")
+  raise InvalidArgument(f"{path} holds a {type(obj).__name__}, not a state_dict (a mapping of "
+                        "names to tensors, possibly under 'state_dict' or 'model_state')")
 
 
 def load_state_dict_file(path: str | os.PathLike) -> Mapping[str, Any]:

@@ -30,10 +30,11 @@ verified on a probe batch before use:
 A failed check raises ``InvalidArgument`` naming the leaf and how to declare it, before any
 training. The training forwards draw dropout masks from a fixed key (or from ``rng``).
 
-With a device ``mesh`` (``jax.sharding.Mesh`` with the axis ``"data"``) the inputs, params and
-state are replicated on it and every batch of the pass whose size is a multiple of the mesh's
+On the device ``mesh`` (``parallel.resolve_mesh``: None means all devices) the inputs, params
+and state are replicated and every batch of the pass whose size is a multiple of the mesh's
 ``"data"`` size is constrained to be split over it (GSPMD all-reduces the batch statistics);
-the same batches are formed as without a mesh, so the statistics agree to float tolerance.
+the same batches are formed on any number of devices, so the statistics agree to float
+tolerance.
 """
 from __future__ import annotations
 
@@ -43,13 +44,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mcu_jax.runtime import evaluate
-from mcu_jax.models.adapters import Apply, forward, running_stats_of
-from mcu_jax.models.running_stats import (EmaStats, StatsLayout, is_float, leaf_paths,
-                                          path_str)
-from mcu_jax.preprocess import Preprocess, default_preprocess
-from mcu_jax.validation import check_positive
 from mcu_jax.errors import InvalidArgument
+from mcu_jax.models.adapters import Apply, forward, running_stats_of
+from mcu_jax.models.running_stats import EmaStats, StatsLayout, is_float, leaf_paths, path_str
+from mcu_jax.preprocess import Preprocess, default_preprocess
+from mcu_jax.runtime import parallel
 from mcu_jax.typing import PyTree
 
 # Variance leaf names -> the name of their mean sibling (Flax, Haiku/TF and torch-style).
@@ -99,9 +98,11 @@ def recalibrated(apply, params, state, images, batch_size, preprocess, layout: S
   """``recalibrate_batch_stats`` without its checks, to call inside a traced function, with
   the verified ``layout`` (``stats_layout``).
 
-  ``mesh``: each batch whose size is a multiple of ``evaluate.batch_shards(mesh)`` is
-  constrained to be split over it (the others, see below, run as they are).
+  ``mesh`` (``parallel.resolve_mesh``): each batch whose size is a multiple of
+  ``parallel.data_shards(mesh)`` is constrained to be split over it (the others, see below,
+  run as they are).
   """
+  mesh = parallel.resolve_mesh(mesh)
   leaves, treedef = jax.tree.flatten(state)
   if not layout.entries:
     return state
@@ -111,14 +112,14 @@ def recalibrated(apply, params, state, images, batch_size, preprocess, layout: S
   bs = min(batch_size, n)
   steps, rem = divmod(n, bs)
   reset = jax.tree.unflatten(treedef, layout.reset(leaves))
-  shards = evaluate.batch_shards(mesh)
+  shards = parallel.data_shards(mesh)
 
   def split(x):
     # Batches are never padded (padding would enter the statistics), so a batch that the
     # devices cannot share evenly runs unconstrained: the remainder batch of the pass, or the
     # whole set when it is smaller than batch_size. GSPMD then places it as it likes; the
     # statistics stay exact, only that batch is not split.
-    return evaluate.split_batch(x, mesh) if x.shape[0] % shards == 0 else x
+    return parallel.split_batch(x, mesh) if x.shape[0] % shards == 0 else x
 
   def batch_stats(x, i):
     # rng feeds augmentation (when given) and the model's own randomness (always keyed).
@@ -213,7 +214,7 @@ def _probed_layout(apply, params, state, x, preprocess) -> StatsLayout:
   first, _ = _probe_momenta(apply, params, state, x,
                             [jnp.zeros((), v.dtype) if i in chosen else None
                              for i, v in enumerate(leaves)], preprocess)
-  scales = []
+  scales: list[jax.Array | None] = []
   for i, v in enumerate(leaves):
     if i not in chosen:
       scales.append(None)
@@ -223,7 +224,9 @@ def _probed_layout(apply, params, state, x, preprocess) -> StatsLayout:
   _, probed = _probe_momenta(apply, params, state, x, scales, preprocess)
   momentum = {}
   for i in chosen:
-    m = np.asarray(probed[i], np.float64) / float(scales[i])
+    scale = scales[i]
+    assert scale is not None          # every chosen leaf was given a scale above
+    m = np.asarray(probed[i], np.float64) / float(scale)
     if m.size and (np.ptp(m) > 1e-6 or not 0.0 < float(m.flat[0]) < 1.0):
       raise InvalidArgument(
           f"model_state: the running statistic {path_str(paths[i])} does not follow "
@@ -297,20 +300,9 @@ def stats_layout(apply: Apply, params: PyTree, model_state: PyTree, inputs,
 @functools.partial(jax.jit, static_argnames=("apply", "batch_size", "preprocess", "layout",
                                              "mesh"))
 def _recalibrate_jit(apply, params, state, images, rng, batch_size, preprocess, layout, mesh):
-  return evaluate.gathered(
+  return parallel.gathered(
       recalibrated(apply, params, state, images, batch_size, preprocess, layout, rng, mesh),
       mesh)
-
-
-def check_batch_size(name: str, batch_size, mesh=None) -> int:
-  """``batch_size`` if it is a positive integer, with a mesh a multiple of its ``"data"``
-  size (the batches of a pass set its statistics, so it is never rounded)."""
-  check_positive(name, batch_size, integer=True)
-  shards = evaluate.batch_shards(mesh)
-  if batch_size % shards:
-    raise InvalidArgument(f"{name}: expected a multiple of the mesh's {shards} devices, got "
-                          f"{batch_size}")
-  return int(batch_size)
 
 
 def recalibrate_batch_stats(apply: Apply, params: PyTree, model_state: PyTree, inputs,
@@ -336,30 +328,27 @@ def recalibrate_batch_stats(apply: Apply, params: PyTree, model_state: PyTree, i
     rng: optional PRNG key for augmentation in ``preprocess`` and the model's randomness
       (dropout); without it dropout draws from a fixed key.
     layout: the verified ``StatsLayout`` (``stats_layout``), to skip verifying it again.
-    mesh: a ``jax.sharding.Mesh`` (``parallel.make_mesh()``): inputs, params, state and
-      ``rng`` replicated on it, every batch of ``batch_size`` (then a multiple of the mesh's
-      devices) split over it; a remainder batch that is not a multiple runs unsplit. None: no
-      sharding.
+    mesh: a ``jax.sharding.Mesh`` (None: all devices, ``parallel.resolve_mesh``): inputs,
+      params, state and ``rng`` replicated on it, every batch of ``batch_size`` (a multiple of
+      the mesh's devices: batches set the statistics, so it is never rounded) split over it; a
+      remainder batch that is not a multiple runs unsplit.
 
   Returns:
     A pytree like ``model_state``.
   """
-  mesh = evaluate.check_mesh(mesh)
+  mesh = parallel.resolve_mesh(mesh)
   if not jax.tree.leaves(model_state):
     return model_state
   if inputs is None or int(np.shape(inputs)[0]) == 0:
     raise InvalidArgument("inputs: recalibrating BatchNorm statistics needs a non-empty set of "
                           f"inputs, got {'None' if inputs is None else 'an empty one'}")
-  batch_size = check_batch_size("batch_size", batch_size, mesh)
+  batch_size = parallel.check_batch_size("batch_size", batch_size, mesh)
   if layout is None:
     layout = stats_layout(apply, params, model_state, inputs, preprocess)
-  if mesh is None:
-    inputs = jnp.asarray(inputs)
-  else:
-    params, model_state, inputs, rng = evaluate.on_mesh((params, model_state, inputs, rng), mesh)
+  params, model_state, inputs, rng = parallel.replicate((params, model_state, inputs, rng), mesh)
   return _recalibrate_jit(apply, params, model_state, inputs, rng, batch_size, preprocess,
                           layout, mesh)
 
 
-__all__ = ["recalibrate_batch_stats", "recalibrated", "stats_layout", "check_batch_size",
+__all__ = ["recalibrate_batch_stats", "recalibrated", "stats_layout",
            "variance_pairs", "VARIANCE_NAMES", "PROBE_SIZE"]

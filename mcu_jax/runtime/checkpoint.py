@@ -113,7 +113,7 @@ class Checkpointer:
   def close(self) -> None:
     self._manager.close()
 
-  def __enter__(self) -> "Checkpointer":
+  def __enter__(self) -> Checkpointer:
     return self
 
   def __exit__(self, *exc) -> None:

@@ -23,20 +23,22 @@ the same results up to float reassociation.
 ``make_batch_sum`` applies the same choice to a sum over pre-cut batches (the masks' gradient
 accumulation).
 
-The host loops check for a recorded SIGINT or SIGTERM before every step (``mcu_jax.runtime.signals``),
-so a long epoch stops within a step; a scanned epoch is checked between epochs by its caller.
+The host loops check for a recorded SIGINT or SIGTERM before every step
+(``mcu_jax.runtime.signals``), so a long epoch stops within a step; a scanned epoch is checked
+between epochs by its caller.
 """
 from __future__ import annotations
 
 import functools
-from typing import Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mcu_jax.runtime import signals
 from mcu_jax.errors import InvalidArgument
+from mcu_jax.runtime import signals
 from mcu_jax.typing import PyTree
 
 # body(state, *inputs, indices, valid, key) -> (state, metrics); inputs end with the data dict.
@@ -108,6 +110,9 @@ class LoopedEpoch:
   ``lower(...).compile()`` compiles both programs ahead of time, like a jitted function's, so
   ``mcu_jax.runtime.train.compile_ahead`` works on it.
   """
+
+  _plan: Any    # a jitted function, or after ``lower().compile()`` its compiled program
+  _step: Any
 
   def __init__(self, body: Body, batch_size: int):
     self._plan = jax.jit(functools.partial(_plan, batch_size), donate_argnums=(0,))
@@ -193,6 +198,8 @@ class LoopedSum:
   donated ``total + fn(*args, batch)``. Eager slices keep the batches' placement: a
   committed (e.g. sharded) batch stays where it is, an uncommitted one joins the step's
   other arguments (one device or a mesh)."""
+
+  _step: Any    # a jitted function, or after ``lower().compile()`` its compiled program
 
   def __init__(self, fn: Callable[..., PyTree]):
     self._fn = fn

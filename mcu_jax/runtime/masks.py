@@ -2,8 +2,9 @@
 
 Both masks are computed once, from gradients summed over a whole data set, on the host: they
 are small decisions over a handful of scores, not a hot loop. The gradient accumulation that
-feeds them is ``loops.make_batch_sum`` (the CPU policy of ``mcu_jax.runtime.loops``). ``compute_mask``
-is the mask step of MCU: the gradients of theta_o on D_r and D_f, then ``mcu_mask``.
+feeds them is ``loops.make_batch_sum`` (the CPU policy of ``mcu_jax.runtime.loops``).
+``compute_mask`` is the mask step of MCU: the gradients of theta_o on D_r and D_f, then
+``mcu_mask``.
 
 Ordering rule for ties (both masks): scores are ranked in descending order with a stable sort
 over the tree's leaves in ``jax.tree.leaves`` order (element order within a leaf), so of two
@@ -14,21 +15,21 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from mcu_jax import data
-from mcu_jax.runtime import loops, parallel, train
 from mcu_jax.core import objectives
 from mcu_jax.core.curves import check_same_tree
+from mcu_jax.errors import InvalidArgument
 from mcu_jax.models.adapters import check_data
 from mcu_jax.preprocess import Preprocess, default_preprocess
-from mcu_jax.validation import check_number, check_pair
-from mcu_jax.errors import InvalidArgument
+from mcu_jax.runtime import loops, parallel, train
 from mcu_jax.typing import PyTree
+from mcu_jax.validation import check_number, check_pair
 
 
 def accumulate_gradients(loss_fn: Callable[[PyTree, PyTree], jax.Array], params: PyTree,
@@ -108,12 +109,43 @@ def check_fractions(k: float, kr: float, names: tuple[str, str] = ("k", "kr"),
   _check_fraction(names[1], kr, low_closed=True, high_closed=False, error=error)
 
 
+@dataclasses.dataclass(frozen=True)
+class MaskOptions:
+  """MCU's tensor mask: what ``compute_mask`` and ``unlearn_curve(mask=...)`` take, and what a
+  run's configuration holds as ``mask`` (``mcu_jax.pipeline.config.RunConfig``).
+
+  Attributes:
+    enabled: compute the mask; False: every tensor trains.
+    k: share of the parameters selected by forget saliency, in (0, 1] (``mcu_mask``).
+    kr: share of the parameters excluded first by retain saliency, in [0, 1).
+  """
+  enabled: bool = True
+  k: float = 0.5
+  kr: float = 0.0
+
+  def __post_init__(self):
+    owner = type(self).__name__
+    if not isinstance(self.enabled, (bool, np.bool_)):
+      raise InvalidArgument(f"{owner}.enabled: expected a bool, got "
+                            f"{type(self.enabled).__name__} {self.enabled!r}")
+    check_fractions(self.k, self.kr, names=(f"{owner}.k", f"{owner}.kr"))
+
+  def replace(self, **changes) -> MaskOptions:
+    """A copy with ``changes`` applied (and validated)."""
+    return dataclasses.replace(self, **changes)
+
+
+def full_mask(params: PyTree) -> PyTree:
+  """The mask that trains every tensor."""
+  return jax.tree.map(lambda _: True, params)
+
+
 def _descending_order(scores: np.ndarray) -> np.ndarray:
   return np.argsort(-scores, kind="stable")
 
 
-def mcu_mask(retain_grads: PyTree, forget_grads: PyTree, k: float = 0.5,
-             kr: float = 0.0) -> PyTree:
+def mcu_mask(retain_grads: PyTree, forget_grads: PyTree, k: float = MaskOptions.k,
+             kr: float = MaskOptions.kr) -> PyTree:
   """MCU's layer-wise mask: one Python bool per tensor, True = the tensor trains.
 
   With N the total parameter count and tensors scored by ``layer_saliency``:
@@ -218,22 +250,28 @@ def batched(inputs, labels, batch_size: int) -> dict:
                              min(int(batch_size), int(np.shape(labels)[0])))
 
 
-def compute_mask(apply, params: PyTree, model_state: PyTree, *, forget, retain, k: float = 0.5,
-                 kr: float = 0.0, batch_size: int = 128,
+def compute_mask(apply, params: PyTree, model_state: PyTree, *, forget, retain,
+                 options: MaskOptions = MaskOptions(),
+                 batch_size: int = train.FitConfig.batch_size,
                  preprocess: Preprocess = default_preprocess, mesh=None,
                  loop: str = "auto") -> MaskResult:
   """MCU's mask of ``params`` (theta_o): summed CE gradients on ``retain`` and ``forget`` in
   inference mode, batches of ``batch_size`` in order (the reference's
-  generate_weight_mask.py), then ``mcu_mask(k=k, kr=kr)``.
+  generate_weight_mask.py, with the curve's batch size), then ``mcu_mask(k, kr)`` of
+  ``options``; with ``options.enabled`` False, every tensor (nothing is computed).
 
   ``forget``, ``retain``: (inputs, labels) pairs. ``mesh``: a device mesh the params and
-  batches are replicated on (default: all devices). ``loop``: the driver of the gradient sums
-  (``mcu_jax.runtime.loops``).
+  batches are replicated on (None: all devices, ``parallel.resolve_mesh``). ``loop``: the
+  driver of the gradient sums (``mcu_jax.runtime.loops``).
   """
-  check_fractions(k, kr)
+  if not isinstance(options, MaskOptions):
+    raise InvalidArgument(f"options: expected a MaskOptions, got {type(options).__name__}")
+  if not options.enabled:
+    return MaskResult(mask=full_mask(params), fraction=1.0, seconds=0.0, compile_seconds=0.0)
+  k, kr = options.k, options.kr
   pairs = {"retain": check_pair("retain", retain), "forget": check_pair("forget", forget)}
   check_data(apply, params, model_state, pairs, preprocess, {"params": params})
-  mesh = parallel.make_mesh() if mesh is None else mesh
+  mesh = parallel.resolve_mesh(mesh)
   gradients_fn = summed_ce_gradients_fn(apply, preprocess, loop)
   params, model_state = parallel.replicate((params, model_state), mesh)
   batches, compiled, compile_seconds = {}, {}, 0.0

@@ -15,6 +15,10 @@ size, preprocessing, mesh)::
     trained = trainer.curve(state)
 
 ``train_curve`` runs it for a number of epochs with a progress bar and optional checkpoints.
+``CurveOptions`` holds every setting of the curve and its training, with the reference's
+defaults: the one type ``train_curve`` and ``unlearn_curve`` take and a run's configuration
+holds (it lives here, beside the trainer that reads it, as ``MaskOptions`` beside the mask and
+``SweepOptions`` beside the sweep).
 """
 from __future__ import annotations
 
@@ -27,23 +31,81 @@ import numpy as np
 
 from mcu_jax.core import beta as beta_lib
 from mcu_jax.core import objectives
+from mcu_jax.core.curves import KINDS, Curve, check_same_tree, coefficients, combine
+from mcu_jax.errors import InvalidArgument
+from mcu_jax.models.adapters import COMPUTE_DTYPES, Apply, check_data, forward, with_precision
+from mcu_jax.preprocess import Preprocess, default_preprocess
 from mcu_jax.runtime import parallel, train
 from mcu_jax.runtime.checkpoint import Checkpointer
-from mcu_jax.core.curves import Curve, check_same_tree, coefficients, combine
-from mcu_jax.models.adapters import Apply, check_data, forward
+from mcu_jax.runtime.masks import full_mask
 from mcu_jax.runtime.optim import OptimConfig, check_mask, make_optimizer
-from mcu_jax.preprocess import Preprocess, default_preprocess
-from mcu_jax.validation import check_number, check_pair, check_positive
-from mcu_jax.errors import InvalidArgument
 from mcu_jax.typing import PyTree
+from mcu_jax.validation import check_choice, check_number, check_pair, check_positive
 
-CURVE_OPTIM = OptimConfig(lr=0.01, momentum=0.9)
+
+@dataclasses.dataclass(frozen=True)
+class CurveOptions(train.FitConfig):
+  """The curve and its training: what ``train_curve`` and ``unlearn_curve(curve=...)`` take,
+  and what a run's configuration holds as ``curve`` (``mcu_jax.pipeline.config.RunConfig``).
+
+  The optimizer and the run are ``train.FitConfig``'s fields with their defaults, which are
+  the reference's: SGD lr 0.01, momentum 0.9, no weight decay, constant lr (``cosine``,
+  ``schedule_unit``), ``epochs`` 10 over the curve's data in batches of ``batch_size`` 128.
+
+  Attributes:
+    retain_ratio: share of D_r in the curve's data (``curve_data``), in (0, 1].
+    num_bends: the curve's bends, >= 3 to train (2, the bare line, only with ``train=False``).
+    kind: "bezier" or "polychain".
+    beta: "adaptive" (towards the targets, weights in [beta_low, beta_high]), a number >= 0
+      (fixed), or a ``FixedBeta`` / ``AdaptiveBeta`` policy (library calls only).
+    beta_low, beta_high: the adaptive rule's weights, 0 <= beta_low <= beta_high.
+    train: False keeps the straight line (the ablation baseline).
+    precision: "fp32" or "bf16" (bfloat16 compute while training the curve; float32 controls
+      and endpoints).
+  """
+  retain_ratio: float = 0.5
+  num_bends: int = 3
+  kind: str = "bezier"
+  beta: str | float = "adaptive"
+  beta_low: float = beta_lib.AdaptiveBeta.low
+  beta_high: float = beta_lib.AdaptiveBeta.high
+  train: bool = True
+  precision: str = "fp32"
+
+  def __post_init__(self):
+    super().__post_init__()
+    owner = type(self).__name__
+    check_number(f"{owner}.retain_ratio", self.retain_ratio, low=0.0, high=1.0, low_open=True)
+    if not isinstance(self.train, (bool, np.bool_)):
+      raise InvalidArgument(f"{owner}.train: expected a bool, got {type(self.train).__name__} "
+                            f"{self.train!r}")
+    check_number(f"{owner}.num_bends", self.num_bends, low=2, integer=True)
+    if self.train and self.num_bends < 3:
+      raise InvalidArgument(f"{owner}.num_bends: a trainable curve needs >= 3 bends, got "
+                            f"{self.num_bends}")
+    check_choice(f"{owner}.kind", self.kind, KINDS)
+    check_choice(f"{owner}.precision", self.precision, tuple(COMPUTE_DTYPES))
+    if isinstance(self.beta, str):
+      check_choice(f"{owner}.beta", self.beta, ("adaptive",))
+    elif not isinstance(self.beta, (beta_lib.FixedBeta, beta_lib.AdaptiveBeta)):
+      check_number(f"{owner}.beta", self.beta, low=0.0)
+    beta_lib.check_weights(self.beta_low, self.beta_high,
+                           names=(f"{owner}.beta_low", f"{owner}.beta_high"))
+
+  def line(self, start: PyTree, end: PyTree) -> Curve:
+    """The untrained curve (a straight line) from ``start`` to ``end``: ``num_bends``, ``kind``."""
+    return Curve.from_endpoints(start, end, self.num_bends, self.kind)
+
+  def policy(self, targets: beta_lib.Targets | None = None) -> beta_lib.BetaPolicy:
+    """The beta policy: ``beta`` itself, fixed, or adaptive towards ``targets`` (percent)."""
+    if self.beta == "adaptive" and targets is None:
+      raise InvalidArgument("targets: beta='adaptive' needs the alignment targets "
+                            "(mcu_jax.Targets in percent), or set CurveOptions(beta=<number>)")
+    return beta_lib.as_policy(self.beta, targets, self.beta_low, self.beta_high)
+
+
+CURVE_OPTIM = CurveOptions().optim()
 """The reference's curve optimizer: SGD lr 0.01, momentum 0.9, no weight decay, constant."""
-
-
-def full_mask(params: PyTree) -> PyTree:
-  """The mask that trains every tensor."""
-  return jax.tree.map(lambda _: True, params)
 
 
 def curve_loss(apply: Apply, policy: beta_lib.BetaPolicy, kind: str, num_bends: int,
@@ -69,7 +131,8 @@ def curve_loss(apply: Apply, policy: beta_lib.BetaPolicy, kind: str, num_bends: 
   return loss_fn
 
 
-def curve_data(forget, retain, retain_ratio: float = 0.5, seed: int = 0) -> dict:
+def curve_data(forget, retain, retain_ratio: float = CurveOptions.retain_ratio,
+               seed: int = 0) -> dict:
   """The curve's training set: all of ``forget`` plus a random ``retain_ratio`` share of
   ``retain`` (drawn with ``numpy.random.default_rng(seed)``, kept in order), flagged.
 
@@ -120,13 +183,15 @@ class CurveTrainer:
     epochs: for the optimizer's schedule.
     preprocess: ``preprocess(key, inputs)``; training passes a key.
     t_range: t is drawn uniformly from this interval.
-    mesh: a ``jax.sharding.Mesh``: endpoints and state replicated, batches split over it.
+    mesh: a ``jax.sharding.Mesh`` (None: all devices, ``parallel.resolve_mesh``): endpoints
+      and state replicated, batches split over it.
     loop: the epoch driver ("auto": ``mcu_jax.runtime.loops``' CPU policy).
   """
 
   def __init__(self, apply: Apply, curve: Curve, *, mask: PyTree | None = None,
                optimizer: OptimConfig = CURVE_OPTIM, beta=beta_lib.FixedBeta(0.2),
-               batch_size: int = 128, steps_per_epoch: int = 1, epochs: int = 1,
+               batch_size: int = CurveOptions.batch_size, steps_per_epoch: int = 1,
+               epochs: int = 1,
                preprocess: Preprocess = default_preprocess,
                t_range: tuple[float, float] = (0.0, 1.0), mesh=None, loop: str = "auto"):
     if not isinstance(curve, Curve):
@@ -139,10 +204,8 @@ class CurveTrainer:
       raise InvalidArgument(f"optimizer: expected an OptimConfig, got {type(optimizer).__name__}")
     self.mask = full_mask(curve.start) if mask is None else mask
     check_mask(self.mask, curve.start)
-    self.mesh = parallel.make_mesh() if mesh is None else mesh
-    if batch_size % self.mesh.devices.size:
-      raise InvalidArgument(f"batch_size: expected a multiple of the mesh's "
-                            f"{self.mesh.devices.size} devices, got {batch_size}")
+    self.mesh = parallel.resolve_mesh(mesh)
+    parallel.check_batch_size("batch_size", batch_size, self.mesh)
     self.policy = beta_lib.as_policy(beta)
     self.batch_size = int(batch_size)
     leaves, treedef = jax.tree.flatten(self.mask)
@@ -156,6 +219,20 @@ class CurveTrainer:
     self.tx, self._loss, self._epoch = (_programs if shared else _programs.__wrapped__)(*setup)
     self._curve = curve
     self._endpoints = parallel.replicate((curve.start, curve.end), self.mesh)
+
+  @classmethod
+  def from_options(cls, apply: Apply, curve: Curve, options: CurveOptions, *,
+                   targets: beta_lib.Targets | None = None, mask: PyTree | None = None,
+                   steps_per_epoch: int = 1, preprocess: Preprocess = default_preprocess,
+                   mesh=None, loop: str = "auto") -> CurveTrainer:
+    """The trainer of ``options`` (``CurveOptions``): the model at ``options.precision``, its
+    optimizer, beta (towards ``targets``), batch size and epochs; what ``train_curve`` runs."""
+    if not isinstance(options, CurveOptions):
+      raise InvalidArgument(f"options: expected a CurveOptions, got {type(options).__name__}")
+    return cls(with_precision(apply, options.precision), curve, mask=mask,
+               optimizer=options.optim(), beta=options.policy(targets),
+               batch_size=options.batch_size, steps_per_epoch=steps_per_epoch,
+               epochs=options.epochs, preprocess=preprocess, mesh=mesh, loop=loop)
 
   def init(self, model_state: PyTree, rng: jax.Array) -> train.TrainState:
     """The state before the first step: params = the curve's controls (copied)."""
@@ -182,14 +259,15 @@ class CurveTrainer:
 
   def _jitted_step(self):
     if not hasattr(self, "_step"):
+      update = train.make_step(self._loss)     # the epoch's step, on a batch given whole
+
       def step(state, start, end, batch):
         batch = dict(batch)
         if "valid" not in batch:
           batch["valid"] = jnp.ones(batch["labels"].shape, bool)
         rng, key = jax.random.split(state.rng)
-        (_, (model_state, metrics)), grads = jax.value_and_grad(self._loss, has_aux=True)(
-            state.params, state.model_state, batch, key, start, end)
-        return state.apply_gradients(grads, model_state).replace(rng=rng), metrics
+        state, metrics = update(state, batch, key, start, end)
+        return state.replace(rng=rng), metrics
       self._step = jax.jit(step, donate_argnums=(0,))
     return self._step
 
@@ -210,7 +288,7 @@ class CurveTrainer:
 
   def curve(self, state: train.TrainState) -> Curve:
     """The curve with ``state``'s controls."""
-    return self._curve.replace(controls=state.params)
+    return dataclasses.replace(self._curve, controls=state.params)
 
 
 @dataclasses.dataclass
@@ -232,50 +310,50 @@ class TrainedCurve:
 
 
 def train_curve(apply: Apply, curve: Curve, model_state: PyTree, *, forget, retain,
-                mask: PyTree | None = None, beta=beta_lib.FixedBeta(0.2), epochs: int = 10,
-                optimizer: OptimConfig = CURVE_OPTIM, batch_size: int = 128,
-                retain_ratio: float = 0.5, seed: int = 0,
+                mask: PyTree | None = None, targets: beta_lib.Targets | None = None,
+                options: CurveOptions = CurveOptions(), seed: int = 0,
                 preprocess: Preprocess = default_preprocess, mesh=None,
                 checkpointer: Checkpointer | None = None, progress: bool = False,
                 desc: str = "curve") -> TrainedCurve:
   """Trains ``curve``'s controls with L(D_r) - beta L(D_f) at random t (the curve step).
 
-  The data are all of ``forget`` plus a ``retain_ratio`` share of ``retain`` (``curve_data``
-  with ``seed``); the state's PRNG key is ``jax.random.PRNGKey(seed)``. With a
+  The data are all of ``forget`` plus an ``options.retain_ratio`` share of ``retain``
+  (``curve_data`` with ``seed``); the state's PRNG key is ``jax.random.PRNGKey(seed)``. With a
   ``checkpointer`` every epoch is saved and a rerun resumes from the latest one.
 
   Args:
-    apply: the model as training should run it (``models.with_precision`` for bf16).
-    curve: the curve to train (``Curve.from_endpoints(theta_o, theta_p)``).
+    apply: the model (run at ``options.precision`` while training).
+    curve: the curve to train (``options.line(theta_o, theta_p)``); its own bends and kind.
     model_state: the state the training forwards start from (theta_o's).
     forget, retain: (inputs, labels) pairs.
-    mask, beta, optimizer, batch_size, mesh: see ``CurveTrainer``.
-    epochs: passes over the curve's data.
-    retain_ratio: share of ``retain`` in the curve's data.
+    mask: per-tensor bools or per-weight bool arrays like the params; None trains every tensor.
+    targets: ``Targets`` in percent, for ``options.beta="adaptive"``.
+    options: ``CurveOptions``: optimizer, epochs, batch size, retain_ratio, beta, precision.
     seed: the data subset's and the training's seed.
     preprocess: ``preprocess(key, inputs)``.
+    mesh: see ``CurveTrainer``.
     checkpointer, progress, desc: see ``train.fit``.
   """
-  check_positive("epochs", epochs, integer=True)
+  if not isinstance(options, CurveOptions):
+    raise InvalidArgument(f"options: expected a CurveOptions, got {type(options).__name__}")
   check_data(apply, curve.start, model_state,
              {"forget": check_pair("forget", forget), "retain": check_pair("retain", retain)},
              preprocess, {"theta_o": curve.start, "controls": curve.controls,
                           "theta_p": curve.end})
-  data = curve_data(forget, retain, retain_ratio, seed)
-  steps = -(-len(data["labels"]) // batch_size)
-  trainer = CurveTrainer(apply, curve, mask=mask, optimizer=optimizer, beta=beta,
-                         batch_size=batch_size, steps_per_epoch=steps, epochs=epochs,
-                         preprocess=preprocess, mesh=mesh)
+  data = curve_data(forget, retain, options.retain_ratio, seed)
+  steps = -(-len(data["labels"]) // options.batch_size)
+  trainer = CurveTrainer.from_options(apply, curve, options, targets=targets, mask=mask,
+                                      steps_per_epoch=steps, preprocess=preprocess, mesh=mesh)
   data = trainer.place(data)
   state = trainer.init(model_state, jax.random.PRNGKey(seed))
   compile_seconds = trainer.compile(state, data)
-  state, history = train.fit(state, lambda s, d: trainer.epoch(s, d), data, epochs,
+  state, history = train.fit(state, lambda s, d: trainer.epoch(s, d), data, options.epochs,
                              checkpointer=checkpointer, resume=True, desc=desc,
-                             progress=progress, hint=f"lr = {optimizer.lr:g} may be too large")
+                             progress=progress, hint=f"lr = {options.lr:g} may be too large")
   return TrainedCurve(curve=trainer.curve(state), history=history,
                       seconds=float(sum(h["seconds"] for h in history)),
                       compile_seconds=compile_seconds, model_state=state.model_state)
 
 
-__all__ = ["CURVE_OPTIM", "full_mask", "curve_loss", "curve_data", "CurveTrainer",
+__all__ = ["CurveOptions", "CURVE_OPTIM", "full_mask", "curve_loss", "curve_data", "CurveTrainer",
            "TrainedCurve", "train_curve"]

@@ -9,15 +9,15 @@
 """
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
 from mcu_jax.core import objectives
-from mcu_jax.runtime.evaluate import predict_logits
+from mcu_jax.errors import InvalidArgument
 from mcu_jax.models.adapters import Apply
 from mcu_jax.preprocess import Preprocess, default_preprocess
-from mcu_jax.errors import InvalidArgument
+from mcu_jax.runtime.evaluate import predict_logits
 from mcu_jax.typing import PyTree
 
 
@@ -109,7 +109,7 @@ def unlearning_metrics(apply: Apply, params: PyTree, state: PyTree, *, forget, r
   UA = 100 - accuracy on D_f, RA = accuracy on D_r, TA = test accuracy, MIA = 100 *
   ``mia_efficacy``, loss_auc = ``loss_attack_auc`` (a fraction), and FA = accuracy on D_f.
   ``mesh``: a device mesh to split the inference batches over (``evaluate.predict_logits``;
-  None: no sharding).
+  None: all devices, ``parallel.resolve_mesh``).
   """
   out = {}
   for name, (images, labels) in (("forget", forget), ("retain", retain), ("test", test)):

@@ -17,16 +17,16 @@ outside it, so neither momentum nor weight decay moves a masked-out weight).
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from mcu_jax.validation import check_choice, check_number, check_positive
 from mcu_jax.errors import InvalidArgument
 from mcu_jax.typing import PyTree
+from mcu_jax.validation import check_choice, check_number, check_positive
 
 SCHEDULE_UNITS = ("step", "epoch")
 
@@ -57,7 +57,7 @@ class OptimConfig:
       raise InvalidArgument(f"{owner}.cosine: must be a bool, got {type(self.cosine).__name__}")
     check_choice(f"{owner}.schedule_unit", self.schedule_unit, SCHEDULE_UNITS)
 
-  def optim(self) -> "OptimConfig":
+  def optim(self) -> OptimConfig:
     """Just the optimizer fields (of a config that embeds them)."""
     return OptimConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(OptimConfig)})
 
@@ -92,7 +92,7 @@ def check_mask(mask: PyTree, params: PyTree, name: str = "mask") -> None:
   """Raises ``InvalidArgument`` unless ``mask`` has ``params``' structure with a bool or a bool
   array of the tensor's shape at every leaf."""
   mask_tree, params_tree = jax.tree.structure(mask), jax.tree.structure(params)
-  if mask_tree != params_tree:
+  if mask_tree != params_tree:  # type: ignore[operator]  # jax types PyTreeDef as an alias
     raise InvalidArgument(f"{name}: expected a mask built for these params (their structure)"
                           f":\n  mask   {mask_tree}\n  params {params_tree}")
   for (path, m), p in zip(jax.tree_util.tree_flatten_with_path(mask)[0], jax.tree.leaves(params)):

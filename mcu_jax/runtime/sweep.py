@@ -7,36 +7,43 @@ named set; and the L2 distance from phi of the previous t, summed into the path 
 ``sweep_and_select`` adds the choice of t (``mcu_jax.core.choice``). Several t are evaluated at once
 (vmap) on accelerators and one at a time on the CPU (``loops.resolve_vectorize``).
 
-With ``SweepOptions.mesh`` (data parallelism, as the training steps): the curve, state and data
-are replicated on the mesh and every inference and recalibration batch is split over its
-devices inside the jitted scans; the same program runs on 1 or N devices.
+On ``SweepOptions.mesh`` (data parallelism, as the training steps; None: all devices,
+``parallel.resolve_mesh``): the curve, state and data are replicated on the mesh and every
+inference and recalibration batch is split over its devices inside the jitted scans; the same
+program runs on 1 or N devices.
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
 import warnings
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mcu_jax.runtime import batchnorm, evaluate, loops
 from mcu_jax.core import choice
-from mcu_jax.runtime import signals
 from mcu_jax.core.beta import Targets
 from mcu_jax.core.curves import Curve, point
+from mcu_jax.errors import InvalidArgument, NonFiniteError
 from mcu_jax.models.adapters import Apply, check_data
 from mcu_jax.preprocess import Preprocess, default_preprocess
-from mcu_jax.validation import check_pair, check_positive
-from mcu_jax.errors import InvalidArgument, NonFiniteError
+from mcu_jax.runtime import batchnorm, evaluate, loops, parallel, signals
 from mcu_jax.typing import PyTree
+from mcu_jax.validation import check_choice, check_pair, check_positive
+
+RECALIBRATE_ON = ("retain", "train")
 
 
 @dataclasses.dataclass(frozen=True)
 class SweepOptions:
-  """How the sweep evaluates each t.
+  """How the sweep evaluates each t, and where it looks for t: what ``sweep``,
+  ``sweep_and_select`` and ``unlearn_curve(sweep=...)`` take. A run's configuration holds
+  ``points``, ``t_search``, ``chunk_size`` and ``recalibrate_on`` as ``sweep`` and maps them
+  here (``mcu_jax.pipeline.config.sweep_options``), with ``batch_size`` its
+  ``eval_batch_size`` and ``recal_batch_size`` its ``curve.batch_size``.
 
   Attributes:
     batch_size: inference batch size.
@@ -49,11 +56,17 @@ class SweepOptions:
       policy of ``mcu_jax.runtime.loops``.
     keep_states: keep every t's recalibrated model state in the result.
     progress: a progress bar over chunks.
-    mesh: a ``jax.sharding.Mesh`` with the axis ``"data"`` (``parallel.make_mesh()``), or None
-      (no sharding, everything on the default device). With a mesh the curve, model state,
-      sets and recalibration inputs are replicated on it and every batch is split over its
-      devices: the inference batch size is rounded up to a multiple of the devices (padding
-      is masked, results exact), ``recal_batch_size`` must be a multiple of them.
+    mesh: a ``jax.sharding.Mesh`` with the axis ``"data"``, or None: all devices
+      (``parallel.resolve_mesh``, when the sweep runs). The curve, model state, sets and
+      recalibration inputs are replicated on it and every batch is split over its devices:
+      the inference batch size is rounded up to a multiple of the devices (padding is
+      masked, results exact), ``recal_batch_size`` must be a multiple of them.
+    points: ``sweep_and_select``'s evenly spaced t in [0, 1], an integer >= 4 (cubic
+      interpolation).
+    t_search: the window (lo, hi) t is chosen in, 0 <= lo < hi <= 1 (``choice.T_SEARCH``).
+    recalibrate_on: the inputs ``unlearn_curve`` recomputes BatchNorm statistics on: "retain"
+      (D_r) or "train" (D_f + D_r, the reference's); ``sweep`` and ``sweep_and_select`` take
+      the inputs themselves (``recal_inputs``).
   """
   batch_size: int = 512
   recal_batch_size: int = 128
@@ -63,13 +76,29 @@ class SweepOptions:
   keep_states: bool = False
   progress: bool = False
   mesh: Any = None
+  points: int = 20
+  t_search: tuple[float, float] = choice.T_SEARCH
+  recalibrate_on: str = "retain"
 
   def __post_init__(self):
     check_positive("batch_size", self.batch_size, integer=True)
-    evaluate.check_mesh(self.mesh)
-    batchnorm.check_batch_size("recal_batch_size", self.recal_batch_size, self.mesh)
+    check_positive("recal_batch_size", self.recal_batch_size, integer=True)
+    if self.mesh is not None:     # None is resolved when the sweep runs, not at import
+      parallel.check_batch_size("recal_batch_size", self.recal_batch_size,
+                                parallel.resolve_mesh(self.mesh, "mesh"))
+    owner = type(self).__name__
     if self.chunk_size is not None:
-      check_positive("chunk_size", self.chunk_size, integer=True)
+      check_positive(f"{owner}.chunk_size", self.chunk_size, integer=True)
+    if not isinstance(self.points, (int, np.integer)) or isinstance(self.points, bool) \
+        or self.points < 4:
+      raise InvalidArgument(f"{owner}.points: cubic interpolation needs >= 4 points (an "
+                            f"integer), got {self.points!r}")
+    object.__setattr__(self, "t_search", choice.check_window(self.t_search, f"{owner}.t_search"))
+    check_choice(f"{owner}.recalibrate_on", self.recalibrate_on, RECALIBRATE_ON)
+
+  def replace(self, **changes) -> SweepOptions:
+    """A copy with ``changes`` applied (and validated)."""
+    return dataclasses.replace(self, **changes)
 
 
 @dataclasses.dataclass
@@ -100,7 +129,7 @@ class SweepResult:
     }
 
   @classmethod
-  def from_dict(cls, record: Mapping) -> "SweepResult":
+  def from_dict(cls, record: Mapping) -> SweepResult:
     """The inverse of ``to_dict`` (without model states)."""
     return cls(ts=np.asarray(record["ts"], np.float64),
                accuracy={k: np.asarray(v, np.float64) for k, v in record["accuracy"].items()},
@@ -128,7 +157,7 @@ def _evaluate_point(curve, t, t_prev, model_state, recal_inputs, sets, *, apply,
                                    preprocess, layout, mesh=mesh)
   metrics = {}
   for name, (inputs, labels) in sets.items():
-    size = evaluate.inference_batch_size(batch_size, labels.shape[0], mesh)
+    size = parallel.inference_batch_size(batch_size, labels.shape[0], mesh)
     metrics[name] = evaluate.hits_and_loss(apply, params, state, inputs, labels, size,
                                            preprocess, mesh)
   return {"metrics": metrics, "step": jnp.sqrt(sq), "state": state}   # sums; divided later
@@ -160,13 +189,13 @@ def _concatenate(xs):
 @functools.partial(jax.jit, static_argnames=_STATIC)
 def _sweep_chunk(curve, ts, t_prevs, model_state, recal_inputs, sets, **static):
   fn = functools.partial(_evaluate_point, **static)
-  return evaluate.gathered(jax.vmap(fn, in_axes=(None, 0, 0, None, None, None))(
+  return parallel.gathered(jax.vmap(fn, in_axes=(None, 0, 0, None, None, None))(
       curve, ts, t_prevs, model_state, recal_inputs, sets), static["mesh"])
 
 
 @functools.partial(jax.jit, static_argnames=_STATIC)
 def _sweep_one(curve, t, t_prev, model_state, recal_inputs, sets, **static):
-  return evaluate.gathered(
+  return parallel.gathered(
       _evaluate_point(curve, t, t_prev, model_state, recal_inputs, sets, **static),
       static["mesh"])
 
@@ -184,7 +213,8 @@ def sweep(curve: Curve, ts, apply: Apply, model_state: PyTree, sets: Mapping[str
     sets: {name: (inputs, labels)}, e.g. "retain", "forget", "test"; each non-empty.
     recal_inputs: (N, ...) inputs of the recalibration pass; required when ``model_state`` has
       leaves, ignored (may be None) when it has none.
-    options: ``SweepOptions`` (``options.mesh``: the device mesh to split the batches over).
+    options: ``SweepOptions`` (``options.mesh``: the device mesh to split the batches over,
+      None for all devices).
   """
   ts = choice.check_ts(ts)
   for name, tree in (("theta_o", curve.start), ("controls", curve.controls),
@@ -195,9 +225,9 @@ def sweep(curve: Curve, ts, apply: Apply, model_state: PyTree, sets: Mapping[str
                             "would report meaningless accuracies")
   if not sets:
     raise InvalidArgument("sets: expected at least one {name: (inputs, labels)} set")
-  mesh = options.mesh
-  # Without a mesh: device arrays on the default device. With one: replicated on the mesh.
-  place = jnp.asarray if mesh is None else functools.partial(evaluate.on_mesh, mesh=mesh)
+  mesh = parallel.resolve_mesh(options.mesh, "options.mesh")
+  parallel.check_batch_size("recal_batch_size", options.recal_batch_size, mesh)
+  place = functools.partial(parallel.replicate, mesh=mesh)
   checked = {name: check_pair(f"sets[{name!r}]", value) for name, value in sets.items()}
   check_data(apply, curve.start, model_state, checked, options.preprocess)
   device_sets = {name: tuple(place(a) for a in pair) for name, pair in checked.items()}
@@ -211,7 +241,7 @@ def sweep(curve: Curve, ts, apply: Apply, model_state: PyTree, sets: Mapping[str
     layout = batchnorm.stats_layout(apply, curve.start, model_state, recal_inputs,
                                     options.preprocess)
     recal_inputs = place(recal_inputs)
-  curve, model_state = evaluate.on_mesh((curve, model_state), mesh)
+  curve, model_state = place((curve, model_state))
   static = dict(apply=apply, batch_size=options.batch_size,
                 recal_batch_size=options.recal_batch_size, preprocess=options.preprocess,
                 layout=layout, mesh=mesh)
@@ -238,7 +268,7 @@ def sweep(curve: Curve, ts, apply: Apply, model_state: PyTree, sets: Mapping[str
       chunk_prev = np.concatenate([t_prevs[start:stop], np.repeat(t_prevs[stop - 1], pad)])
       out = _sweep_chunk(curve, as_t(chunk_ts), as_t(chunk_prev), model_state, recal_inputs,
                          device_sets, **static)
-      out = _on_host(out, lambda x: x[:stop - start], options.keep_states)
+      out = _on_host(out, lambda x, n=stop - start: x[:n], options.keep_states)
     outputs.append(out)
 
   merged = jax.tree.map(lambda *xs: _concatenate(xs), *outputs)
@@ -271,27 +301,28 @@ def check_finite_sweep(result: SweepResult) -> None:
 
 def sweep_and_select(apply: Apply, curve: Curve, model_state: PyTree, *,
                      sets: Mapping[str, tuple], targets: Targets, recal_inputs=None,
-                     points: int = 20, t_search: tuple[float, float] = (0.75, 1.0),
                      options: SweepOptions = SweepOptions(), warn: bool = True
                      ) -> tuple[SweepResult, choice.Choice]:
-  """The sweep at ``points`` evenly spaced t in [0, 1] and the t it chooses.
+  """The sweep at ``options.points`` evenly spaced t in [0, 1] and the t it chooses in
+  ``options.t_search``.
 
   ``sets`` must hold "retain" and "forget" (the choice compares their accuracies with
   ``targets``); any other sets (e.g. "test") are swept too. See ``sweep`` and
   ``choice.select_t`` (``warn``: a warning when t lies on a bound of ``t_search``). Returns
   (SweepResult, Choice).
   """
-  if not isinstance(points, (int, np.integer)) or points < 4:
-    raise InvalidArgument(f"points: cubic interpolation needs an integer >= 4, got {points!r}")
+  if not isinstance(options, SweepOptions):
+    raise InvalidArgument(f"options: expected a SweepOptions, got {type(options).__name__}")
   for name in ("retain", "forget"):
     if name not in sets:
       raise InvalidArgument(f"sets: expected a {name!r} set, got {sorted(sets)}")
-  result = sweep(curve, np.linspace(0.0, 1.0, int(points)), apply, model_state, sets,
+  result = sweep(curve, np.linspace(0.0, 1.0, int(options.points)), apply, model_state, sets,
                  recal_inputs, options)
-  chosen = choice.select_t(result, targets, t_search=t_search, warn=False)
+  chosen = choice.select_t(result, targets, t_search=options.t_search, warn=False)
   if warn and chosen.at_bound is not None:
     warnings.warn(choice.bound_warning(chosen), stacklevel=2)
   return result, chosen
 
 
-__all__ = ["SweepOptions", "SweepResult", "sweep", "sweep_and_select", "check_finite_sweep"]
+__all__ = ["SweepOptions", "SweepResult", "sweep", "sweep_and_select", "check_finite_sweep",
+           "RECALIBRATE_ON"]

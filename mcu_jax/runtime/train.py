@@ -21,26 +21,25 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Any, Callable
-
-import numpy as np
-import tqdm.auto as tqdm
+from collections.abc import Callable
+from typing import Any
 
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
+import tqdm.auto as tqdm
 
-from mcu_jax.runtime import loops, parallel
 from mcu_jax.core import objectives
-from mcu_jax.runtime import signals
-from mcu_jax.runtime.checkpoint import Checkpointer
+from mcu_jax.errors import NonFiniteError
 from mcu_jax.models.adapters import forward
-from mcu_jax.runtime.optim import OptimConfig, make_optimizer
 from mcu_jax.preprocess import Preprocess, default_preprocess
-from mcu_jax.validation import check_number
-from mcu_jax.errors import InvalidArgument, NonFiniteError
+from mcu_jax.runtime import loops, parallel, signals
+from mcu_jax.runtime.checkpoint import Checkpointer
+from mcu_jax.runtime.optim import OptimConfig, make_optimizer
 from mcu_jax.typing import PyTree
+from mcu_jax.validation import check_number
 
 LossFn = Callable[..., tuple[jax.Array, tuple[PyTree, dict]]]
 
@@ -66,19 +65,20 @@ class TrainState:
 
   @classmethod
   def create(cls, *, params: PyTree, model_state: PyTree, tx: optax.GradientTransformation,
-             rng: jax.Array) -> "TrainState":
+             rng: jax.Array) -> TrainState:
     """The state before the first step. Arrays are copied: epochs donate the state's buffers,
     and the caller's ``params`` must survive them."""
     params, model_state = jax.tree.map(jnp.copy, (params, model_state))
     return cls(params=params, model_state=model_state, opt_state=tx.init(params), rng=rng,
                step=jnp.zeros((), jnp.int32), tx=tx)
 
-  def apply_gradients(self, grads: PyTree, model_state: PyTree) -> "TrainState":
+  def apply_gradients(self, grads: PyTree, model_state: PyTree) -> TrainState:
     """One optimizer update; tensors whose update is exactly zero by a static mask stay
     bit-identical (``optax.apply_updates`` adds 0)."""
     updates, opt_state = self.tx.update(grads, self.opt_state, self.params)
-    return self.replace(params=optax.apply_updates(self.params, updates),
-                        model_state=model_state, opt_state=opt_state, step=self.step + 1)
+    return dataclasses.replace(self, params=optax.apply_updates(self.params, updates),
+                               model_state=model_state, opt_state=opt_state,
+                               step=self.step + 1)
 
 
 def supervised_loss(apply) -> LossFn:
@@ -94,6 +94,17 @@ def supervised_loss(apply) -> LossFn:
   return loss_fn
 
 
+def make_step(loss_fn: LossFn):
+  """The trainer's update ``step(state, batch, key, *consts) -> (state, metrics)``: the value
+  and gradient of ``loss_fn`` w.r.t. ``state.params`` at ``key``, then
+  ``state.apply_gradients``. Traceable; every epoch and ``mcu.CurveTrainer.step`` run it."""
+  def step(state: TrainState, batch: dict, key: jax.Array, *consts):
+    (_, (model_state, metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params, state.model_state, batch, key, *consts)
+    return state.apply_gradients(grads, model_state), metrics
+  return step
+
+
 def make_epoch(loss_fn: LossFn, batch_size: int, *, preprocess: Preprocess = default_preprocess,
                batch_sharding=None, loop: str = "auto"):
   """An epoch ``epoch(state, *consts, data) -> (state, metrics)``: shuffle, batch, step.
@@ -104,10 +115,7 @@ def make_epoch(loss_fn: LossFn, batch_size: int, *, preprocess: Preprocess = def
   ``batch_sharding``, when given, constrains every batch (e.g. split over a device mesh).
   ``loop``: "scan", "python" or "auto" (``mcu_jax.runtime.loops``). The epoch donates ``state``.
   """
-  def train_step(state: TrainState, batch: dict, key: jax.Array, consts):
-    (_, (model_state, metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state.params, state.model_state, batch, key, *consts)
-    return state.apply_gradients(grads, model_state), metrics
+  step = make_step(loss_fn)
 
   def body(state, *inputs):
     *consts, data, idx, ok, key = inputs
@@ -117,9 +125,25 @@ def make_epoch(loss_fn: LossFn, batch_size: int, *, preprocess: Preprocess = def
     batch["valid"] = ok
     if batch_sharding is not None:
       batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
-    return train_step(state, batch, loss_key, consts)
+    return step(state, batch, loss_key, *consts)
 
   return loops.make_epoch(body, batch_size, loop)
+
+
+def make_program(loss_fn: LossFn, config: FitConfig, num_examples: int, *,
+                 preprocess: Preprocess = default_preprocess, batch_sharding=None,
+                 mask: PyTree | None = None,
+                 penalty: Callable[[int], optax.GradientTransformation] | None = None,
+                 loop: str = "auto") -> tuple[optax.GradientTransformation, Callable]:
+  """(optimizer, epoch) of ``config`` on ``num_examples`` examples: ``make_optimizer`` (its
+  schedule over ceil(num_examples / batch_size) steps per epoch, ``mask``, ``penalty(steps per
+  epoch)``) and ``make_epoch`` of ``loss_fn``. What ``train_model`` and
+  ``population.train_population`` train with."""
+  steps = -(-int(num_examples) // config.batch_size)
+  tx = make_optimizer(config, epochs=config.epochs, steps_per_epoch=steps, mask=mask,
+                      penalty=None if penalty is None else penalty(steps))
+  return tx, make_epoch(loss_fn, config.batch_size, preprocess=preprocess,
+                        batch_sharding=batch_sharding, loop=loop)
 
 
 def compile_ahead(fn, *args):
@@ -214,7 +238,7 @@ class FitConfig(OptimConfig):
 
   The configs of every training embed it: the original model's and the retrain's
   (``mcu_jax.pipeline.config.TrainConfig``), each base method's (``unlearn.MethodConfig``), the
-  curve's (``config.CurveConfig``).
+  curve's (``mcu.CurveOptions``).
   """
   epochs: int = 10
   batch_size: int = 128
@@ -254,29 +278,28 @@ def train_model(loss_fn: LossFn, params: PyTree, model_state: PyTree, data: dict
                 ) -> Trained:
   """``config.epochs`` epochs of ``loss_fn`` over ``data`` from (params, model_state).
 
-  The data and the state are replicated on ``mesh`` (default: all devices) and every batch
-  is split over it; the epoch is compiled ahead of time so that its compilation is not in
-  the epochs' seconds. ``mask`` restricts what may move (``optim.masked``); ``penalty(steps
-  per epoch)`` adds a regulariser's gradient (l1-sparse). ``evaluate(state)`` runs after each
-  epoch (its values go into the history). With a ``checkpointer`` every epoch is saved and a
-  rerun resumes. ``programs``: a dict the caller keeps across calls that train the same kind
-  of loss with the same recipe (a population's members): the optimizer and the jitted epoch are
-  made on the first call and reused, so later calls trace and compile nothing (not with a
-  ``mask``, which the optimizer holds as constants).
+  The data and the state are replicated on ``mesh`` (None: all devices,
+  ``parallel.resolve_mesh``) and every batch is split over it; the epoch is compiled ahead of
+  time so that its compilation is not in the epochs' seconds. ``mask`` restricts what may
+  move (``optim.masked``); ``penalty(steps per epoch)`` adds a regulariser's gradient
+  (l1-sparse). ``evaluate(state)`` runs after each epoch (its values go into the history).
+  With a ``checkpointer`` every epoch is saved and a rerun resumes. ``programs``: a dict the
+  caller keeps across calls that train the same kind of loss with the same recipe (a
+  population's members): the optimizer and the jitted epoch are made on the first call and
+  reused, so later calls trace and compile nothing (not with a ``mask``, which the optimizer
+  holds as constants).
   """
-  mesh = parallel.make_mesh() if mesh is None else mesh
-  if config.batch_size % mesh.devices.size:
-    raise InvalidArgument(f"batch_size: expected a multiple of the mesh's {mesh.devices.size} "
-                          f"devices, got {config.batch_size}")
-  steps = -(-int(data["labels"].shape[0]) // config.batch_size)
+  mesh = parallel.resolve_mesh(mesh)
+  parallel.check_batch_size("batch_size", config.batch_size, mesh)
+  num_examples = int(data["labels"].shape[0])
+  steps = -(-num_examples // config.batch_size)
   key = (desc, getattr(loss_fn, "__code__", loss_fn), repr(config), steps, penalty is None,
          preprocess, mesh, loop)
   made = programs.get(key) if programs is not None and mask is None else None
   if made is None:
-    made = (make_optimizer(config, epochs=config.epochs, steps_per_epoch=steps, mask=mask,
-                           penalty=None if penalty is None else penalty(steps)),
-            make_epoch(loss_fn, config.batch_size, preprocess=preprocess,
-                       batch_sharding=parallel.batch_sharding(mesh), loop=loop))
+    made = make_program(loss_fn, config, num_examples, preprocess=preprocess,
+                        batch_sharding=parallel.batch_sharding(mesh), mask=mask,
+                        penalty=penalty, loop=loop)
     if programs is not None and mask is None:
       programs[key] = made
   tx, epoch = made

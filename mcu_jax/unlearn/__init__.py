@@ -113,9 +113,18 @@ Notes and deviations from the reference:
 """
 from __future__ import annotations
 
-from mcu_jax.unlearn.configs import (FTConfig, GAConfig, L1SparseConfig, MethodConfig,
-                                     NegGradPlusConfig, NegTVConfig, RetrainConfig, RLConfig,
-                                     SalUnConfig, ScrubConfig)
+from mcu_jax.unlearn.configs import (
+                                     FTConfig,
+                                     GAConfig,
+                                     L1SparseConfig,
+                                     MethodConfig,
+                                     NegGradPlusConfig,
+                                     NegTVConfig,
+                                     RetrainConfig,
+                                     RLConfig,
+                                     SalUnConfig,
+                                     ScrubConfig,
+)
 from mcu_jax.unlearn.l1 import l1_penalty
 from mcu_jax.unlearn.losses import distill_kl, random_wrong_labels
 from mcu_jax.unlearn.negtv import negate_task_vector

@@ -1,7 +1,7 @@
 """Hyperparameters of the base unlearning methods: one frozen, validated dataclass per method.
 
-Every config embeds the optimizer fields of ``mcu_jax.runtime.optim.OptimConfig`` (SGD with momentum,
-coupled weight decay as ``torch.optim.SGD``) and adds ``epochs`` and ``batch_size``; the
+Every config embeds the optimizer fields of ``mcu_jax.runtime.optim.OptimConfig`` (SGD with
+momentum, coupled weight decay as ``torch.optim.SGD``) and adds ``epochs`` and ``batch_size``; the
 methods' defaults are the reference's (weight decay 1e-4, cosine annealing stepped once per
 epoch, as its ``CosineAnnealingLR``). The subclasses add each method's own knobs. Defaults and
 their sources are tabulated in ``mcu_jax.unlearn``'s docstring. Invalid values raise
@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import dataclasses
 
+from mcu_jax.errors import InvalidArgument
 from mcu_jax.runtime.train import FitConfig
 from mcu_jax.validation import check_choice, check_number
-from mcu_jax.errors import InvalidArgument
 
 
 def _check_int(owner: str, name: str, value, low: int) -> None:

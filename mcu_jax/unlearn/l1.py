@@ -2,14 +2,14 @@
 per-epoch decay of ``alpha`` (Jia et al. 2023, Unlearn-Sparse ``FT_iter``)."""
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from mcu_jax.unlearn import configs as cfgs
 from mcu_jax.errors import InvalidArgument
+from mcu_jax.unlearn import configs as cfgs
 
 
 def l1_penalty(alpha_of_step: Callable[[jax.Array], jax.Array]) -> optax.GradientTransformation:

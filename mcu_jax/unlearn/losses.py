@@ -18,8 +18,8 @@ import jax
 import jax.numpy as jnp
 
 from mcu_jax.core import objectives
-from mcu_jax.runtime import train as train_lib
 from mcu_jax.models.adapters import Apply, forward
+from mcu_jax.runtime import train as train_lib
 
 
 def _forward_ce(apply: Apply, params, model_state, batch, rng, labels=None):

@@ -3,24 +3,25 @@
 Every method is ``run_<name>(ctx: MethodContext, config) -> Outcome`` (``registry.METHODS`` lists
 them): ``MethodContext`` holds the original model, the data and the run's settings as ``runner.run``
 resolved them; ``Outcome`` is theta_p with the timings ``runner.run`` turns into an
-``UnlearnResult``. ``train_on`` runs the one trainer (``mcu_jax.runtime.train.train_model``) with the
-context's mesh, preprocessing, evaluation and checkpoints and returns its ``Outcome``.
+``UnlearnResult``. ``train_on`` runs the one trainer (``mcu_jax.runtime.train.train_model``) with
+the context's mesh, preprocessing, evaluation and checkpoints and returns its ``Outcome``.
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import jax
 
 from mcu_jax import data as data_lib
+from mcu_jax.models.adapters import Apply
+from mcu_jax.preprocess import Preprocess
 from mcu_jax.runtime import parallel
 from mcu_jax.runtime import train as train_lib
 from mcu_jax.runtime.checkpoint import Checkpointer
-from mcu_jax.models.adapters import Apply
-from mcu_jax.preprocess import Preprocess
-from mcu_jax.unlearn import configs as cfgs
 from mcu_jax.typing import PyTree
+from mcu_jax.unlearn import configs as cfgs
 
 Evaluate = Callable[[PyTree, PyTree], Mapping[str, float]]
 

@@ -17,15 +17,20 @@ import time
 import jax
 
 from mcu_jax import data as data_lib
+from mcu_jax.errors import InvalidArgument
 from mcu_jax.runtime import masks
 from mcu_jax.runtime import train as train_lib
 from mcu_jax.unlearn import configs as cfgs
-from mcu_jax.unlearn.method_context import (MethodContext, Outcome, forget_arrays, place,
-                                            retain_arrays, train_on)
 from mcu_jax.unlearn.l1 import l1_alpha_schedule, l1_penalty
-from mcu_jax.unlearn.losses import (ascent_loss, ce_loss, neggrad_plus_loss,
-                                    random_label_loss)
-from mcu_jax.errors import InvalidArgument
+from mcu_jax.unlearn.losses import ascent_loss, ce_loss, neggrad_plus_loss, random_label_loss
+from mcu_jax.unlearn.method_context import (
+  MethodContext,
+  Outcome,
+  forget_arrays,
+  place,
+  retain_arrays,
+  train_on,
+)
 
 
 def run_retrain(ctx: MethodContext, config: cfgs.RetrainConfig) -> Outcome:
@@ -38,7 +43,8 @@ def run_retrain(ctx: MethodContext, config: cfgs.RetrainConfig) -> Outcome:
   params, model_state = init(init_key) if callable(init) else init
   for name, fresh, original in (("params", params, ctx.params),
                                 ("model_state", model_state, ctx.model_state)):
-    if jax.tree.structure(fresh) != jax.tree.structure(original):
+    # mypy: jax's PyTreeDef alias is opaque to it, hence the ignore
+    if jax.tree.structure(fresh) != jax.tree.structure(original):  # type: ignore[operator]
       raise InvalidArgument(f"init_params' {name} do not have the structure of the original "
                        f"model's:\n  {jax.tree.structure(fresh)}\n  "
                        f"{jax.tree.structure(original)}")

@@ -8,7 +8,7 @@ shared trainer, then the arithmetic on the params and the BatchNorm statistics
 from __future__ import annotations
 
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -16,9 +16,15 @@ import jax.numpy as jnp
 from mcu_jax.runtime import batchnorm
 from mcu_jax.runtime import train as train_lib
 from mcu_jax.unlearn import configs as cfgs
-from mcu_jax.unlearn.method_context import (MethodContext, Outcome, PyTree, forget_arrays,
-                                            place, train_on)
 from mcu_jax.unlearn.losses import ce_loss
+from mcu_jax.unlearn.method_context import (
+  MethodContext,
+  Outcome,
+  PyTree,
+  forget_arrays,
+  place,
+  train_on,
+)
 
 
 def _is_float(x) -> bool:

@@ -5,19 +5,20 @@ run function and whether it trains on D_r; ``get_method``, ``default_config`` an
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
+from mcu_jax.errors import InvalidArgument
 from mcu_jax.unlearn import configs as cfgs
 from mcu_jax.unlearn import methods, negtv, scrub
 from mcu_jax.unlearn.method_context import MethodContext, Outcome
-from mcu_jax.errors import InvalidArgument
 
 
 @dataclasses.dataclass(frozen=True)
 class Method:
   """A registered method: its config type, implementation and which sets it needs."""
   name: str
-  config_type: type
+  config_type: type[cfgs.MethodConfig]
   impl: Callable[[MethodContext, Any], Outcome]
   needs_retain: bool
   summary: str

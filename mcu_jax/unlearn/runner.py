@@ -7,20 +7,21 @@ done ahead of time and reported apart (``UnlearnResult.compile_seconds``).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 import numpy as np
 
 from mcu_jax import data as data_lib
-from mcu_jax.runtime import parallel
-from mcu_jax.runtime.checkpoint import Checkpointer
+from mcu_jax.errors import InvalidArgument
 from mcu_jax.models.adapters import Apply
 from mcu_jax.preprocess import Preprocess
+from mcu_jax.runtime import parallel
+from mcu_jax.runtime.checkpoint import Checkpointer
 from mcu_jax.unlearn import configs as cfgs
-from mcu_jax.unlearn.method_context import MethodContext, Evaluate, PyTree
+from mcu_jax.unlearn.method_context import Evaluate, MethodContext, PyTree
 from mcu_jax.unlearn.registry import get_method, resolve_config
-from mcu_jax.errors import InvalidArgument
 
 
 @dataclasses.dataclass
@@ -114,8 +115,9 @@ def run(method: str, *, apply: Apply, params: PyTree, model_state: PyTree,
       (params, model_state)`` (e.g. ``functools.partial(models.init_model, module,
       input_shape=...)``); required by retrain, ignored by the other methods.
     init: an alias of ``init_params`` (give one of the two).
-    mesh: a ``jax.sharding.Mesh`` (default: all devices): data and state replicated on it,
-      every batch split over it; the same program runs on 1 or N devices.
+    mesh: a ``jax.sharding.Mesh`` (None: all devices, ``parallel.resolve_mesh``): data and
+      state replicated on it, every batch split over it; the same program runs on 1 or N
+      devices.
     programs: a dict kept across runs of one method with one config on models of one
       structure (a population, ``population.unlearn_population``): the runs share one compiled
       epoch instead of compiling their own (results are identical).
@@ -131,7 +133,7 @@ def run(method: str, *, apply: Apply, params: PyTree, model_state: PyTree,
     if init_params is not None:
       raise InvalidArgument("give init_params or its alias init, not both")
     init_params = init
-  mesh = parallel.make_mesh() if mesh is None else mesh
+  mesh = parallel.resolve_mesh(mesh)
   params, model_state = parallel.replicate((params, model_state), mesh)
   ctx = MethodContext(apply, params, model_state, train, split, preprocess, _as_key(rng),
                 bool(progress), checkpointer, evaluate, init_params, spec.name, mesh,

@@ -15,10 +15,15 @@ from mcu_jax.runtime import parallel
 from mcu_jax.runtime import train as train_lib
 from mcu_jax.runtime.optim import make_optimizer
 from mcu_jax.unlearn import configs as cfgs
-from mcu_jax.unlearn.method_context import (MethodContext, Outcome, forget_arrays, place,
-                                            retain_arrays, wrap_evaluate)
 from mcu_jax.unlearn.losses import scrub_max_loss, scrub_min_loss
-from mcu_jax.errors import InvalidArgument
+from mcu_jax.unlearn.method_context import (
+  MethodContext,
+  Outcome,
+  forget_arrays,
+  place,
+  retain_arrays,
+  wrap_evaluate,
+)
 
 
 def _steps(num_examples: int, batch_size: int) -> int:
@@ -27,9 +32,7 @@ def _steps(num_examples: int, batch_size: int) -> int:
 
 
 def _make_epoch(ctx: MethodContext, loss_fn: train_lib.LossFn, batch_size: int):
-  if batch_size % ctx.mesh.devices.size:
-    raise InvalidArgument(f"batch_size: expected a multiple of the mesh's "
-                          f"{ctx.mesh.devices.size} devices, got {batch_size}")
+  parallel.check_batch_size("batch_size", batch_size, ctx.mesh)
   return train_lib.make_epoch(loss_fn, batch_size, preprocess=ctx.preprocess,
                               batch_sharding=parallel.batch_sharding(ctx.mesh))
 
