@@ -265,6 +265,43 @@ def control_rows(ctl: dict) -> list[dict]:
   return out
 
 
+def seed_rows(seeds: dict) -> list[dict]:
+  """(e): RL, SalUn, NegTV over >= 10 seeds, the seed as the unit (``seed_tests.json``)."""
+  out = []
+  for scenario, block in seeds["scenarios"].items():
+    n = len(block["seeds"])
+    for method, v in [*block["methods"].items(), ("mean of the methods",
+                                                  block["mean_over_methods"])]:
+      t = v["AvgGap"]
+      name = method.upper() if method in block["methods"] else method
+      out.append(_units_row(
+          f"(e) MCU lowers Avg. Gap of {name} (Fashion-MNIST {scenario}, {n} seeds, MCU minus "
+          "base)", "seed", t["differences"],
+          note=(f"base {np.mean(t['base']):.2f} -> MCU {np.mean(t['mcu']):.2f}; MCU lower for "
+                f"{t['mcu_lower']}, higher for {t['mcu_higher']} of {n} seeds; Gap w/o MIA "
+                f"{v['Gap3']['mean']:+.2f} [{v['Gap3']['ci95'][0]:+.2f}, "
+                f"{v['Gap3']['ci95'][1]:+.2f}], p = {v['Gap3']['p']:.3g}")))
+  return out
+
+
+def tuning_rows(tuning: dict) -> list[dict]:
+  """(d): GA and SCRUB at the reference and at the tuned settings (``tuning.json``)."""
+  out = []
+  for name, s in tuning["settings"].items():
+    t = s["avg_gap"]
+    method, tuned = name.split("_")[0].upper(), name.endswith("_tuned")
+    setting = f"tuned {s['options']}" if tuned else "reference"
+    ua = lambda key: np.mean(s["per_seed"][key]["UA"])
+    out.append(_units_row(
+        f"(d) MCU lowers Avg. Gap of {method} at the {setting} setting (Fashion-MNIST class, "
+        "MCU minus base)", "seed", t["differences"],
+        note=(f"UA (100 - forget acc.) base {ua('base'):.1f} -> MCU {ua('mcu'):.1f}, retrain "
+              f"{ua('retrain'):.1f}; Avg. Gap {np.mean(s['per_seed']['base']['AvgGap']):.2f} -> "
+              f"{np.mean(s['per_seed']['mcu']['AvgGap']):.2f}; seeds {s['seeds']}; Gap w/o MIA "
+              f"{s['gap_without_mia']['mean']:+.2f}, p = {s['gap_without_mia']['p']:.3g}")))
+  return out
+
+
 def render(rows: list[dict]) -> str:
   fmt = lambda x: "-" if x is None else (f"{x:.3g}" if abs(x) < 1e-3 and x != 0 else
                                           f"{x:.4f}" if abs(x) < 1 else f"{x:.3f}")
@@ -298,6 +335,12 @@ def main() -> int:
   controls = _read(RESULTS / "forget_quality_digits_n64" / "controls.json")
   if controls:
     rows += control_rows(controls)
+  seeds = _read(RESULTS / "fashion_mnist_seeds10" / "seed_tests.json")
+  if seeds:
+    rows += seed_rows(seeds)
+  tuning = _read(RESULTS / "tuning_ga_scrub" / "tuning.json")
+  if tuning:
+    rows += tuning_rows(tuning)
   for r in rows:
     r["verdict"] = _verdict(r)
   report.write_json(RESULTS / "verdicts.json", {"alpha": ALPHA, "rows": rows})

@@ -164,3 +164,24 @@ def test_the_committed_n64_study_is_recomputable_from_its_files():
     d = record["scores"][f"{method}+mcu"]["vs_base"]["F"]["difference"]
     assert d == pytest.approx(record["scores"][f"{method}+mcu"]["F"]
                               - record["scores"][method]["F"], abs=1e-15)
+
+
+def test_tuning_rule_picks_the_lowest_admissible_forget_accuracy_ties_to_smaller_lr():
+  sys.path.insert(0, str(EXPERIMENTS))
+  from tuning import select
+  point = lambda lr, fa, ra: {"options": {"lr": lr}, "FA": fa, "RA": ra}
+  grid = [point(1e-4, 96.0, 91.4), point(3e-3, 1.0, 90.0), point(1e-2, 0.5, 89.0),
+          point(3e-2, 0.0, 80.0)]
+  assert select(grid, 91.5, 5.0, 1.0)["options"] == {"lr": 3e-3}    # tie with 1e-2; 3e-2 out
+  assert select(grid, 91.5, 5.0, 0.1)["options"] == {"lr": 1e-2}
+  assert select(grid[3:], 91.5, 5.0, 1.0) is None
+
+
+def test_seed_tests_recompute_from_the_committed_json(tmp_path):
+  sys.path.insert(0, str(EXPERIMENTS))
+  import seed_tests
+  main = json.loads((EXPERIMENTS / "results" / "fashion_mnist" / "main_table.json").read_text())
+  result = seed_tests.tests(main)
+  rl = result["random"]["methods"]["rl"]["AvgGap"]
+  assert rl["n"] == 3 and rl["p"] == pytest.approx(0.25)   # 3 of 3 lower: 2 / 2^3
+  assert rl["mean"] == pytest.approx(-0.92, abs=0.01)
