@@ -265,22 +265,26 @@ def control_rows(ctl: dict) -> list[dict]:
   return out
 
 
+GAPS = (("AvgGap", "avg_gap", "Avg. Gap"), ("Gap3", "gap_without_mia", "Gap w/o MIA"))
+
+
 def seed_rows(seeds: dict) -> list[dict]:
-  """(e): RL, SalUn, NegTV over >= 10 seeds, the seed as the unit (``seed_tests.json``)."""
+  """(e): RL, SalUn, NegTV over more seeds, the seed as the unit (``seed_tests.json``); Avg.
+  Gap, and Gap w/o MIA (the SVC MIA saturates in some seeds only)."""
   out = []
   for scenario, block in seeds["scenarios"].items():
     n = len(block["seeds"])
     for method, v in [*block["methods"].items(), ("mean of the methods",
                                                   block["mean_over_methods"])]:
-      t = v["AvgGap"]
       name = method.upper() if method in block["methods"] else method
-      out.append(_units_row(
-          f"(e) MCU lowers Avg. Gap of {name} (Fashion-MNIST {scenario}, {n} seeds, MCU minus "
-          "base)", "seed", t["differences"],
-          note=(f"base {np.mean(t['base']):.2f} -> MCU {np.mean(t['mcu']):.2f}; MCU lower for "
-                f"{t['mcu_lower']}, higher for {t['mcu_higher']} of {n} seeds; Gap w/o MIA "
-                f"{v['Gap3']['mean']:+.2f} [{v['Gap3']['ci95'][0]:+.2f}, "
-                f"{v['Gap3']['ci95'][1]:+.2f}], p = {v['Gap3']['p']:.3g}")))
+      for key, _, label in GAPS:
+        t = v[key]
+        out.append(_units_row(
+            f"(e) MCU lowers {label} of {name} (Fashion-MNIST {scenario}, {n} seeds, MCU minus "
+            "base)", "seed", t["differences"],
+            note=(f"base {np.mean(t['base']):.2f} -> MCU {np.mean(t['mcu']):.2f}; MCU lower "
+                  f"for {t['mcu_lower']}, higher for {t['mcu_higher']} of {n} seeds "
+                  f"{block['seeds']}")))
   return out
 
 
@@ -288,17 +292,22 @@ def tuning_rows(tuning: dict) -> list[dict]:
   """(d): GA and SCRUB at the reference and at the tuned settings (``tuning.json``)."""
   out = []
   for name, s in tuning["settings"].items():
-    t = s["avg_gap"]
     method, tuned = name.split("_")[0].upper(), name.endswith("_tuned")
     setting = f"tuned {s['options']}" if tuned else "reference"
     ua = lambda key: np.mean(s["per_seed"][key]["UA"])
+    for key, field, label in GAPS:
+      t = s[field]
+      out.append(_units_row(
+          f"(d) MCU lowers {label} of {method} at the {setting} setting (Fashion-MNIST class, "
+          "MCU minus base)", "seed", t["differences"],
+          note=(f"UA (100 - forget acc.) base {ua('base'):.1f} -> MCU {ua('mcu'):.1f}, retrain "
+                f"{ua('retrain'):.1f}; {label} {np.mean(s['per_seed']['base'][key]):.2f} -> "
+                f"{np.mean(s['per_seed']['mcu'][key]):.2f}; seeds {s['seeds']}")))
+  for method, c in tuning.get("mcu_vs_tuning", {}).items():
     out.append(_units_row(
-        f"(d) MCU lowers Avg. Gap of {method} at the {setting} setting (Fashion-MNIST class, "
-        "MCU minus base)", "seed", t["differences"],
-        note=(f"UA (100 - forget acc.) base {ua('base'):.1f} -> MCU {ua('mcu'):.1f}, retrain "
-              f"{ua('retrain'):.1f}; Avg. Gap {np.mean(s['per_seed']['base']['AvgGap']):.2f} -> "
-              f"{np.mean(s['per_seed']['mcu']['AvgGap']):.2f}; seeds {s['seeds']}; Gap w/o MIA "
-              f"{s['gap_without_mia']['mean']:+.2f}, p = {s['gap_without_mia']['p']:.3g}")))
+        f"(d, not pre-registered) {method.upper()} at the reference + MCU beats {method.upper()} "
+        "tuned alone (Fashion-MNIST class, Avg. Gap)", "seed", c["differences"],
+        note=f"added after the first two seeds were seen; seeds {c['seeds']}"))
   return out
 
 
