@@ -8,8 +8,10 @@ Nothing is typed in: the numbers come from ``results/fashion_mnist/main_table.js
 UA, RA, TA, MIA of every cell), ``results/fashion_mnist/ablations.json`` (its paired tests; its
 per-seed values were not stored when it was made, so those rows carry no interval),
 ``results/forget_quality_digits_n64/forget_quality.json`` and ``controls.json`` (model-level
-tests over populations of 64). Means over few units get a t interval; tests over units are
-exact sign-flip tests (``mcu_jax.stats.sign_flip``, all 2^n sign patterns).
+tests over populations of 64), ``results/fashion_mnist_seeds10/seed_tests.json`` (issue #24
+(e)) and ``results/tuning_ga_scrub/tuning.json`` (issue #24 (d)), both per seed. Means over few
+units get a t interval; tests over units are exact sign-flip tests
+(``mcu_jax.stats.sign_flip``, all 2^n sign patterns).
 """
 from __future__ import annotations
 
