@@ -37,9 +37,10 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+if __package__ in (None, ""):   # run as a file (python3 experiments/controls.py): the checkout
+  sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import study as S  # noqa: E402
+from experiments import study as S  # noqa: E402
 
 CONTROLS = ("a", "c", "b")
 SEED_OFFSETS = {"more_epochs": 80_000, "epochs": 90_000}   # (a)'s objective: MCU's own seeds

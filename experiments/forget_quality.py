@@ -22,9 +22,10 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+if __package__ in (None, ""):   # run as a file: the checkout
+  sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import study as S  # noqa: E402
+from experiments import study as S  # noqa: E402
 
 
 def _ci(score: dict, key: str) -> str:

@@ -20,10 +20,12 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+if __package__ in (None, ""):   # run as a file (python3 experiments/main_table.py): the checkout
+  sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np  # noqa: E402
-import study as S  # noqa: E402
+
+from experiments import study as S  # noqa: E402
 
 
 def run(study, dataset, runs, progress) -> list:

@@ -78,6 +78,8 @@ def parser(description: str) -> argparse.ArgumentParser:
   p.add_argument("--report-only", action="store_true",
                  help="no training: tables from the cells already done")
   p.add_argument("--progress", action="store_true", help="progress bars of the stages")
+  p.add_argument("--scenario", dest="only_scenarios", action="append", default=[],
+                 metavar="NAME", help="run only this scenario (repeatable; default: all)")
   return p
 
 
@@ -85,6 +87,12 @@ def setup(args) -> dict:
   """Study config and JAX settings (the compilation cache)."""
   path = EXPERIMENTS / "configs" / "digits_smoke.yaml" if args.smoke else args.config
   study = load_study(path, args.overrides)
+  if getattr(args, "only_scenarios", None):
+    unknown = set(args.only_scenarios) - set(study["scenarios"])
+    if unknown:
+      raise SystemExit(f"--scenario: {sorted(unknown)} not in {sorted(study['scenarios'])}")
+    study["scenarios"] = {k: v for k, v in study["scenarios"].items()
+                          if k in args.only_scenarios}
   import jax
   cache = args.runs_dir / "jax_cache"
   cache.mkdir(parents=True, exist_ok=True)

@@ -8,8 +8,10 @@ Nothing is typed in: the numbers come from ``results/fashion_mnist/main_table.js
 UA, RA, TA, MIA of every cell), ``results/fashion_mnist/ablations.json`` (its paired tests; its
 per-seed values were not stored when it was made, so those rows carry no interval),
 ``results/forget_quality_digits_n64/forget_quality.json`` and ``controls.json`` (model-level
-tests over populations of 64). Means over few units get a t interval; tests over units are
-exact sign-flip tests (``mcu_jax.core.stats.sign_flip``, all 2^n sign patterns).
+tests over populations of 64), ``results/fashion_mnist_seeds10/seed_tests.json`` (issue #24
+(e)) and ``results/tuning_ga_scrub/tuning.json`` (issue #24 (d)), both per seed. Means over few
+units get a t interval; tests over units are exact sign-flip tests
+(``mcu_jax.core.stats.sign_flip``, all 2^n sign patterns).
 """
 from __future__ import annotations
 
@@ -20,7 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+if __package__ in (None, ""):   # run as a file (python3 experiments/verdicts.py): the checkout
+  sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from mcu_jax import io  # noqa: E402
 from mcu_jax.core import stats  # noqa: E402
@@ -266,6 +269,52 @@ def control_rows(ctl: dict) -> list[dict]:
   return out
 
 
+GAPS = (("AvgGap", "avg_gap", "Avg. Gap"), ("Gap3", "gap_without_mia", "Gap w/o MIA"))
+
+
+def seed_rows(seeds: dict) -> list[dict]:
+  """(e): RL, SalUn, NegTV over more seeds, the seed as the unit (``seed_tests.json``); Avg.
+  Gap, and Gap w/o MIA (the SVC MIA saturates in some seeds only)."""
+  out = []
+  for scenario, block in seeds["scenarios"].items():
+    n = len(block["seeds"])
+    for method, v in [*block["methods"].items(), ("mean of the methods",
+                                                  block["mean_over_methods"])]:
+      name = method.upper() if method in block["methods"] else method
+      for key, _, label in GAPS:
+        t = v[key]
+        out.append(_units_row(
+            f"(e) MCU lowers {label} of {name} (Fashion-MNIST {scenario}, {n} seeds, MCU minus "
+            "base)", "seed", t["differences"],
+            note=(f"base {np.mean(t['base']):.2f} -> MCU {np.mean(t['mcu']):.2f}; MCU lower "
+                  f"for {t['mcu_lower']}, higher for {t['mcu_higher']} of {n} seeds "
+                  f"{block['seeds']}")))
+  return out
+
+
+def tuning_rows(tuning: dict) -> list[dict]:
+  """(d): GA and SCRUB at the reference and at the tuned settings (``tuning.json``)."""
+  out = []
+  for name, s in tuning["settings"].items():
+    method, tuned = name.split("_")[0].upper(), name.endswith("_tuned")
+    setting = f"tuned {s['options']}" if tuned else "reference"
+    ua = lambda key, s=s: np.mean(s["per_seed"][key]["UA"])
+    for key, field, label in GAPS:
+      t = s[field]
+      out.append(_units_row(
+          f"(d) MCU lowers {label} of {method} at the {setting} setting (Fashion-MNIST class, "
+          "MCU minus base)", "seed", t["differences"],
+          note=(f"UA (100 - forget acc.) base {ua('base'):.1f} -> MCU {ua('mcu'):.1f}, retrain "
+                f"{ua('retrain'):.1f}; {label} {np.mean(s['per_seed']['base'][key]):.2f} -> "
+                f"{np.mean(s['per_seed']['mcu'][key]):.2f}; seeds {s['seeds']}")))
+  for method, c in tuning.get("mcu_vs_tuning", {}).items():
+    out.append(_units_row(
+        f"(d, not pre-registered) {method.upper()} at the reference + MCU beats {method.upper()} "
+        "tuned alone (Fashion-MNIST class, Avg. Gap)", "seed", c["differences"],
+        note=f"added after the first two seeds were seen; seeds {c['seeds']}"))
+  return out
+
+
 def render(rows: list[dict]) -> str:
   fmt = lambda x: "-" if x is None else (f"{x:.3g}" if abs(x) < 1e-3 and x != 0 else
                                           f"{x:.4f}" if abs(x) < 1 else f"{x:.3f}")
@@ -299,6 +348,12 @@ def main() -> int:
   controls = _read(RESULTS / "forget_quality_digits_n64" / "controls.json")
   if controls:
     rows += control_rows(controls)
+  seeds = _read(RESULTS / "fashion_mnist_seeds10" / "seed_tests.json")
+  if seeds:
+    rows += seed_rows(seeds)
+  tuning = _read(RESULTS / "tuning_ga_scrub" / "tuning.json")
+  if tuning:
+    rows += tuning_rows(tuning)
   for r in rows:
     r["verdict"] = _verdict(r)
   io.write_json(RESULTS / "verdicts.json", {"alpha": ALPHA, "rows": rows})

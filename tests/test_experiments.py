@@ -1,4 +1,5 @@
 """The study scripts of experiments/ on the tiny digits config (one seed, one or two epochs)."""
+import importlib
 import json
 import os
 import subprocess
@@ -101,14 +102,7 @@ def test_a_second_run_reuses_finished_cells(smoke):
 
 
 def _verdict_of(d_f, p_f, d_auc, p_auc, mcu_f_high=0.05):
-  import importlib.util
-  spec = importlib.util.spec_from_file_location("fq_study", EXPERIMENTS / "forget_quality.py")
-  module = importlib.util.module_from_spec(spec)
-  sys.path.insert(0, str(EXPERIMENTS))
-  try:
-    spec.loader.exec_module(module)
-  finally:
-    sys.path.remove(str(EXPERIMENTS))
+  module = importlib.import_module("experiments.forget_quality")
   row = lambda f, f_ci, auc: {"F": f, "F_ci95": f_ci, "lira_auc": auc,
                               "lira_auc_ci95": [auc - 0.01, auc + 0.01], "retain_acc": 99.0,
                               "test_acc": 98.0}
@@ -166,3 +160,22 @@ def test_the_committed_n64_study_is_recomputable_from_its_files():
     d = record["scores"][f"{method}+mcu"]["vs_base"]["F"]["difference"]
     assert d == pytest.approx(record["scores"][f"{method}+mcu"]["F"]
                               - record["scores"][method]["F"], abs=1e-15)
+
+
+def test_tuning_rule_picks_the_lowest_admissible_forget_accuracy_ties_to_smaller_lr():
+  from experiments.tuning import select
+  point = lambda lr, fa, ra: {"options": {"lr": lr}, "FA": fa, "RA": ra}
+  grid = [point(1e-4, 96.0, 91.4), point(3e-3, 1.0, 90.0), point(1e-2, 0.5, 89.0),
+          point(3e-2, 0.0, 80.0)]
+  assert select(grid, 91.5, 5.0, 1.0)["options"] == {"lr": 3e-3}    # tie with 1e-2; 3e-2 out
+  assert select(grid, 91.5, 5.0, 0.1)["options"] == {"lr": 1e-2}
+  assert select(grid[3:], 91.5, 5.0, 1.0) is None
+
+
+def test_seed_tests_recompute_from_the_committed_json(tmp_path):
+  from experiments import seed_tests
+  main = json.loads((EXPERIMENTS / "results" / "fashion_mnist" / "main_table.json").read_text())
+  result = seed_tests.tests(main)
+  rl = result["random"]["methods"]["rl"]["AvgGap"]
+  assert rl["n"] == 3 and rl["p"] == pytest.approx(0.25)   # 3 of 3 lower: 2 / 2^3
+  assert rl["mean"] == pytest.approx(-0.92, abs=0.01)
