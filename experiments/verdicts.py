@@ -332,28 +332,21 @@ def render(rows: list[dict]) -> str:
 
 
 def main() -> int:
+  sources = [  # (committed record, its rows), in the table's order; a missing record is skipped
+      ("fashion_mnist/main_table.json", main_table_rows),
+      ("fashion_mnist/ablations.json", ablation_rows),
+      ("forget_quality_digits/forget_quality.json", committed_example_level_rows),
+      ("forget_quality_digits_n64/forget_quality.json",
+       lambda fq: forget_quality_rows(fq, "digits class 3, N = 64")),
+      ("forget_quality_digits_n64/controls.json", control_rows),
+      ("fashion_mnist_seeds10/seed_tests.json", seed_rows),
+      ("tuning_ga_scrub/tuning.json", tuning_rows),
+  ]
   rows = []
-  main_table = _read(RESULTS / "fashion_mnist" / "main_table.json")
-  if main_table:
-    rows += main_table_rows(main_table)
-  ablations = _read(RESULTS / "fashion_mnist" / "ablations.json")
-  if ablations:
-    rows += ablation_rows(ablations)
-  first = _read(RESULTS / "forget_quality_digits" / "forget_quality.json")
-  if first:
-    rows += committed_example_level_rows(first)
-  fq = _read(RESULTS / "forget_quality_digits_n64" / "forget_quality.json")
-  if fq:
-    rows += forget_quality_rows(fq, "digits class 3, N = 64")
-  controls = _read(RESULTS / "forget_quality_digits_n64" / "controls.json")
-  if controls:
-    rows += control_rows(controls)
-  seeds = _read(RESULTS / "fashion_mnist_seeds10" / "seed_tests.json")
-  if seeds:
-    rows += seed_rows(seeds)
-  tuning = _read(RESULTS / "tuning_ga_scrub" / "tuning.json")
-  if tuning:
-    rows += tuning_rows(tuning)
+  for path, make_rows in sources:
+    record = _read(RESULTS / path)
+    if record:
+      rows += make_rows(record)
   for r in rows:
     r["verdict"] = _verdict(r)
   io.write_json(RESULTS / "verdicts.json", {"alpha": ALPHA, "rows": rows})
