@@ -1,13 +1,18 @@
-"""GA and SCRUB at the reference settings and tuned so that they unlearn (issue #24 d).
+"""Base methods at their reference settings and tuned so that they unlearn (issue #24 d: GA
+and SCRUB; issue #25: SSD, Bad Teacher, UNSIR, Boundary Shrink, IU).
 
     python3 experiments/tuning.py --phase grid       # the grid on the tuning seed, base only
     python3 experiments/tuning.py --phase evaluate   # base vs base + MCU, reference and selected
     python3 experiments/tuning.py --report-only      # tables from the finished cells
+    python3 experiments/tuning.py --config experiments/configs/tuning_methods25_fashion.yaml ...
 
-The grid, the selection rule and the seeds are in ``configs/tuning_ga_scrub.yaml`` (committed
-before anything ran). ``grid`` unlearns with every grid point on the tuning seed (its own
-theta_o), scores the base model as the report does (BatchNorm recalibrated on D_r), applies the
-rule and writes ``results/tuning_ga_scrub/grid.json``: no MCU runs in this phase. ``evaluate``
+The grid, the selection rule and the seeds are in the config (``configs/tuning_ga_scrub.yaml``
+by default; each committed before anything ran); results go to ``results/<config name>/``.
+A method's grid is a list of points (the first is the reference, the list runs from the
+gentlest, the smallest lr, up) or ``{reference: {...}, points: [...]}`` with the points listed
+from gentlest to most aggressive. ``grid`` unlearns with every grid point on the tuning seed
+(its own theta_o), scores the base model as the report does (BatchNorm recalibrated on D_r),
+applies the rule and writes ``results/<name>/grid.json``: no MCU runs in this phase. ``evaluate``
 runs, per evaluation seed, the method at the reference setting (cell ``<method>``) and at the
 selected one (``<method>_tuned``), each with MCU (the study's settings), in the study's run
 directories (so theta_o, the retrained model and the mask are those of the 10-seed study).
@@ -30,16 +35,25 @@ if __package__ in (None, ""):   # run as a file (python3 experiments/tuning.py):
 from experiments import study as S  # noqa: E402
 
 CONFIG = S.EXPERIMENTS / "configs" / "tuning_ga_scrub.yaml"
+NOOP_FA_POINTS = 5.0   # a reference setting whose FA is this close to theta_o's is a no-op
 
 
 def select(points: list[dict], original_ra: float, max_ra_drop: float, fa_tie: float) -> dict:
   """The rule of the config: among points with RA >= original_ra - max_ra_drop, the lowest FA;
-  FA within fa_tie of it is a tie, won by the smaller lr. None if no point is admissible."""
+  FA within fa_tie of it is a tie, won by the gentlest point, the earliest of ``points``
+  (listed from gentlest to most aggressive). None if no point is admissible."""
   ok = [p for p in points if p["RA"] >= original_ra - max_ra_drop]
   if not ok:
     return None
   best = min(p["FA"] for p in ok)
-  return min((p for p in ok if p["FA"] <= best + fa_tie), key=lambda p: p["options"]["lr"])
+  return next(p for p in ok if p["FA"] <= best + fa_tie)
+
+
+def method_grid(block) -> tuple[dict, list[dict]]:
+  """(reference options, points from gentlest to most aggressive) of one method's grid."""
+  if isinstance(block, dict):
+    return dict(block["reference"]), [dict(p) for p in block["points"]]
+  return dict(block[0]), [dict(p) for p in block]
 
 
 def _tag(options: dict) -> str:
@@ -78,13 +92,14 @@ def run_grid(cfg, study, dataset, runs, progress) -> dict:
   S.ensure_base(study, dataset, runs, scenario, seed, progress)
   out = {"scenario": scenario, "tuning_seed": seed, "max_ra_drop": cfg["max_ra_drop"],
          "fa_tie": cfg["fa_tie"], "methods": {}}
-  for method, points in cfg["grid"].items():
-    scored = [grid_point(study, dataset, runs, scenario, seed, method, dict(p), progress)
+  for method, block in cfg["grid"].items():
+    reference, points = method_grid(block)
+    scored = [grid_point(study, dataset, runs, scenario, seed, method, p, progress)
               for p in points]
     original = S.read_json(S.seed_dir(runs, study, scenario, seed) / "original_scores.json")
     chosen = select(scored, original["RA"], cfg["max_ra_drop"], cfg["fa_tie"])
     out["original"] = original
-    out["methods"][method] = {"points": scored, "reference": dict(points[0]),
+    out["methods"][method] = {"points": scored, "reference": reference,
                               "selected": None if chosen is None else chosen["options"]}
   return out
 
@@ -130,22 +145,32 @@ def seed_test(before, after) -> dict:
           "mcu_lower": int(np.sum(d < 0)), "mcu_higher": int(np.sum(d > 0))}
 
 
-def tables(cfg, grid, study, runs) -> tuple[dict, str]:
+def tables(cfg, grid, study, runs, config_file: str = "experiments/configs/tuning_ga_scrub.yaml"
+           ) -> tuple[dict, str]:
   names = [name for name, _, _ in settings(grid)]
   study = {**study, "seeds": cfg["eval_seeds"],
            "scenarios": {cfg["scenario"]: study["scenarios"][cfg["scenario"]]}}
   cells = S.collect_cells(study, runs, names)[cfg["scenario"]]
-  record = {"config_file": "experiments/configs/tuning_ga_scrub.yaml", "grid": grid,
-            "scenario": cfg["scenario"], "settings": {}}
-  lines = ["# GA and SCRUB: reference vs tuned, base vs base + MCU (issue #24 d)", "",
+  record = {"config_file": config_file, "grid": grid, "scenario": cfg["scenario"],
+            "settings": {}}
+  title = cfg.get("title", "GA and SCRUB: reference vs tuned, base vs base + MCU (issue #24 d)")
+  lines = [f"# {title}", "",
            f"Study {study['name']}, scenario {cfg['scenario']} "
            f"({study['scenarios'][cfg['scenario']]}). Grid on tuning seed "
            f"{grid['tuning_seed']} (base method only; theta_o: FA "
            f"{grid['original']['FA']:.1f}, RA {grid['original']['RA']:.2f}); rule: lowest FA "
            f"among points with RA within {grid['max_ra_drop']:g} points of theta_o's, FA ties "
-           f"(within {grid['fa_tie']:g}) to the smaller lr (configs/tuning_ga_scrub.yaml).", ""]
+           f"(within {grid['fa_tie']:g}) to the gentlest point ({config_file}).", ""]
   for method, block in grid["methods"].items():
+    reference = next((p for p in block["points"] if p["options"] == block["reference"]), None)
+    noop = (reference is not None
+            and reference["FA"] >= grid["original"]["FA"] - NOOP_FA_POINTS)
     lines += [f"## Grid: {method.upper()} (tuning seed {grid['tuning_seed']})", "",
+              f"At its reference setting {block['reference']}: "
+              + ("not on the grid." if reference is None else
+                 f"FA {reference['FA']:.1f} vs theta_o's {grid['original']['FA']:.1f}: "
+                 + ("**a no-op** (FA within 5 points of theta_o's)." if noop else
+                    "it unlearns.")), "",
               "| options | FA | RA | TA | RTE (s) | admissible | selected |",
               "|---|---:|---:|---:|---:|---|---|"]
     for p in block["points"]:
@@ -224,7 +249,7 @@ def main(argv=None) -> int:
   study = S.setup(argparse.Namespace(smoke=False, config=S.REPO / cfg["study"], overrides=[],
                                      runs_dir=args.runs_dir))
   dataset = S.dataset_name(study, args.runs_dir)
-  results = args.results_dir / "tuning_ga_scrub"
+  results = args.results_dir / cfg.get("name", "tuning_ga_scrub")
   start = time.time()
   if args.phase == "grid":
     grid = run_grid(cfg, study, dataset, args.runs_dir, args.progress)
@@ -237,7 +262,9 @@ def main(argv=None) -> int:
   if args.phase == "evaluate" and not args.report_only:
     run_cfg = {**cfg, "eval_seeds": args.seeds or cfg["eval_seeds"]}
     failures = run_evaluate(run_cfg, grid, study, dataset, args.runs_dir, args.progress)
-  record, text = tables(cfg, grid, study, args.runs_dir)
+  config_file = str(Path(args.config).resolve().relative_to(S.REPO)
+                    if Path(args.config).resolve().is_relative_to(S.REPO) else args.config)
+  record, text = tables(cfg, grid, study, args.runs_dir, config_file)
   record["wall_seconds_this_invocation"] = time.time() - start
   return S.finish(study, results, "tuning", record, text, failures)
 

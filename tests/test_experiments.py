@@ -172,6 +172,17 @@ def test_tuning_rule_picks_the_lowest_admissible_forget_accuracy_ties_to_smaller
   assert select(grid[3:], 91.5, 5.0, 1.0) is None
 
 
+def test_tuning_ties_go_to_the_gentlest_point_in_the_listed_order():
+  from experiments.tuning import method_grid, select
+  # SSD's grid runs from alpha 10 (gentlest) down: a tie goes to the larger alpha, whatever lr
+  reference, points = method_grid({"reference": {"alpha": 10.0},
+                                   "points": [{"alpha": 10.0}, {"alpha": 5.0}, {"alpha": 1.0}]})
+  assert reference == {"alpha": 10.0} and [p["alpha"] for p in points] == [10.0, 5.0, 1.0]
+  scored = [{"options": p, "FA": fa, "RA": 90.0} for p, fa in zip(points, (90.0, 10.5, 10.0))]
+  assert select(scored, 91.0, 5.0, 1.0)["options"] == {"alpha": 5.0}
+  assert method_grid([{"lr": 1e-4}, {"lr": 1e-3}]) == ({"lr": 1e-4}, [{"lr": 1e-4}, {"lr": 1e-3}])
+
+
 def test_seed_tests_recompute_from_the_committed_json(tmp_path):
   from experiments import seed_tests
   main = json.loads((EXPERIMENTS / "results" / "fashion_mnist" / "main_table.json").read_text())
