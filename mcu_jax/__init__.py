@@ -17,7 +17,9 @@ The steps ``unlearn_curve`` composes are public too: ``compute_mask``, ``train_c
 ``sweep_and_select``; so are the curve (``Curve``, ``point``), the masks and the beta policies.
 Forgetting quality over model populations: ``mcu_jax.population`` (N models differing by
 seed as one stacked pytree) and ``mcu_jax.forget_quality`` (the NeurIPS 2023 challenge's F,
-U-LiRA). Submodules hold the rest (``mcu_jax.runtime.sweep.sweep``, ``mcu_jax.unlearn``,
+U-LiRA). Shallow vs deep forgetting: ``mcu_jax.relearn`` (the relearn attack: fine-tune K steps,
+read the forget accuracy's rebound; ``relearn.relearn``, ``relearn.relearn_population``).
+Submodules hold the rest (``mcu_jax.runtime.sweep.sweep``, ``mcu_jax.unlearn``,
 ``mcu_jax.data``, ...).
 """
 import importlib
@@ -28,7 +30,7 @@ __version__ = "0.2.0"
 # ``mcu_jax.pipeline.cli`` stays light: the command installs its signal handlers before JAX is
 # imported.
 _SUBMODULES = ("core", "data", "forget_quality", "models", "pipeline", "population",
-               "preprocess", "runtime", "unlearn")
+               "preprocess", "relearn", "runtime", "unlearn")
 _FROM = {
     "api": ("MCUResult", "unlearn_curve"),
     "runtime.batchnorm": ("recalibrate_batch_stats",),
@@ -38,6 +40,7 @@ _FROM = {
     "runtime.masks": ("MaskOptions", "MaskResult", "compute_mask", "mcu_mask", "salun_mask"),
     "runtime.mcu": ("CurveOptions", "CurveTrainer", "TrainedCurve", "train_curve"),
     "runtime.optim": ("OptimConfig",),
+    "relearn": ("RelearnConfig", "RelearnResult"),
     "runtime.sweep": ("SweepOptions", "SweepResult", "sweep_and_select"),
     "errors": ("InvalidArgument", "MCUError", "NonFiniteError"),
 }
@@ -75,8 +78,8 @@ __all__ = [
     "Curve", "point", "points", "mcu_mask", "salun_mask", "AdaptiveBeta", "FixedBeta",
     "Targets", "alignment_targets", "CurveTrainer", "OptimConfig", "SweepResult", "select_t",
     "Choice", "recalibrate_batch_stats", "models", "preprocess",
-    # forgetting quality over populations
-    "population", "forget_quality",
+    # forgetting quality over populations, and the relearn attack
+    "population", "forget_quality", "relearn", "RelearnConfig", "RelearnResult",
     # errors
     "MCUError", "InvalidArgument", "NonFiniteError",
 ]

@@ -45,6 +45,29 @@ def test_coupled_weight_decay_and_momentum_as_torch_sgd():
   np.testing.assert_allclose([u1["w"], u2["w"]], [-0.2, -0.1 * (0.9 * 2.0 + 2.0)], rtol=1e-6)
 
 
+def test_adam_as_torch_adam_with_coupled_weight_decay():
+  # torch.optim.Adam: g = grad + wd * p; m, v EMAs (0.9, 0.999); p -= lr * m_hat / (sqrt(v_hat)
+  # + 1e-8), bias-corrected; params held fixed, gradients change every step.
+  cfg = unlearn.BadTeacherConfig(lr=0.1, weight_decay=0.5)
+  opt = make_optimizer(cfg, epochs=1, steps_per_epoch=3)
+  p = np.asarray([2.0, -1.0])
+  params = {"w": jnp.asarray(p, jnp.float32)}
+  state = opt.init(params)
+  m = v = np.zeros(2)
+  for k, grad in enumerate(([1.0, 0.25], [-3.0, 0.5], [0.5, 4.0]), start=1):
+    u, state = opt.update({"w": jnp.asarray(grad, jnp.float32)}, state, params)
+    g = np.asarray(grad) + 0.5 * p
+    m, v = 0.9 * m + 0.1 * g, 0.999 * v + 0.001 * g * g
+    expected = -0.1 * (m / (1 - 0.9 ** k)) / (np.sqrt(v / (1 - 0.999 ** k)) + 1e-8)
+    # float32 bias corrections (1 - 0.999 ** k) carry a relative error of ~1e-5
+    np.testing.assert_allclose(u["w"], expected, rtol=1e-4)
+
+
+def test_method_optimizer_must_be_sgd_or_adam():
+  with pytest.raises(InvalidArgument, match="optimizer.*'sgd', 'adam'|optimizer"):
+    unlearn.FTConfig(optimizer="rmsprop")
+
+
 def test_constant_schedule_is_the_curve_default():
   assert OptimConfig() == OptimConfig(lr=0.01, momentum=0.9, weight_decay=0.0, cosine=False)
   steps, _ = updates(make_optimizer(OptimConfig(momentum=0.0), epochs=3, steps_per_epoch=2),

@@ -148,6 +148,23 @@ def test_base_methods_and_mcu_apply_member_by_member(setup, originals, caplog):
   assert curves.ts[0] == result.t and len(curves.ts) == 2
 
 
+@pytest.mark.parametrize("method,config", [
+    ("ssd", None), ("iu", {"woodfisher_samples": 50}), ("boundary_shrink", {"epochs": 1}),
+    ("bad_teacher", None), ("unsir", {"noise_steps": 2, "retain_per_class": 20})])
+def test_issue25_methods_run_in_a_population_as_alone(setup, originals, method, config):
+  tt, apply, init, _ = setup
+  split = data.class_forget_split(tt.train.labels, [3])
+  two = population.Population.of([originals.member(i) for i in (0, 1)], SEEDS[:2])
+  unlearned = population.unlearn_population(
+      method, two, apply=apply, train_set=tt.train, split=split, preprocess=normalize_uint8,
+      config=config, seeds=(7, 8), init=init)
+  alone = unlearn.run(method, apply=apply, params=two.member(1)[0], model_state=two.member(1)[1],
+                      train=tt.train, split=split, preprocess=normalize_uint8, config=config,
+                      rng=jax.random.PRNGKey(8), progress=False, init=init)
+  chex.assert_trees_all_close(unlearned.member(1), (alone.params, alone.model_state),
+                              rtol=1e-6, atol=1e-6)
+
+
 def test_logits_of_a_population(setup, originals):
   tt, apply, _, _ = setup
   x = tt.test.images[:50]

@@ -90,13 +90,32 @@ ONE_EPOCH = {
 }
 
 
+# Issue #25's methods: each has its own test file (tests/test_<module>.py) pinning its defining
+# computation and a digits run that unlearns.
+OWN_FILES = ("ssd", "bad_teacher", "unsir", "boundary_shrink", "iu")
+
+
 def test_registry_and_documented_defaults():
-  assert unlearn.method_names() == list(ONE_EPOCH)
-  assert set(unlearn.METHODS) == set(ONE_EPOCH)
+  assert unlearn.method_names() == list(ONE_EPOCH) + list(OWN_FILES)
   for name in unlearn.METHODS:
     cfg = unlearn.default_config(name)
     assert type(cfg) is unlearn.get_method(name).config_type
     assert cfg.momentum == 0.9
+  ssd = unlearn.default_config("ssd")
+  assert (ssd.alpha, ssd.lam, ssd.batch_size) == (10.0, 1.0, 128)
+  bt = unlearn.default_config("bad_teacher")
+  assert (bt.optimizer, bt.lr, bt.epochs, bt.batch_size, bt.temperature, bt.retain_fraction,
+          bt.weight_decay, bt.cosine) == ("adam", 1e-4, 1, 256, 1.0, 0.3, 0.0, False)
+  un = unlearn.default_config("unsir")
+  assert (un.optimizer, un.lr, un.repair_lr, un.epochs, un.repair_epochs, un.batch_size,
+          un.noise_steps, un.noise_lr, un.noise_l2, un.noise_copies, un.retain_per_class) == (
+              "adam", 0.02, 0.01, 1, 1, 256, 40, 0.1, 0.1, 20, 1000)
+  bs = unlearn.default_config("boundary_shrink")
+  assert (bs.lr, bs.epochs, bs.weight_decay, bs.bound, bs.attack_step, bs.attack_steps) == (
+      1e-5, 10, 0.0, 0.1, 8 / 255, 5)
+  iu = unlearn.default_config("iu")
+  assert (iu.alpha, iu.woodfisher_samples, iu.batch_size) == (0.2, 1000, 256)
+  assert all(unlearn.default_config(m).optimizer == "sgd" for m in ONE_EPOCH)
   common = unlearn.default_config("ft")
   assert (common.lr, common.weight_decay, common.batch_size, common.epochs, common.cosine) == (
       0.01, 1e-4, 128, 10, True)

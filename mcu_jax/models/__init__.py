@@ -39,6 +39,7 @@ from mcu_jax.models.resnet import ResNet18
 from mcu_jax.models.running_stats import RunningStats, StatsLayout
 from mcu_jax.models.small import MLP, SmallCNN
 from mcu_jax.models.vgg import VGG16BN
+from mcu_jax.models.vit import ViT
 from mcu_jax.typing import PyTree
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {
@@ -50,6 +51,7 @@ _REGISTRY: dict[str, Callable[..., nn.Module]] = {
     "preresnet110": PreResNet110,
     "preresnet164": PreResNet164,
     "vgg16_bn": VGG16BN,
+    "vit_tiny": ViT,
 }
 
 
@@ -97,5 +99,5 @@ __all__ = [
     "LinenApply", "NnxApply", "HaikuApply", "EquinoxApply", "CastApply", "register",
     "model_names", "get_model", "init_model",
     "param_count", "MLP", "SmallCNN", "ResNet18", "PreResNet20", "PreResNet56", "PreResNet110",
-    "PreResNet164", "VGG16BN",
+    "PreResNet164", "VGG16BN", "ViT",
 ]

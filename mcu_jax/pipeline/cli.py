@@ -3,6 +3,7 @@
     mcu-jax demo                                   the whole job on the bundled digits data
     mcu-jax run --config cfg.yaml --run-dir DIR    the same from a config file
     mcu-jax train|retrain|unlearn|mask|curve|sweep|report --run-dir DIR   one stage
+    mcu-jax relearn|forget-quality --run-dir DIR   optional stages, on request
 
 Configuration: ``--config FILE`` (YAML, TOML or JSON) and ``--set key.sub=value`` overrides
 (repeatable), validated before anything is written. ``--resume`` continues a killed stage from
@@ -62,6 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
     _common(sub, run_dir_required=True)
     if stage == "unlearn":
       sub.add_argument("--method", help="base unlearning method (overrides unlearn.method)")
+    if stage == "relearn":
+      sub.add_argument("--steps", type=int, help="relearning steps K (relearn.steps, default "
+                       "100; a multiple of relearn.intervals)")
+      sub.add_argument("--source", choices=("retain", "forget"),
+                       help="relearn on D_r or on relearn.forget_examples examples of D_f "
+                       "(relearn.source, default retain)")
     if stage == "forget-quality":
       sub.add_argument("--models", type=int, help="models per population "
                        "(forget_quality.models, default 16)")
@@ -93,6 +100,10 @@ def _config(args):
     overrides.append(f"unlearn.method={args.method}")
   if getattr(args, "models", None) is not None:
     overrides.append(f"forget_quality.models={args.models}")
+  if getattr(args, "steps", None) is not None:
+    overrides.append(f"relearn.steps={args.steps}")
+  if getattr(args, "source", None):
+    overrides.append(f"relearn.source={args.source}")
   if getattr(args, "methods", None):
     overrides.append(f"forget_quality.methods=[{args.methods}]")
   saved = args.run_dir / "config.json" if args.run_dir is not None else None

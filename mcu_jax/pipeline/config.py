@@ -11,7 +11,9 @@ The MCU settings are the library's own types: ``mask`` is a ``MaskOptions``, ``c
 ``CurveOptions`` (their defaults are the reference's MCU hyperparameters: SGD lr 0.01, momentum
 0.9, no weight decay, 10 epochs, batch 128, retain_ratio 0.5, 3 bends, Bezier, k = 0.5,
 kr = 0), and ``sweep`` holds the config keys of ``SweepOptions`` (20 points, t on [0.75, 1])
-plus the pipeline's choice of targets. ``unlearn_curve_kwargs`` is the one map from a
+plus the pipeline's choice of targets. ``relearn`` is the relearn attack's ``RelearnConfig``
+(``mcu-jax relearn``; its defaults are its own: 100 SGD steps, lr 0.01, momentum 0.9, batch
+128, on D_r). ``unlearn_curve_kwargs`` is the one map from a
 configuration to the library's call; the stages pass the same objects to its three steps.
 The other defaults are a digits-sized original model.
 """
@@ -29,6 +31,7 @@ from typing import Any
 
 from mcu_jax.errors import InvalidArgument
 from mcu_jax.preprocess import Preprocess, default_preprocess
+from mcu_jax.relearn import RelearnConfig
 from mcu_jax.runtime.masks import MaskOptions
 from mcu_jax.runtime.mcu import CurveOptions
 from mcu_jax.runtime.sweep import SweepOptions
@@ -157,6 +160,7 @@ class RunConfig:
   curve: CurveOptions = dataclasses.field(default_factory=CurveOptions)
   sweep: SweepConfig = dataclasses.field(default_factory=SweepConfig)
   forget_quality: ForgetQualityConfig = dataclasses.field(default_factory=ForgetQualityConfig)
+  relearn: RelearnConfig = dataclasses.field(default_factory=RelearnConfig)   # mcu-jax relearn
 
   def validate(self, where="config"):
     from mcu_jax import models

@@ -28,6 +28,7 @@ import dataclasses
 import functools
 import time
 
+import jax
 import numpy as np
 
 from mcu_jax import forget_quality, io, models, population
@@ -239,7 +240,7 @@ def _write_confidences(ctx: Context, evaluated: dict) -> str:
 
 
 def _markdown(scores: dict, sizes: dict, *, methods, n: int, kind: str, forget_size: int,
-              settings: dict) -> str:
+              settings: dict, batch_stats: bool = True) -> str:
   """The report: every population's scores with their intervals, the floor beside them, the
   model-level comparisons of base and MCU, the per-example description, the populations."""
   interval = lambda v, ci: f"{v:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]"
@@ -266,7 +267,9 @@ def _markdown(scores: dict, sizes: dict, *, methods, n: int, kind: str, forget_s
       f"{settings['splits']} random splits (half of each population fits, the other half is "
       "attacked), with its sd over the splits. Intervals: 95 %, bootstrap over models "
       f"({settings['resamples']} resamples; estimate -+ 1.96 bootstrap sd). RA, TA, FA in "
-      "percent, the mean over the population, BatchNorm statistics recomputed on D_r.", "",
+      "percent, the mean over the population, "
+      + ("BatchNorm statistics recomputed on D_r." if batch_stats else
+         "the model has no BatchNorm statistics (none recomputed)."), "",
       report.markdown_table(rows, list(rows[0]), floatfmt=".2f"), ""]
   compared = [(m, scores[f"{m}+mcu"]) for m in methods if f"{m}+mcu" in scores]
   if compared:
@@ -341,7 +344,8 @@ def stage_forget_quality(ctx: Context, stage: Stage) -> dict:
                 "splits": settings.splits, "seed": ctx.config.seed, "level": 0.95,
                 "interval": "normal (estimate -+ 1.96 bootstrap sd)"}
   text = _markdown(scores, sizes, methods=methods, n=settings.models, kind=ctx.split.kind,
-                   forget_size=len(ctx.split.forget), settings=statistics)
+                   forget_size=len(ctx.split.forget), settings=statistics,
+                   batch_stats=bool(jax.tree.leaves(pops["originals"].member(0)[1])))
   for name, write in (("forget_quality.md", lambda path: io.write_markdown(path, text)),
                       ("forget_quality.png", lambda path: report.plot_epsilons(
                           scores, methods, path=path))):

@@ -175,10 +175,11 @@ def plot_methods(rows: Sequence[Mapping[str, Any]], path="methods.png",
 
 
 def run_markdown(*, title: str, kind: str, forget_size: int, retain_size: int, method: str,
-                 sweep_record: Mapping, t_search: Sequence[float], recalibrated_on: str,
+                 sweep_record: Mapping, t_search: Sequence[float], recalibrated_on: str | None,
                  table: str) -> str:
   """The markdown of a run's report: the setting, the chosen t, how to read the table, the
-  table and the two plots (``sweep.png``, ``methods.png`` beside it)."""
+  table and the two plots (``sweep.png``, ``methods.png`` beside it). ``recalibrated_on``:
+  the set BatchNorm statistics are recomputed on, None for a model without them."""
   t, targets = sweep_record["chosen_t"], sweep_record["targets"]
   bound = sweep_record.get("at_bound")
   region = ", ".join(f"[{a:.2f}, {b:.2f}]" for a, b in sweep_record["region"]) or "empty"
@@ -195,8 +196,9 @@ def run_markdown(*, title: str, kind: str, forget_size: int, retain_size: int, m
       "test; AvgGap is against Retrain over UA, RA, TA, MIA; RTE in seconds, compilation "
       "excluded (MCU's RTE adds the mask and the curve epochs to the base method's; the "
       f"{len(sweep_record['sweep']['ts'])}-point sweep that chose t took a further "
-      f"{sweep_record['seconds']:.1f} s, compilation included). Every row's BatchNorm "
-      f"statistics are recomputed on {recalibrated_on}.",
+      f"{sweep_record['seconds']:.1f} s, compilation included). "
+      + (f"Every row's BatchNorm statistics are recomputed on {recalibrated_on}."
+         if recalibrated_on else "The model has no BatchNorm statistics: none are recomputed."),
       "",
       table,
       "",
@@ -234,4 +236,46 @@ def plot_epsilons(scores: Mapping, methods: Sequence[str], path="forget_quality.
   return _save_png(fig, path)
 
 
-__all__ = ["markdown_table", "plot_sweep", "plot_methods", "run_markdown", "plot_epsilons"]
+# ---------------------------------------------------------------------------------------------
+# The relearn attack.
+
+
+def plot_relearn(curves: Mapping[str, Mapping], path="relearn.png",
+                 title: str | None = None) -> str:
+  """Forget accuracy vs relearning steps, one line per model: ``curves`` is {model name:
+  {"steps": [...], "forget_acc": [...] (percent)}} (``RelearnResult.to_dict``)."""
+  if not curves:
+    raise InvalidArgument("plot_relearn needs at least one curve")
+  fig = _figure()
+  ax = fig.add_subplot(1, 1, 1)
+  for name, curve in curves.items():
+    ax.plot(np.asarray(curve["steps"]), np.asarray(curve["forget_acc"], np.float64),
+            marker="o", markersize=4, label=f"{name} (rebound {curve['rebound']:+.1f})")
+  ax.set_xlabel("relearning steps")
+  ax.set_ylabel("forget accuracy (%)")
+  ax.set_ylim(-2, 102)
+  ax.set_title(title or "Relearn attack")
+  ax.grid(True, alpha=0.3)
+  ax.legend(loc="best", fontsize=8)
+  return _save_png(fig, path)
+
+
+def relearn_markdown(relearned: Mapping, table: str) -> str:
+  """The report's relearn section: the attack's settings, ``table`` (forget accuracy at every
+  reading per model) and the plot ``relearn/relearn.png``."""
+  config = relearned["config"]
+  on = ("D_r" if config["source"] == "retain" else
+        f"{config['forget_examples']} examples of D_f (forget accuracy on the others)")
+  return "\n".join([
+      "## Relearn attack", "",
+      f"Every model above (BatchNorm recomputed as in the table) fine-tuned {config['steps']} "
+      f"steps on {on}: SGD lr {config['lr']:g}, momentum {config['momentum']:g}, weight decay "
+      f"{config['weight_decay']:g}, batch {config['batch_size']}, seed {relearned['seed']}, "
+      "the same batches for every model. FA@s: forget accuracy (percent) after s steps; "
+      "rebound: FA after the last step minus before (the table's \"relearn rebound\"); the "
+      "retrained model's curve is the reference. RA@K, TA@K: retain and test accuracy at the "
+      "end.", "", table, "", "![relearn attack](relearn/relearn.png)", ""])
+
+
+__all__ = ["markdown_table", "plot_sweep", "plot_methods", "run_markdown", "plot_epsilons",
+           "plot_relearn", "relearn_markdown"]

@@ -7,6 +7,9 @@
     curve    the curve's trained control point        curve.json, curve/controls
     sweep    phi(t) along t and the chosen t          sweep.json
     report   the metrics table, markdown and plots    report.json, report.md, *.png
+    relearn  (on request) the relearn attack on the   relearn.json, relearn/relearn.json,
+             four models of the report                relearn/relearn.png
+    forget-quality  (on request) populations          forget_quality.json, ...
 
 ``STAGES`` is the one list of stages (``rundir.Stage``): the CLI's commands, what depends on
 what, what a stage owns and which configuration keys it reads are all derived from it. A stage
@@ -32,7 +35,7 @@ from mcu_jax import io, models, unlearn
 from mcu_jax.core import beta as beta_lib
 from mcu_jax.core.curves import Curve, point
 from mcu_jax.pipeline import config as config_lib
-from mcu_jax.pipeline import context, forget_stage, report, rundir
+from mcu_jax.pipeline import context, forget_stage, relearn_stage, report, rundir
 from mcu_jax.pipeline.context import Context
 from mcu_jax.pipeline.rundir import Stage, StageError
 from mcu_jax.runtime import evaluate, masks, mcu, mia, parallel, signals, sweep, train
@@ -268,16 +271,25 @@ def stage_report(ctx: Context, stage: Stage) -> dict:
                "RTE": ctx.record("unlearn")["rte_seconds"] + ctx.record("curve")["rte_seconds"]})
   for row in rows:
     row["AvgGap"] = mia.avg_gap(row, rows[1])
-  columns = ["method", "UA", "RA", "TA", "MIA", "loss_auc", "AvgGap", "RTE"]
+  columns: list = ["method", "UA", "RA", "TA", "MIA", "loss_auc", "AvgGap", "RTE"]
   if ctx.split.kind == "class":
     columns.insert(4, "TA_forgotten")
+  relearned = relearn_stage.for_report(ctx)     # None unless `mcu-jax relearn` is current
+  if relearned is not None:
+    for row, key in zip(rows, relearn_stage.MODELS):
+      row["relearn_rebound"] = relearned["models"][key]["rebound"]
+    columns.append(("relearn_rebound", "relearn rebound"))
   table = report.markdown_table(rows, columns)
   title = f"{ctx.config.model} on {ctx.config.dataset}"
   text = report.run_markdown(
       title=title, kind=ctx.split.kind, forget_size=len(ctx.split.forget),
       retain_size=len(ctx.split.retain), method=method, sweep_record=swept,
       t_search=ctx.config.sweep.t_search, table=table,
-      recalibrated_on="D_r" if ctx.config.sweep.recalibrate_on == "retain" else "D_r + D_f")
+      recalibrated_on=None if not jax.tree.leaves(model_state) else
+      "D_r" if ctx.config.sweep.recalibrate_on == "retain" else "D_r + D_f")
+  if relearned is not None:
+    text += "\n" + report.relearn_markdown(
+        relearned, relearn_stage.table(relearned["models"], relearned["labels"]))
   targets = (swept["targets"]["retain"], swept["targets"]["forget"])
   writers = {
       "sweep.png": lambda path: report.plot_sweep(
@@ -289,7 +301,8 @@ def stage_report(ctx: Context, stage: Stage) -> dict:
   for name, write in writers.items():
     ctx.run.write_file(write, ctx.run_dir / name)
   files = {name: str(ctx.run_dir / name) for name in writers}
-  return context.finish(ctx, stage, {"rows": rows, "chosen_t": t, "table": table, "files": files})
+  return context.finish(ctx, stage, {"rows": rows, "chosen_t": t, "table": table, "files": files,
+                                     "relearn": relearned is not None})
 
 
 COMMON = ("dataset", "model", "model_options", "seed", "augment")   # every stage reads these
@@ -308,6 +321,10 @@ STAGES: tuple[Stage, ...] = (
           ("curve/controls", "curve/ckpt"), stage_curve),
     Stage("sweep", "sweep", ("split", "original", "retrain", "unlearn", "curve"),
           COMMON + ("sweep", "curve.batch_size", "eval_batch_size"), (), stage_sweep),
+    Stage("relearn", "relearn", ("split", "original", "retrain", "unlearn", "curve", "sweep"),
+          COMMON + ("relearn", "eval_batch_size", "curve.batch_size", "sweep.recalibrate_on"),
+          (relearn_stage.CURVES, relearn_stage.PLOT), relearn_stage.stage_relearn,
+          in_run=False),
     Stage("report", "report", ("split", "original", "retrain", "unlearn", "curve", "sweep"),
           COMMON + ("eval_batch_size",), ("report.md", "sweep.png", "methods.png"),
           stage_report),

@@ -1,4 +1,5 @@
-"""The one optimizer builder: SGD from an ``OptimConfig``, optionally masked.
+"""The one optimizer builder: SGD from an ``OptimConfig`` (Adam where a base method's config
+asks for it), optionally masked.
 
 Every training in mcu_jax (the original model, retraining, each base method, the curve) builds
 its optimizer here: ``torch.optim.SGD`` semantics (coupled L2 weight decay added to the
@@ -134,6 +135,10 @@ def make_optimizer(config: OptimConfig, *, epochs: int, steps_per_epoch: int,
                    ) -> optax.GradientTransformation:
   """SGD per ``config``: (``penalty`` gradient) + coupled weight decay, momentum, schedule.
 
+  A base method's config may instead name ``optimizer="adam"`` (``unlearn.MethodConfig``):
+  ``torch.optim.Adam`` (betas 0.9/0.999, eps 1e-8, weight decay added to the gradient first)
+  on the same schedule.
+
   Args:
     config: the optimizer fields (any config embedding ``OptimConfig``).
     epochs, steps_per_epoch: the run's length, for the schedule.
@@ -148,7 +153,10 @@ def make_optimizer(config: OptimConfig, *, epochs: int, steps_per_epoch: int,
     parts.append(optax.add_decayed_weights(float(config.weight_decay)))
   schedule = learning_rate(config, epochs=epochs, steps_per_epoch=steps_per_epoch,
                            epoch_of_step=epoch_of_step)
-  parts.append(optax.sgd(schedule, momentum=config.momentum or None))
+  if getattr(config, "optimizer", "sgd") == "adam":   # a method config's choice
+    parts.append(optax.adam(schedule, b1=0.9, b2=0.999, eps=1e-8))
+  else:
+    parts.append(optax.sgd(schedule, momentum=config.momentum or None))
   tx = optax.chain(*parts) if len(parts) > 1 else parts[0]
   return tx if mask is None else masked(tx, mask)
 

@@ -71,7 +71,29 @@ scrub          max: D_f, min: D_r    max: -KL_T(t || s);         Kurmanji et al.
                                                                  (no extra KD term), T 4, retain
                                                                  batch 256, forget batch 512 (the
                                                                  notebook's loaders)
+ssd            D_f and D = D_r + D_f  no training: weights with   alpha 10, lambda 1, batch 128
+               (importances)         []_D_f > alpha []_D scaled  (Foster et al., AAAI 2024; code
+                                     by min(lambda []_D /        ``forget_random_main.py``)
+                                     []_D_f, 1)
+bad_teacher    D_f + 30 % of D_r     KL(teacher || student),     Adam lr 1e-4, 1 epoch, batch 256,
+                                     teacher theta_o on D_r,     T 1 (Chundawat et al., AAAI 2023;
+                                     a random net on D_f         code ``blindspot_unlearner``)
+unsir          noise per forget      CE: impair (noise + D_r     noise: Adam 0.1, 40 steps, l2 0.1;
+               class + <= 1000       subset), then repair        impair Adam 0.02, repair 0.01,
+               per class of D_r      (D_r subset)                1 epoch each, batch 256 (Tarun et
+                                                                 al., TNNLS 2023; authors' notebook)
+boundary_      D_f relabelled to     CE                          PGD bound 0.1, step 8/255, 5 steps;
+shrink         its adversarial                                   SGD lr 1e-5, 10 epochs (Chen et
+               neighbours' classes                               al., CVPR 2023; paper's code)
+iu             D_f, D_r (gradients)  no training: theta_o +      alpha 0.2, N 1000, batch 256 (the
+                                     alpha * WoodFisher H^-1 v   SalUn/Unlearn-Sparse ``Wfisher``)
 =============  ====================  ==========================  ===================================
+
+The five methods of issue #25 live in modules of their own (``ssd``, ``bad_teacher``,
+``unsir``, ``boundary_shrink``, ``influence``), whose docstrings give each computation, the
+source of every default and every deviation from the original code. SSD and IU do not train:
+their history is empty and their RTE is their extra seconds. Bad Teacher and UNSIR use Adam
+(``MethodConfig.optimizer``), as their papers.
 
 Notes and deviations from the reference:
 
@@ -114,8 +136,11 @@ Notes and deviations from the reference:
 from __future__ import annotations
 
 from mcu_jax.unlearn.configs import (
+                                     BadTeacherConfig,
+                                     BoundaryShrinkConfig,
                                      FTConfig,
                                      GAConfig,
+                                     IUConfig,
                                      L1SparseConfig,
                                      MethodConfig,
                                      NegGradPlusConfig,
@@ -124,6 +149,8 @@ from mcu_jax.unlearn.configs import (
                                      RLConfig,
                                      SalUnConfig,
                                      ScrubConfig,
+                                     SSDConfig,
+                                     UNSIRConfig,
 )
 from mcu_jax.unlearn.l1 import l1_penalty
 from mcu_jax.unlearn.losses import distill_kl, random_wrong_labels
@@ -136,5 +163,6 @@ __all__ = [
     "method_names", "check_split", "l1_penalty", "distill_kl",
     "negate_task_vector", "random_wrong_labels", "MethodConfig", "RetrainConfig", "FTConfig",
     "GAConfig", "NegGradPlusConfig", "RLConfig", "SalUnConfig", "L1SparseConfig",
-    "NegTVConfig", "ScrubConfig",
+    "NegTVConfig", "ScrubConfig", "SSDConfig", "BadTeacherConfig", "UNSIRConfig",
+    "BoundaryShrinkConfig", "IUConfig",
 ]

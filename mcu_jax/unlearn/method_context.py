@@ -15,6 +15,7 @@ from typing import Any
 import jax
 
 from mcu_jax import data as data_lib
+from mcu_jax.errors import InvalidArgument
 from mcu_jax.models.adapters import Apply
 from mcu_jax.preprocess import Preprocess
 from mcu_jax.runtime import parallel
@@ -92,6 +93,25 @@ def wrap_evaluate(ctx: MethodContext, view: Callable[[Any], tuple[PyTree, PyTree
 
 def _plain_view(state: train_lib.TrainState) -> tuple[PyTree, PyTree]:
   return state.params, state.model_state
+
+
+def fresh_init(ctx: MethodContext, key: jax.Array, why: str) -> tuple[PyTree, PyTree]:
+  """``ctx.init_params`` (a pair, or ``fn(key) -> pair``) as (params, model_state) of theta_o's
+  structure; raises ``InvalidArgument`` saying ``why`` the method needs one when it is missing,
+  or when its structure is not theta_o's."""
+  init = ctx.init_params
+  if init is None:
+    raise InvalidArgument(f"{why}: pass init_params=(params, model_state) or a function "
+                          "rng -> (params, model_state) of the original model's architecture")
+  params, model_state = init(key) if callable(init) else init
+  for name, fresh, original in (("params", params, ctx.params),
+                                ("model_state", model_state, ctx.model_state)):
+    # mypy: jax's PyTreeDef alias is opaque to it, hence the ignore
+    if jax.tree.structure(fresh) != jax.tree.structure(original):  # type: ignore[operator]
+      raise InvalidArgument(f"init_params' {name} do not have the structure of the original "
+                            f"model's:\n  {jax.tree.structure(fresh)}\n  "
+                            f"{jax.tree.structure(original)}")
+  return params, model_state
 
 
 def place(ctx: MethodContext, tree: PyTree) -> PyTree:

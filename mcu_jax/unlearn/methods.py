@@ -27,6 +27,7 @@ from mcu_jax.unlearn.method_context import (
   MethodContext,
   Outcome,
   forget_arrays,
+  fresh_init,
   place,
   retain_arrays,
   train_on,
@@ -35,19 +36,8 @@ from mcu_jax.unlearn.method_context import (
 
 def run_retrain(ctx: MethodContext, config: cfgs.RetrainConfig) -> Outcome:
   """CE on D_r from a fresh initialisation (``ctx.init_params``, of theta_o's structure)."""
-  init = ctx.init_params
-  if init is None:
-    raise InvalidArgument("retrain trains from a fresh initialisation: pass init_params="
-                     "(params, model_state) or a function rng -> (params, model_state)")
   init_key, train_key = jax.random.split(ctx.rng)
-  params, model_state = init(init_key) if callable(init) else init
-  for name, fresh, original in (("params", params, ctx.params),
-                                ("model_state", model_state, ctx.model_state)):
-    # mypy: jax's PyTreeDef alias is opaque to it, hence the ignore
-    if jax.tree.structure(fresh) != jax.tree.structure(original):  # type: ignore[operator]
-      raise InvalidArgument(f"init_params' {name} do not have the structure of the original "
-                       f"model's:\n  {jax.tree.structure(fresh)}\n  "
-                       f"{jax.tree.structure(original)}")
+  params, model_state = fresh_init(ctx, init_key, "retrain trains from a fresh initialisation")
   return train_on(ctx, config, ce_loss(ctx.apply), retain_arrays(ctx),
                   start=(params, model_state), rng=train_key)
 

@@ -9,8 +9,17 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from mcu_jax.errors import InvalidArgument
+from mcu_jax.unlearn import (
+  bad_teacher,
+  boundary_shrink,
+  influence,
+  methods,
+  negtv,
+  scrub,
+  ssd,
+  unsir,
+)
 from mcu_jax.unlearn import configs as cfgs
-from mcu_jax.unlearn import methods, negtv, scrub
 from mcu_jax.unlearn.method_context import MethodContext, Outcome
 
 
@@ -40,6 +49,16 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            "negated task vector of a fine-tuning on D_f"),
     Method("scrub", cfgs.ScrubConfig, scrub.run_scrub, True,
            "teacher-student: max KL on D_f, min CE + KL on D_r"),
+    Method("ssd", cfgs.SSDConfig, ssd.run_ssd, True,
+           "dampen the weights far more important to D_f than to D (no training)"),
+    Method("bad_teacher", cfgs.BadTeacherConfig, bad_teacher.run_bad_teacher, True,
+           "distil theta_o on D_r and a random network on D_f"),
+    Method("unsir", cfgs.UNSIRConfig, unsir.run_unsir, True,
+           "error-maximising noise per forget class: impair, then repair on D_r"),
+    Method("boundary_shrink", cfgs.BoundaryShrinkConfig, boundary_shrink.run_boundary_shrink,
+           False, "fine-tune D_f on the labels of its adversarial neighbours"),
+    Method("iu", cfgs.IUConfig, influence.run_iu, True,
+           "influence update with a WoodFisher inverse Hessian (no training)"),
 )}
 
 

@@ -39,13 +39,19 @@ class UnlearnResult:
       in it. After a resume it includes the epochs run before the interruption.
     extra_seconds: the method's work outside the epochs, also with compilation done ahead of
       time: SalUn's forget-gradient accumulation plus the mask ranking; NegTV's task-vector
-      arithmetic (plus the BN recalibration with ``batch_stats="recalibrate"``); 0 otherwise.
+      arithmetic (plus the BN recalibration with ``batch_stats="recalibrate"``); SSD's and IU's
+      whole computation (they have no epochs); UNSIR's noise optimisation; Boundary Shrink's
+      relabelling; 0 otherwise.
     compile_seconds: ahead-of-time compilation of the epoch(s) and of the extra steps; not in
       the RTE. Host-to-device copies of the data are in neither.
     history: ``train.fit``'s per-epoch records (``epoch``, ``seconds``, ``train_<metric>``
       means, evaluate() values). SCRUB's max-phase metrics appear as ``train_max_<metric>``.
     extras: method-specific outputs: SalUn ``mask`` (bool pytree like params, True = may
-      move); NegTV ``finetuned_params``/``finetuned_model_state`` (theta_ft).
+      move); NegTV ``finetuned_params``/``finetuned_model_state`` (theta_ft); SSD
+      ``selected``, ``forget_importance``, ``original_importance``; Bad Teacher
+      ``retain_sample``; UNSIR ``noise``, ``noise_classes``, ``noise_objective``,
+      ``retain_indices``; Boundary Shrink ``neighbour_labels``; IU ``direction``,
+      ``perturbation``.
   """
   method: str
   params: PyTree

@@ -1,0 +1,164 @@
+"""The relearn attack on a study's finished cells (issue #25): does forgetting come back?
+
+    python3 experiments/relearn.py --config experiments/configs/methods25_digits.yaml
+    python3 experiments/relearn.py --config ... --report-only
+
+For every finished cell (scenario, seed, method) of the study's main table, the four models of
+its report (theta_o, the retrained model, the base method's theta_p and the MCU point at the
+chosen t, each with its BatchNorm statistics recomputed as the report's rows are) are relearned
+with ``mcu_jax.relearn.relearn`` at its defaults (``RelearnConfig``: K = 100 SGD steps, lr
+0.01, momentum 0.9, batch 128), from two relearn sets: D_r (``source=retain``) and 32 labelled
+examples of D_f (``source=forget``; forget accuracy then read on the rest of D_f). Every model
+of a (scenario, seed) sees the same batches (seed + 400, as ``mcu-jax relearn``). The rebound
+is forget accuracy after K steps minus before; the retrained model's is the reference (what
+relearning gives a model that never saw D_f).
+
+Per (scenario, source, method): rebound of base and of base + MCU, mean ± sd over the seeds,
+and MCU minus base with the seed as the unit (exact sign-flip test, 95 % t interval,
+``tuning.seed_test``). Writes ``results/relearn_<study>/relearn.{md,json}`` (every per-seed
+curve in the JSON); finished (cell, source) pairs are kept in ``runs/.../<cell>/relearn_*.json``
+and not recomputed.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):   # run as a file (python3 experiments/relearn.py): the checkout
+  sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np  # noqa: E402
+
+from experiments import study as S  # noqa: E402
+from experiments.tuning import seed_test  # noqa: E402
+
+SOURCES = ("retain", "forget")
+MODELS = ("original", "retrain", "base", "mcu")
+SEED_OFFSET = 400      # as mcu_jax.pipeline.relearn_stage
+
+
+def relearn_cell(study, dataset, runs, scenario, seed, method, source) -> dict:
+  """The four models' relearn curves of one cell and source (cached in the cell directory)."""
+  directory = S.seed_dir(runs, study, scenario, seed) / method
+  done = directory / f"relearn_{source}.json"
+  if done.exists():
+    return S.read_json(done)
+  from mcu_jax import relearn
+  from mcu_jax.core.curves import point
+  from mcu_jax.pipeline import stages as pipeline
+  ctx = S.context(S.run_config(study, dataset, scenario, seed, method), directory, False)
+  curve, curve_state = pipeline.load_curve(ctx)
+  models = {"original": ctx.load_model("original"), "retrain": ctx.load_model("retrain"),
+            "base": ctx.load_model("unlearn"),
+            "mcu": (point(curve, ctx.record("sweep")["chosen_t"]), curve_state)}
+  sets = ctx.eval_sets()
+  config = relearn.RelearnConfig(source=source)
+  programs: dict = {}
+  out = {"scenario": scenario, "seed": seed, "method": method, "source": source,
+         "config": {k: getattr(config, k) for k in ("steps", "lr", "momentum", "weight_decay",
+                                                    "batch_size", "source", "forget_examples")},
+         "models": {}}
+  for name, (params, model_state) in models.items():
+    result = relearn.relearn(
+        ctx.apply, params, ctx.recalibrate(params, model_state), forget=sets["forget"],
+        retain=sets["retain"], test=sets["test"], config=config, seed=seed + SEED_OFFSET,
+        preprocess=ctx.preprocess_train, eval_batch_size=ctx.config.eval_batch_size,
+        mesh=ctx.mesh, programs=programs)
+    curve_dict = result.to_dict()
+    out["models"][name] = {k: curve_dict[k] for k in ("steps", "forget_acc", "retain_acc",
+                                                      "test_acc", "rebound")}
+  done.write_text(json.dumps(out, indent=2) + "\n")
+  fa = {k: v["forget_acc"] for k, v in out["models"].items()}
+  S.log(f"  {scenario}/seed{seed}/{method} ({source}): "
+        + "; ".join(f"{k} {v[0]:.1f} -> {v[-1]:.1f}" for k, v in fa.items()))
+  return out
+
+
+def run(study, dataset, runs) -> list:
+  failures = []
+  for scenario in study["scenarios"]:
+    for seed in study["seeds"]:
+      for method in study["methods"]:
+        if S.cell_record(S.seed_dir(runs, study, scenario, seed) / method) is None:
+          continue
+        for source in SOURCES:
+          S.guarded(relearn_cell, study, dataset, runs, scenario, seed, method, source,
+                    failures=failures, label=f"{scenario}/seed{seed}/{method}/{source}")
+  return failures
+
+
+def collect(study, runs) -> dict:
+  """{scenario: {source: {method: {seed: cell}}}} of the finished relearn cells."""
+  out: dict = {}
+  for scenario in study["scenarios"]:
+    for source in SOURCES:
+      for method in study["methods"]:
+        for seed in study["seeds"]:
+          path = S.seed_dir(runs, study, scenario, seed) / method / f"relearn_{source}.json"
+          if path.exists():
+            out.setdefault(scenario, {}).setdefault(source, {}).setdefault(method, {})[seed] = (
+                S.read_json(path))
+  return out
+
+
+def tables(study, cells) -> tuple[dict, str]:
+  fmt = lambda v: f"{np.mean(v):.1f} ± {np.std(v, ddof=1) if len(v) > 1 else 0.0:.1f}"
+  record: dict = {"study": study["name"], "config_file": study["config_file"], "tables": {}}
+  lines = [f"# Relearn attack on {study['name']} (issue #25)", "",
+           "Every model fine-tuned K = 100 SGD steps (lr 0.01, momentum 0.9, batch 128) on the "
+           "relearn set; FA = forget accuracy (percent) before -> after; rebound = after minus "
+           "before, mean ± sd over seeds. Relearn sets: D_r (`retain`), or 32 labelled "
+           "examples of D_f (`forget`, FA read on the other D_f examples). Retrain's rebound is "
+           "the reference. MCU − base: the rebound difference with the seed as the unit "
+           "(exact sign-flip test, 95 % t interval).", ""]
+  for scenario, by_source in cells.items():
+    for source, by_method in by_source.items():
+      rows, block = [], {}
+      for method, by_seed in by_method.items():
+        seeds = sorted(by_seed)
+
+        def get(model, i, by_seed=by_seed, seeds=seeds):
+          return np.asarray([by_seed[s]["models"][model]["forget_acc"][i] for s in seeds], float)
+        rebound = {m: get(m, -1) - get(m, 0) for m in MODELS}
+        test = seed_test(rebound["base"], rebound["mcu"]) if len(seeds) > 1 else None
+        block[method] = {"seeds": seeds,
+                         "forget_acc_before": {m: get(m, 0).tolist() for m in MODELS},
+                         "forget_acc_after": {m: get(m, -1).tolist() for m in MODELS},
+                         "rebound": {m: v.tolist() for m, v in rebound.items()},
+                         "mcu_minus_base": test}
+        row = {"method": method, "seeds": len(seeds)}
+        for m in MODELS:
+          row[f"{m} FA"] = f"{np.mean(get(m, 0)):.1f} -> {np.mean(get(m, -1)):.1f}"
+          row[f"{m} rebound"] = fmt(rebound[m])
+        row["MCU − base [95 % CI], p"] = (
+            "n < 2" if test is None else
+            f"{test['mean']:+.1f} [{test['ci95'][0]:+.1f}, {test['ci95'][1]:+.1f}], "
+            f"p = {test['p']:.3g}")
+        rows.append(row)
+      record["tables"][f"{scenario}/{source}"] = block
+      lines += [f"## {scenario} forgetting, relearn set: {source}", "",
+                S.markdown(rows, list(rows[0])), ""]
+  return record, "\n".join(lines)
+
+
+def main(argv=None) -> int:
+  p = S.parser(__doc__.split("\n")[0])
+  args = p.parse_args(argv)
+  study = S.setup(args)
+  dataset = S.dataset_name(study, args.runs_dir)
+  start = time.time()
+  failures = [] if args.report_only else run(study, dataset, args.runs_dir)
+  cells = collect(study, args.runs_dir)
+  if not cells:
+    S.log("no finished relearn cells")
+    return 1
+  record, text = tables(study, cells)
+  record["wall_seconds_this_invocation"] = time.time() - start
+  return S.finish(study, args.results_dir / f"relearn_{study['name']}", "relearn", record,
+                  text, failures)
+
+
+if __name__ == "__main__":
+  sys.exit(main())
