@@ -29,7 +29,7 @@ from mcu_jax.models.adapters import check_data
 from mcu_jax.preprocess import Preprocess, default_preprocess
 from mcu_jax.runtime import loops, parallel, train
 from mcu_jax.typing import PyTree
-from mcu_jax.validation import check_number, check_pair
+from mcu_jax.validation import check_choice, check_number, check_pair
 
 
 def accumulate_gradients(loss_fn: Callable[[PyTree, PyTree], jax.Array], params: PyTree,
@@ -60,34 +60,58 @@ def _gradient_sum(loss_fn, loop: str):
   return loops.make_batch_sum(jax.grad(loss_fn), loop)
 
 
-def summed_ce_gradients_fn(apply, preprocess, loop: str = "auto"):
-  """``fn(params, model_state, batches) -> grads``: the sum over batches of the gradient of
-  each batch's mean cross-entropy, the model in inference mode, no augmentation
-  (``preprocess(None, .)``). The reference's generate_weight_mask.py and SalUn's
-  generate_mask.py sum the same gradients in inference mode too, but over their training
-  loaders, whose transform augments (random crop and flip): their masks see augmented images.
-
-  ``batches`` holds ``images`` (steps, B, ...) inputs, ``labels`` (steps, B) and ``valid``
-  (steps, B) bool, e.g. from ``mcu_jax.data.padded_batches``. ``fn`` is jitted (or a host loop
-  over a jitted step on CPU, see ``loops.make_batch_sum``) and supports
-  ``fn.lower(...).compile()``. It is made once per (apply, preprocess, loop) when they are
-  hashable, so that the masks of a population's members share one compiled program; otherwise
-  each new function compiles anew.
-  """
-  try:
-    hash((apply, preprocess, loop))
-  except TypeError:
-    return _summed_ce_gradients.__wrapped__(apply, preprocess, loop)
-  return _summed_ce_gradients(apply, preprocess, loop)
+GRADIENT_SUMS = ("grad", "squared", "count_weighted")
+"""What ``summed_ce_gradients_fn`` sums per batch (its ``of``)."""
 
 
-@functools.lru_cache(maxsize=16)
-def _summed_ce_gradients(apply, preprocess, loop: str):
+def batch_mean_ce(apply, preprocess):
+  """``fn(params, model_state, batch) -> scalar``: the mean cross-entropy of the batch's valid
+  members, the model in inference mode, inputs ``preprocess(None, batch["images"])``."""
   def batch_loss(params, model_state, batch):
     logits, _ = apply(params, model_state, preprocess(None, batch["images"]), False)
     return objectives.masked_mean(objectives.cross_entropy(logits, batch["labels"]),
                                   batch["valid"])
-  return loops.make_batch_sum(jax.grad(batch_loss), loop)
+  return batch_loss
+
+
+def summed_ce_gradients_fn(apply, preprocess, loop: str = "auto", of: str = "grad"):
+  """``fn(params, model_state, batches) -> pytree like params``: the sum over batches of the
+  gradient g of each batch's mean cross-entropy (``batch_mean_ce``: inference mode, no
+  augmentation), or of what ``of`` makes of it: ``"grad"`` g (the masks), ``"squared"`` g**2
+  elementwise (SSD's Fisher importances), ``"count_weighted"`` g times the batch's number of
+  valid members (IU: the sum of per-example gradients). The reference's
+  generate_weight_mask.py and SalUn's generate_mask.py sum the same gradients in inference mode
+  too, but over their training loaders, whose transform augments (random crop and flip): their
+  masks see augmented images.
+
+  ``batches`` holds ``images`` (steps, B, ...) inputs, ``labels`` (steps, B) and ``valid``
+  (steps, B) bool, e.g. from ``mcu_jax.data.padded_batches`` (a padded last batch is the mean
+  over its own members). ``fn`` is jitted (or a host loop over a jitted step on CPU, see
+  ``loops.make_batch_sum``) and supports ``fn.lower(...).compile()``. It is made once per
+  (apply, preprocess, loop, of) when they are hashable, so that a population's members share
+  one compiled program; otherwise each new function compiles anew.
+  """
+  check_choice("of", of, GRADIENT_SUMS)
+  try:
+    hash((apply, preprocess, loop))
+  except TypeError:
+    return _summed_ce_gradients.__wrapped__(apply, preprocess, loop, of)
+  return _summed_ce_gradients(apply, preprocess, loop, of)
+
+
+@functools.lru_cache(maxsize=16)
+def _summed_ce_gradients(apply, preprocess, loop: str, of: str):
+  grad_fn = jax.grad(batch_mean_ce(apply, preprocess))
+  if of == "grad":
+    return loops.make_batch_sum(grad_fn, loop)
+
+  def transformed(params, model_state, batch):
+    grads = grad_fn(params, model_state, batch)
+    if of == "squared":
+      return jax.tree.map(jnp.square, grads)
+    count = jnp.sum(batch["valid"])
+    return jax.tree.map(lambda g: g * count.astype(g.dtype), grads)
+  return loops.make_batch_sum(transformed, loop)
 
 
 def layer_saliency(grads: PyTree) -> PyTree:

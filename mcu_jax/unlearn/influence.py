@@ -23,9 +23,9 @@ As the code stands, ``o`` is only ever rescaled, so it stays proportional to the
 example's gradient g_0 and ``k`` is v minus a multiple of g_0: the recursion is reproduced as
 written, not as the WoodFisher paper's inverse (which would update o with each g).
 
-``run_iu`` runs the two gradient sums (``loops.make_batch_sum``) and the recursion (per-example
-gradients vmapped in chunks of ``CHUNK``, the updates one ``lax.scan`` over each chunk; the
-chunks one scan, or on the CPU a host loop over one jitted chunk step, per
+``run_iu`` runs the two gradient sums (``masks.summed_ce_gradients_fn``) and the recursion
+(per-example gradients vmapped in chunks of ``CHUNK``, the updates one ``lax.scan`` over each
+chunk; the chunks one scan, or on the CPU a host loop over one jitted chunk step, per
 ``mcu_jax.runtime.loops``), all compiled ahead of time and timed as the method's extra seconds
 (its RTE: there are no epochs).
 
@@ -49,7 +49,7 @@ from mcu_jax import data as data_lib
 from mcu_jax.core import objectives
 from mcu_jax.models.adapters import Apply
 from mcu_jax.preprocess import Preprocess
-from mcu_jax.runtime import loops, parallel
+from mcu_jax.runtime import loops, masks, parallel
 from mcu_jax.runtime import train as train_lib
 from mcu_jax.typing import PyTree
 from mcu_jax.unlearn import configs as cfgs
@@ -64,41 +64,6 @@ from mcu_jax.unlearn.ssd import check_float_params
 
 CHUNK = 64
 """Retain examples whose per-example gradients the recursion holds at once: (CHUNK, P) floats."""
-
-
-def _batch_ce(apply: Apply, preprocess: Preprocess):
-  def batch_loss(params, model_state, batch):
-    logits, _ = apply(params, model_state, preprocess(None, batch["images"]), False)
-    return objectives.masked_mean(objectives.cross_entropy(logits, batch["labels"]),
-                                  batch["valid"])
-  return batch_loss
-
-
-def summed_gradient_fn(apply: Apply, preprocess: Preprocess, loop: str = "auto"):
-  """``fn(params, model_state, batches) -> pytree like params`` (float32 or wider): the sum over
-  batches of grad(batch mean CE over the valid members) times the number of valid members, the
-  model in inference mode, inputs ``preprocess(None, images)``.
-
-  ``batches``: ``images`` (steps, B, ...), ``labels`` and ``valid`` (steps, B)
-  (``mcu_jax.data.padded_batches``). ``loops.make_batch_sum``'s, so ``fn.lower(...).compile()``
-  works; made once per hashable (apply, preprocess, loop).
-  """
-  try:
-    hash((apply, preprocess, loop))
-  except TypeError:
-    return _summed_gradient.__wrapped__(apply, preprocess, loop)
-  return _summed_gradient(apply, preprocess, loop)
-
-
-@functools.lru_cache(maxsize=16)
-def _summed_gradient(apply: Apply, preprocess: Preprocess, loop: str):
-  grad_fn = jax.grad(_batch_ce(apply, preprocess))
-
-  def scaled_gradient(params, model_state, batch):
-    count = jnp.sum(batch["valid"])
-    grads = grad_fn(params, model_state, batch)
-    return jax.tree.map(lambda g: g * count.astype(g.dtype), grads)
-  return loops.make_batch_sum(scaled_gradient, loop)
 
 
 def woodfisher_update(carry: tuple[jax.Array, jax.Array], grad: jax.Array, first: jax.Array,
@@ -241,7 +206,7 @@ def run_iu(ctx: MethodContext, config: cfgs.IUConfig) -> Outcome:
   alpha = jnp.float32(config.alpha)
   params, state = ctx.params, ctx.model_state
 
-  sum_fn = summed_gradient_fn(ctx.apply, ctx.preprocess)
+  sum_fn = masks.summed_ce_gradients_fn(ctx.apply, ctx.preprocess, of="count_weighted")
   forget_c, s1 = train_lib.compile_ahead(sum_fn, params, state, forget_b)
   retain_c, s2 = train_lib.compile_ahead(sum_fn, params, state, retain_b)
   sharding = parallel.replicated_sharding(ctx.mesh)

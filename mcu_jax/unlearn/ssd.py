@@ -18,13 +18,13 @@ buffers, untouched). ``[]_D_f`` is taken over D_f, ``[]_D`` over D_r then D_f (t
 ``[]_D_f > alpha * []_D`` is multiplied by ``min(lam * []_D / []_D_f, 1)`` (the code's exponent
 1 and lower bound 1); the others stay.
 
-``importance_sum_fn`` builds the jitted squared-gradient sum; ``dampen`` the selection and the
-scaling; ``run_ssd`` the method, both passes and the dampening compiled ahead of time and timed
-as the method's extra seconds (its RTE: there are no epochs).
+``masks.summed_ce_gradients_fn(..., of="squared")`` is the jitted squared-gradient sum;
+``dampen`` the selection and the scaling; ``run_ssd`` the method, both passes and the
+dampening compiled ahead of time and timed as the method's extra seconds (its RTE: there are
+no epochs).
 """
 from __future__ import annotations
 
-import functools
 import time
 
 import jax
@@ -32,11 +32,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from mcu_jax import data as data_lib
-from mcu_jax.core import objectives
 from mcu_jax.errors import InvalidArgument
-from mcu_jax.models.adapters import Apply
-from mcu_jax.preprocess import Preprocess
-from mcu_jax.runtime import loops, parallel
+from mcu_jax.runtime import masks, parallel
 from mcu_jax.runtime import train as train_lib
 from mcu_jax.typing import PyTree
 from mcu_jax.unlearn import configs as cfgs
@@ -59,36 +56,6 @@ def check_float_params(params: PyTree, method: str) -> None:
           f"got {jnp.result_type(leaf)} at {jax.tree_util.keystr(path)}")
 
 
-def importance_sum_fn(apply: Apply, preprocess: Preprocess, loop: str = "auto"):
-  """``fn(params, model_state, batches) -> pytree like params``: the sum over batches of the
-  elementwise square of the gradient of each batch's mean CE over its valid members (float32),
-  the model in inference mode, inputs ``preprocess(None, images)``.
-
-  ``batches`` holds ``images`` (steps, B, ...), ``labels`` (steps, B) and ``valid`` (steps, B)
-  bool (``mcu_jax.data.padded_batches``): a padded last batch is the mean over its own
-  members, as the code's partial last batch. Divide by ``steps`` for the importance. ``fn`` is
-  ``loops.make_batch_sum``'s (one scan, or a host loop over one jitted step on the CPU) and
-  supports ``fn.lower(...).compile()``; it is made once per hashable (apply, preprocess, loop).
-  """
-  try:
-    hash((apply, preprocess, loop))
-  except TypeError:
-    return _importance_sum.__wrapped__(apply, preprocess, loop)
-  return _importance_sum(apply, preprocess, loop)
-
-
-@functools.lru_cache(maxsize=16)
-def _importance_sum(apply: Apply, preprocess: Preprocess, loop: str):
-  def batch_loss(params, model_state, batch):
-    logits, _ = apply(params, model_state, preprocess(None, batch["images"]), False)
-    return objectives.masked_mean(objectives.cross_entropy(logits, batch["labels"]),
-                                  batch["valid"])
-
-  def squared_gradient(params, model_state, batch):
-    return jax.tree.map(jnp.square, jax.grad(batch_loss)(params, model_state, batch))
-  return loops.make_batch_sum(squared_gradient, loop)
-
-
 @jax.jit
 def dampen(params: PyTree, forget_sum: PyTree, original_sum: PyTree, forget_batches: jax.Array,
            original_batches: jax.Array, alpha: jax.Array, lam: jax.Array):
@@ -96,7 +63,7 @@ def dampen(params: PyTree, forget_sum: PyTree, original_sum: PyTree, forget_batc
 
   Args:
     params: theta_o.
-    forget_sum, original_sum: ``importance_sum_fn`` over D_f and over D, like params.
+    forget_sum, original_sum: the squared-gradient sums over D_f and over D, like params.
     forget_batches, original_batches: their numbers of batches (scalars).
     alpha: selection weighting; lam: dampening constant (float32 scalars).
 
@@ -149,7 +116,7 @@ def run_ssd(ctx: MethodContext, config: cfgs.SSDConfig) -> Outcome:
   steps_d = jnp.float32(full_b["labels"].shape[0])
   alpha, lam = jnp.float32(config.alpha), jnp.float32(config.lam)
 
-  sum_fn = importance_sum_fn(ctx.apply, ctx.preprocess)
+  sum_fn = masks.summed_ce_gradients_fn(ctx.apply, ctx.preprocess, of="squared")
   params, state = ctx.params, ctx.model_state
   forget_c, seconds_f = train_lib.compile_ahead(sum_fn, params, state, forget_b)
   full_c, seconds_d = train_lib.compile_ahead(sum_fn, params, state, full_b)
