@@ -16,8 +16,8 @@ relearning gives a model that never saw D_f).
 Per (scenario, source, method): rebound of base and of base + MCU, mean ± sd over the seeds,
 and MCU minus base with the seed as the unit (exact sign-flip test, 95 % t interval,
 ``tuning.seed_test``). Writes ``results/relearn_<study>/relearn.{md,json}`` (every per-seed
-curve in the JSON); finished (cell, source) pairs are kept in ``runs/.../<cell>/relearn_*.json``
-and not recomputed.
+curve in the JSON); finished (cell, source, K) are kept in
+``runs/.../<cell>/relearn_<source>_K<K>.json`` and not recomputed.
 """
 from __future__ import annotations
 
@@ -37,12 +37,17 @@ from experiments.tuning import seed_test  # noqa: E402
 SOURCES = ("retain", "forget")
 MODELS = ("original", "retrain", "base", "mcu")
 SEED_OFFSET = 400      # as mcu_jax.pipeline.relearn_stage
+STEPS = 100            # RelearnConfig's default K
 
 
-def relearn_cell(study, dataset, runs, scenario, seed, method, source) -> dict:
+def _cache(runs, study, scenario, seed, method, source, steps) -> Path:
+  return S.seed_dir(runs, study, scenario, seed) / method / f"relearn_{source}_K{steps}.json"
+
+
+def relearn_cell(study, dataset, runs, scenario, seed, method, source, steps=STEPS) -> dict:
   """The four models' relearn curves of one cell and source (cached in the cell directory)."""
   directory = S.seed_dir(runs, study, scenario, seed) / method
-  done = directory / f"relearn_{source}.json"
+  done = _cache(runs, study, scenario, seed, method, source, steps)
   if done.exists():
     return S.read_json(done)
   from mcu_jax import relearn
@@ -54,7 +59,7 @@ def relearn_cell(study, dataset, runs, scenario, seed, method, source) -> dict:
             "base": ctx.load_model("unlearn"),
             "mcu": (point(curve, ctx.record("sweep")["chosen_t"]), curve_state)}
   sets = ctx.eval_sets()
-  config = relearn.RelearnConfig(source=source)
+  config = relearn.RelearnConfig(source=source, steps=steps)
   programs: dict = {}
   out = {"scenario": scenario, "seed": seed, "method": method, "source": source,
          "config": {k: getattr(config, k) for k in ("steps", "lr", "momentum", "weight_decay",
@@ -76,7 +81,7 @@ def relearn_cell(study, dataset, runs, scenario, seed, method, source) -> dict:
   return out
 
 
-def run(study, dataset, runs) -> list:
+def run(study, dataset, runs, steps=STEPS) -> list:
   failures = []
   for scenario in study["scenarios"]:
     for seed in study["seeds"]:
@@ -84,31 +89,32 @@ def run(study, dataset, runs) -> list:
         if S.cell_record(S.seed_dir(runs, study, scenario, seed) / method) is None:
           continue
         for source in SOURCES:
-          S.guarded(relearn_cell, study, dataset, runs, scenario, seed, method, source,
+          S.guarded(relearn_cell, study, dataset, runs, scenario, seed, method, source, steps,
                     failures=failures, label=f"{scenario}/seed{seed}/{method}/{source}")
   return failures
 
 
-def collect(study, runs) -> dict:
+def collect(study, runs, steps=STEPS) -> dict:
   """{scenario: {source: {method: {seed: cell}}}} of the finished relearn cells."""
   out: dict = {}
   for scenario in study["scenarios"]:
     for source in SOURCES:
       for method in study["methods"]:
         for seed in study["seeds"]:
-          path = S.seed_dir(runs, study, scenario, seed) / method / f"relearn_{source}.json"
+          path = _cache(runs, study, scenario, seed, method, source, steps)
           if path.exists():
             out.setdefault(scenario, {}).setdefault(source, {}).setdefault(method, {})[seed] = (
                 S.read_json(path))
   return out
 
 
-def tables(study, cells) -> tuple[dict, str]:
+def tables(study, cells, steps=STEPS) -> tuple[dict, str]:
   fmt = lambda v: f"{np.mean(v):.1f} ± {np.std(v, ddof=1) if len(v) > 1 else 0.0:.1f}"
-  record: dict = {"study": study["name"], "config_file": study["config_file"], "tables": {}}
+  record: dict = {"study": study["name"], "config_file": study["config_file"], "steps": steps,
+                  "tables": {}}
   lines = [f"# Relearn attack on {study['name']} (issue #25)", "",
-           "Every model fine-tuned K = 100 SGD steps (lr 0.01, momentum 0.9, batch 128) on the "
-           "relearn set; FA = forget accuracy (percent) before -> after; rebound = after minus "
+           f"Every model fine-tuned K = {steps} SGD steps (lr 0.01, momentum 0.9, batch 128) on "
+           "the relearn set; FA = forget accuracy (percent) before -> after; rebound = after minus "
            "before, mean ± sd over seeds. Relearn sets: D_r (`retain`), or 32 labelled "
            "examples of D_f (`forget`, FA read on the other D_f examples). Retrain's rebound is "
            "the reference. MCU − base: the rebound difference with the seed as the unit "
@@ -145,17 +151,19 @@ def tables(study, cells) -> tuple[dict, str]:
 
 def main(argv=None) -> int:
   p = S.parser(__doc__.split("\n")[0])
+  p.add_argument("--steps", type=int, default=STEPS, help="K, the relearning steps")
   args = p.parse_args(argv)
   study = S.setup(args)
   dataset = S.dataset_name(study, args.runs_dir)
   start = time.time()
-  failures = [] if args.report_only else run(study, dataset, args.runs_dir)
-  cells = collect(study, args.runs_dir)
+  failures = [] if args.report_only else run(study, dataset, args.runs_dir, args.steps)
+  cells = collect(study, args.runs_dir, args.steps)
   if not cells:
     S.log("no finished relearn cells")
     return 1
-  record, text = tables(study, cells)
+  record, text = tables(study, cells, args.steps)
   record["wall_seconds_this_invocation"] = time.time() - start
+  record["failures"] = failures
   return S.finish(study, args.results_dir / f"relearn_{study['name']}", "relearn", record,
                   text, failures)
 

@@ -60,6 +60,26 @@ def test_main_table_has_every_cell_and_column(smoke):
   assert (results / "main_table_avg_gap.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_relearn_reads_every_cell_and_its_rebounds(smoke):
+  tmp, _ = smoke
+  _run("relearn.py", tmp, "--steps", "4")
+  record = json.loads((tmp / "results" / "relearn_digits_smoke" / "relearn.json").read_text())
+  assert record["failures"] == [] and record["steps"] == 4
+  assert set(record["tables"]) == {f"{s}/{r}" for s in ("random", "class")
+                                   for r in ("retain", "forget")}
+  cell = json.loads((tmp / "runs" / "digits_smoke" / "class" / "seed0" / "rl"
+                     / "relearn_retain_K4.json").read_text())
+  for model, curve in cell["models"].items():
+    assert curve["steps"] == [0, 1, 2, 3, 4], model
+    assert curve["rebound"] == pytest.approx(curve["forget_acc"][-1] - curve["forget_acc"][0])
+  block = record["tables"]["class/retain"]["rl"]
+  assert block["rebound"]["mcu"] == [cell["models"]["mcu"]["rebound"]]
+  # the report's own numbers are the relearn's step 0: FA = 100 - UA of the report's row
+  report = json.loads((tmp / "runs" / "digits_smoke" / "class" / "seed0" / "rl"
+                       / "report.json").read_text())
+  assert cell["models"]["base"]["forget_acc"][0] == pytest.approx(100 - report["rows"][2]["UA"])
+
+
 def test_ablations_have_every_table_and_plot(smoke):
   tmp, _ = smoke
   results = tmp / "results" / "digits_smoke"
