@@ -149,6 +149,40 @@ def tables(study, cells, steps=STEPS) -> tuple[dict, str]:
   return record, "\n".join(lines)
 
 
+def summary(study, cells, results: Path, steps=STEPS) -> tuple[list, str]:
+  """Per scenario and method: FA / RA / TA of base and base + MCU (the study's main table,
+  mean over its seeds) beside the rebounds on D_r and on the D_f subset (mean over seeds)."""
+  path = results / study["name"] / "main_table.json"
+  if not path.exists():
+    return [], ""
+  main = S.read_json(path)
+  rows = []
+  for scenario, block in main["scenarios"].items():
+    raw = block["raw"]
+    for method in study["methods"]:
+      if method not in raw:
+        continue
+      def three(key, values=raw[method]):
+        fa = 100.0 - np.mean(values[key]["UA"])
+        return f"{fa:.1f} / {np.mean(values[key]['RA']):.1f} / {np.mean(values[key]['TA']):.1f}"
+      row = {"scenario": scenario, "method": method, "FA / RA / TA": three("base"),
+             "+ MCU": three("mcu")}
+      for source in SOURCES:
+        by_seed = cells.get(scenario, {}).get(source, {}).get(method, {})
+        for model, label in (("base", "base"), ("mcu", "+MCU"), ("retrain", "retrain")):
+          values = [c["models"][model]["rebound"] for c in by_seed.values()]
+          row[f"rebound {label} ({source})"] = (f"{np.mean(values):+.1f}" if values else "-")
+      rows.append(row)
+  text = "\n".join([
+      f"## Summary: forgetting and its rebound after K = {steps} steps", "",
+      "FA / RA / TA: forget, retain and test accuracy (percent; FA = 100 - UA) of the base "
+      f"method and of base + MCU, mean over the seeds of `{study['name']}/main_table.json`; "
+      "rebound: forget accuracy after relearning minus before, mean over the seeds, relearning "
+      "on D_r (`retain`) or on 32 examples of D_f (`forget`); retrain's is the reference.", "",
+      S.markdown(rows, list(rows[0])) if rows else "(no cells)", ""])
+  return rows, text
+
+
 def main(argv=None) -> int:
   p = S.parser(__doc__.split("\n")[0])
   p.add_argument("--steps", type=int, default=STEPS, help="K, the relearning steps")
@@ -162,6 +196,8 @@ def main(argv=None) -> int:
     S.log("no finished relearn cells")
     return 1
   record, text = tables(study, cells, args.steps)
+  record["summary"], summary_text = summary(study, cells, args.results_dir, args.steps)
+  text = text + "\n" + summary_text
   record["wall_seconds_this_invocation"] = time.time() - start
   record["failures"] = failures
   return S.finish(study, args.results_dir / f"relearn_{study['name']}", "relearn", record,

@@ -272,9 +272,10 @@ def control_rows(ctl: dict) -> list[dict]:
 GAPS = (("AvgGap", "avg_gap", "Avg. Gap"), ("Gap3", "gap_without_mia", "Gap w/o MIA"))
 
 
-def seed_rows(seeds: dict) -> list[dict]:
-  """(e): RL, SalUn, NegTV over more seeds, the seed as the unit (``seed_tests.json``); Avg.
-  Gap, and Gap w/o MIA (the SVC MIA saturates in some seeds only)."""
+def seed_rows(seeds: dict, tag: str = "(e)", data: str = "Fashion-MNIST") -> list[dict]:
+  """Base vs base + MCU over seeds, the seed as the unit (``seed_tests.json``): (e) RL, SalUn,
+  NegTV on Fashion-MNIST; #25 the new methods on digits. Avg. Gap, and Gap w/o MIA (the SVC
+  MIA saturates in some seeds only)."""
   out = []
   for scenario, block in seeds["scenarios"].items():
     n = len(block["seeds"])
@@ -284,7 +285,7 @@ def seed_rows(seeds: dict) -> list[dict]:
       for key, _, label in GAPS:
         t = v[key]
         out.append(_units_row(
-            f"(e) MCU lowers {label} of {name} (Fashion-MNIST {scenario}, {n} seeds, MCU minus "
+            f"{tag} MCU lowers {label} of {name} ({data} {scenario}, {n} seeds, MCU minus "
             "base)", "seed", t["differences"],
             note=(f"base {np.mean(t['base']):.2f} -> MCU {np.mean(t['mcu']):.2f}; MCU lower "
                   f"for {t['mcu_lower']}, higher for {t['mcu_higher']} of {n} seeds "
@@ -292,26 +293,32 @@ def seed_rows(seeds: dict) -> list[dict]:
   return out
 
 
-def tuning_rows(tuning: dict) -> list[dict]:
-  """(d): GA and SCRUB at the reference and at the tuned settings (``tuning.json``)."""
+def tuning_rows(tuning: dict, tag: str = "(d)", data: str = "Fashion-MNIST class") -> list[dict]:
+  """Methods at the reference and at the tuned settings (``tuning.json``): (d) GA and SCRUB;
+  #25 the new methods."""
   out = []
   for name, s in tuning["settings"].items():
-    method, tuned = name.split("_")[0].upper(), name.endswith("_tuned")
+    tuned = name.endswith("_tuned")
+    method = (name[:-len("_tuned")] if tuned else name).upper()
     setting = f"tuned {s['options']}" if tuned else "reference"
     ua = lambda key, s=s: np.mean(s["per_seed"][key]["UA"])
     for key, field, label in GAPS:
       t = s[field]
       out.append(_units_row(
-          f"(d) MCU lowers {label} of {method} at the {setting} setting (Fashion-MNIST class, "
+          f"{tag} MCU lowers {label} of {method} at the {setting} setting ({data}, "
           "MCU minus base)", "seed", t["differences"],
           note=(f"UA (100 - forget acc.) base {ua('base'):.1f} -> MCU {ua('mcu'):.1f}, retrain "
                 f"{ua('retrain'):.1f}; {label} {np.mean(s['per_seed']['base'][key]):.2f} -> "
                 f"{np.mean(s['per_seed']['mcu'][key]):.2f}; seeds {s['seeds']}")))
+  if tag == "(d)":
+    prefix, why = "(d, not pre-registered)", "added after the first two seeds were seen"
+  else:
+    prefix, why = f"{tag} (not pre-registered)", "not in the plan committed before the runs"
   for method, c in tuning.get("mcu_vs_tuning", {}).items():
     out.append(_units_row(
-        f"(d, not pre-registered) {method.upper()} at the reference + MCU beats {method.upper()} "
-        "tuned alone (Fashion-MNIST class, Avg. Gap)", "seed", c["differences"],
-        note=f"added after the first two seeds were seen; seeds {c['seeds']}"))
+        f"{prefix} {method.upper()} at the reference + MCU beats "
+        f"{method.upper()} tuned alone ({data}, Avg. Gap)", "seed", c["differences"],
+        note=f"{why}; seeds {c['seeds']}"))
   return out
 
 
@@ -341,6 +348,12 @@ def main() -> int:
       ("forget_quality_digits_n64/controls.json", control_rows),
       ("fashion_mnist_seeds10/seed_tests.json", seed_rows),
       ("tuning_ga_scrub/tuning.json", tuning_rows),
+      ("methods25_digits/seed_tests.json", lambda r: seed_rows(r, "#25", "digits")),
+      ("tuning_methods25_digits/tuning.json",
+       lambda r: [row for row in tuning_rows(r, "#25", "digits class")
+                  if "reference setting" not in row["claim"]]),   # = the seed_tests rows
+      ("tuning_methods25_fashion/tuning.json",
+       lambda r: tuning_rows(r, "#25", "Fashion-MNIST class")),
   ]
   rows = []
   for path, make_rows in sources:

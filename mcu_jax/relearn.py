@@ -29,7 +29,8 @@ Step s (counted from 0) draws its batch, its augmentation and the model's random
 ``fold_in(PRNGKey(seed), s)``: ``min(batch_size, N)`` distinct examples of the N-example relearn
 set, uniformly without replacement (the whole set, in order, when ``batch_size >= N``), passed
 through ``preprocess`` with a key (augmentation). The readings do not change the trajectory:
-``intervals`` only chooses where it is read.
+``intervals`` only chooses where it is read. (On the CPU the steps are a host loop over one
+jitted step, the CPU policy of ``mcu_jax.runtime.loops``; the result is the same.)
 
 ``relearn_population`` does the same to every member of a population (``mcu_jax.population``)
 and of a retrained reference population, member i of both with the same batches (seed, i):
@@ -242,13 +243,12 @@ def _optimizer(config: RelearnConfig):
 
 
 def _chunk_fn(apply: Apply, config: RelearnConfig, num_examples: int, preprocess: Preprocess,
-              mesh):
-  """``chunk(state, data) -> (state, losses (K / intervals,))``: the steps between two readings,
-  one ``lax.scan`` of ``train.make_step``; traceable (the callers jit it). Step s draws from
+              mesh, length: int):
+  """``chunk(state, data) -> (state, losses (length,))``: ``length`` steps, one ``lax.scan``
+  of ``train.make_step``; traceable (the callers jit it). Step s draws from
   ``fold_in(state.rng, s)`` (module docstring)."""
   step = train.make_step(train.supervised_loss(apply))
   batch = min(config.batch_size, num_examples)
-  length = config.steps // config.intervals
   constrain = batch % parallel.data_shards(mesh) == 0
 
   def chunk(state: train.TrainState, data: dict):
@@ -271,6 +271,18 @@ def _chunk_fn(apply: Apply, config: RelearnConfig, num_examples: int, preprocess
   return chunk
 
 
+def _repeated(one_step, times: int, axis: int):
+  """``fn(state, data) -> (state, losses)``: ``one_step`` called ``times`` times, the losses
+  concatenated along ``axis`` (the steps' axis)."""
+  def run(state, data):
+    losses = []
+    for _ in range(times):
+      state, loss = one_step(state, data)
+      losses.append(loss)
+    return state, jnp.concatenate(losses, axis=axis)
+  return run
+
+
 def _compiled(programs: dict | None, apply, config: RelearnConfig, preprocess, mesh, state,
               data: dict, *, vectorized: bool):
   """(the compiled chunk for ``state`` and ``data``, seconds it took to compile): jitted with
@@ -281,10 +293,17 @@ def _compiled(programs: dict | None, apply, config: RelearnConfig, preprocess, m
          tuple((np.shape(x), str(jnp.result_type(x))) for x in leaves))
   if programs is not None and key in programs:
     return programs[key], 0.0
-  fn = _chunk_fn(apply, config, int(data["labels"].shape[0]), preprocess, mesh)
+  between = config.steps // config.intervals
+  # the CPU policy (runtime.loops): a host loop over one jitted step, convolution gradients
+  # kept out of while loops; elsewhere the steps between two readings are one scan
+  host = loops.resolve_loop("auto") == "python"
+  fn = _chunk_fn(apply, config, int(data["labels"].shape[0]), preprocess, mesh,
+                 1 if host else between)
   if vectorized:
     fn = jax.vmap(fn, in_axes=(0, None))
   compiled, seconds = train.compile_ahead(jax.jit(fn, donate_argnums=(0,)), state, data)
+  if host:
+    compiled = _repeated(compiled, between, axis=1 if vectorized else 0)
   if programs is not None:
     programs[key] = compiled
   return compiled, seconds
