@@ -158,6 +158,8 @@ def summary(study, cells, results: Path, steps=STEPS) -> tuple[list, str]:
   main = S.read_json(path)
   rows = []
   for scenario, block in main["scenarios"].items():
+    if scenario not in cells:      # relearned only some scenarios (--scenario)
+      continue
     raw = block["raw"]
     for method in study["methods"]:
       if method not in raw:
@@ -170,15 +172,20 @@ def summary(study, cells, results: Path, steps=STEPS) -> tuple[list, str]:
       for source in SOURCES:
         by_seed = cells.get(scenario, {}).get(source, {}).get(method, {})
         for model, label in (("base", "base"), ("mcu", "+MCU"), ("retrain", "retrain")):
-          values = [c["models"][model]["rebound"] for c in by_seed.values()]
-          row[f"rebound {label} ({source})"] = (f"{np.mean(values):+.1f}" if values else "-")
+          curves = [np.asarray(c["models"][model]["forget_acc"]) for c in by_seed.values()]
+          # after K/4 steps and after K: how fast, and how far, forgetting comes back
+          quarter = [c[len(c) // 4] - c[0] for c in curves]
+          full = [c[-1] - c[0] for c in curves]
+          row[f"rebound {label} ({source})"] = (
+              f"{np.mean(quarter):+.1f} / {np.mean(full):+.1f}" if curves else "-")
       rows.append(row)
   text = "\n".join([
       f"## Summary: forgetting and its rebound after K = {steps} steps", "",
       "FA / RA / TA: forget, retain and test accuracy (percent; FA = 100 - UA) of the base "
       f"method and of base + MCU, mean over the seeds of `{study['name']}/main_table.json`; "
-      "rebound: forget accuracy after relearning minus before, mean over the seeds, relearning "
-      "on D_r (`retain`) or on 32 examples of D_f (`forget`); retrain's is the reference.", "",
+      "rebound: forget accuracy after K/4 / after K relearning steps minus before, mean over the "
+      "seeds, relearning on D_r (`retain`) or on 32 examples of D_f (`forget`, forget accuracy "
+      "read on the other D_f examples); retrain's is the reference.", "",
       S.markdown(rows, list(rows[0])) if rows else "(no cells)", ""])
   return rows, text
 

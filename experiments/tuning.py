@@ -153,7 +153,10 @@ def tables(cfg, grid, study, runs, config_file: str = "experiments/configs/tunin
   cells = S.collect_cells(study, runs, names)[cfg["scenario"]]
   record = {"config_file": config_file, "grid": grid, "scenario": cfg["scenario"],
             "settings": {}}
-  title = cfg.get("title", "GA and SCRUB: reference vs tuned, base vs base + MCU (issue #24 d)")
+  name = cfg.get("name", "tuning_ga_scrub")
+  title = cfg.get("title") or (
+      "GA and SCRUB: reference vs tuned, base vs base + MCU (issue #24 d)"
+      if name == "tuning_ga_scrub" else f"{name}: reference vs tuned, base vs base + MCU")
   lines = [f"# {title}", "",
            f"Study {study['name']}, scenario {cfg['scenario']} "
            f"({study['scenarios'][cfg['scenario']]}). Grid on tuning seed "
@@ -168,9 +171,13 @@ def tables(cfg, grid, study, runs, config_file: str = "experiments/configs/tunin
     lines += [f"## Grid: {method.upper()} (tuning seed {grid['tuning_seed']})", "",
               f"At its reference setting {block['reference']}: "
               + ("not on the grid." if reference is None else
-                 f"FA {reference['FA']:.1f} vs theta_o's {grid['original']['FA']:.1f}: "
+                 f"FA {reference['FA']:.1f} vs theta_o's {grid['original']['FA']:.1f}, RA "
+                 f"{reference['RA']:.1f} vs {grid['original']['RA']:.1f}: "
                  + ("**a no-op** (FA within 5 points of theta_o's)." if noop else
-                    "it unlearns.")), "",
+                    "it unlearns." if reference["RA"] >= grid["original"]["RA"]
+                    - grid["max_ra_drop"] else
+                    "it forgets by damaging the model (RA more than "
+                    f"{grid['max_ra_drop']:g} points below theta_o's).")), "",
               "| options | FA | RA | TA | RTE (s) | admissible | selected |",
               "|---|---:|---:|---:|---:|---|---|"]
     for p in block["points"]:

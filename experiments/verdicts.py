@@ -9,7 +9,9 @@ UA, RA, TA, MIA of every cell), ``results/fashion_mnist/ablations.json`` (its pa
 per-seed values were not stored when it was made, so those rows carry no interval),
 ``results/forget_quality_digits_n64/forget_quality.json`` and ``controls.json`` (model-level
 tests over populations of 64), ``results/fashion_mnist_seeds10/seed_tests.json`` (issue #24
-(e)) and ``results/tuning_ga_scrub/tuning.json`` (issue #24 (d)), both per seed. Means over few
+(e)) and ``results/tuning_ga_scrub/tuning.json`` (issue #24 (d)), both per seed, and issue
+#25's ``methods25_digits/seed_tests.json``, ``tuning_methods25_{digits,fashion}/tuning.json``
+and ``relearn_methods25_digits/relearn.json``, per seed. Means over few
 units get a t interval; tests over units are exact sign-flip tests
 (``mcu_jax.core.stats.sign_flip``, all 2^n sign patterns).
 """
@@ -322,6 +324,29 @@ def tuning_rows(tuning: dict, tag: str = "(d)", data: str = "Fashion-MNIST class
   return out
 
 
+def relearn_rows(relearned: dict) -> list[dict]:
+  """#25: after K steps of relearning on D_r (no forgotten example), does the MCU point's forget
+  accuracy come back more than the retrained model's? (``relearn.json``; unit: seed)."""
+  out = []
+  for table, block in relearned["tables"].items():
+    scenario, source = table.split("/")
+    if source != "retain":
+      continue      # on 32 D_f examples every model, retrained included, relearns D_f fully
+    for method, v in block.items():
+      mcu, retrain = np.asarray(v["rebound"]["mcu"]), np.asarray(v["rebound"]["retrain"])
+      if np.all(mcu == retrain):
+        continue    # identical per seed: nothing to test
+      out.append(_units_row(
+          f"#25 relearning {relearned['steps']} steps on D_r brings D_f back to "
+          f"{method.upper()} + MCU more than to retraining (digits {scenario}, rebound MCU "
+          "minus retrain, points)", "seed", mcu - retrain, lower_is_better=False,
+          note=(f"forget acc. of MCU {np.mean(v['forget_acc_before']['mcu']):.1f} -> "
+                f"{np.mean(v['forget_acc_after']['mcu']):.1f}, retrain "
+                f"{np.mean(v['forget_acc_before']['retrain']):.1f} -> "
+                f"{np.mean(v['forget_acc_after']['retrain']):.1f}; seeds {v['seeds']}")))
+  return out
+
+
 def render(rows: list[dict]) -> str:
   fmt = lambda x: "-" if x is None else (f"{x:.3g}" if abs(x) < 1e-3 and x != 0 else
                                           f"{x:.4f}" if abs(x) < 1 else f"{x:.3f}")
@@ -354,6 +379,7 @@ def main() -> int:
                   if "reference setting" not in row["claim"]]),   # = the seed_tests rows
       ("tuning_methods25_fashion/tuning.json",
        lambda r: tuning_rows(r, "#25", "Fashion-MNIST class")),
+      ("relearn_methods25_digits/relearn.json", relearn_rows),
   ]
   rows = []
   for path, make_rows in sources:
