@@ -81,14 +81,14 @@ def relearn_cell(study, dataset, runs, scenario, seed, method, source, steps=STE
   return out
 
 
-def run(study, dataset, runs, steps=STEPS) -> list:
+def run(study, dataset, runs, steps=STEPS, sources=SOURCES) -> list:
   failures = []
   for scenario in study["scenarios"]:
     for seed in study["seeds"]:
       for method in study["methods"]:
         if S.cell_record(S.seed_dir(runs, study, scenario, seed) / method) is None:
           continue
-        for source in SOURCES:
+        for source in sources:
           S.guarded(relearn_cell, study, dataset, runs, scenario, seed, method, source, steps,
                     failures=failures, label=f"{scenario}/seed{seed}/{method}/{source}")
   return failures
@@ -193,11 +193,14 @@ def summary(study, cells, results: Path, steps=STEPS) -> tuple[list, str]:
 def main(argv=None) -> int:
   p = S.parser(__doc__.split("\n")[0])
   p.add_argument("--steps", type=int, default=STEPS, help="K, the relearning steps")
+  p.add_argument("--source", dest="sources", action="append", choices=SOURCES, default=[],
+                 help="relearn only from this set (repeatable; default: both)")
   args = p.parse_args(argv)
   study = S.setup(args)
   dataset = S.dataset_name(study, args.runs_dir)
   start = time.time()
-  failures = [] if args.report_only else run(study, dataset, args.runs_dir, args.steps)
+  failures = [] if args.report_only else run(study, dataset, args.runs_dir, args.steps,
+                                             tuple(args.sources) or SOURCES)
   cells = collect(study, args.runs_dir, args.steps)
   if not cells:
     S.log("no finished relearn cells")
