@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from mcu_jax import data, models, unlearn
-from mcu_jax.errors import InvalidArgument
+from mcu_jax.errors import InvalidArgument, NonFiniteError
 from mcu_jax.preprocess import normalize_uint8
 from mcu_jax.runtime import evaluate
 
@@ -100,6 +100,10 @@ def test_bad_input_raises():
   bad = dict(params, b=np.zeros(CLASSES, np.int32))
   with pytest.raises(InvalidArgument, match=r"params: .*floating.*int32 at \['b'\]"):
     run_tiny(train, split, bad)
+  # no epochs, so no trainer to stop it: unlearn.run refuses a non-finite result itself
+  nan = dict(params, b=np.full(CLASSES, np.nan, np.float32))
+  with pytest.raises(NonFiniteError, match="ssd: the unlearned model holds NaN"):
+    run_tiny(train, split, nan)
 
 
 def _accuracies(tt, apply, split, params, state):

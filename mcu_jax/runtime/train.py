@@ -170,7 +170,8 @@ def epoch_means(metrics: dict) -> dict[str, float]:
   return out
 
 
-def _finite(tree: PyTree) -> bool:
+def all_finite(tree: PyTree) -> bool:
+  """Whether every floating leaf of ``tree`` is free of NaN and infinity (one device sync)."""
   leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(jnp.result_type(x), jnp.floating)]
   return bool(jax.device_get(jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves])))
               ) if leaves else True
@@ -181,7 +182,7 @@ def check_finite(state, metrics: dict, *, desc: str, epoch: int, hint: str = "")
   or a parameter of ``state`` is NaN or infinite."""
   bad = sorted(k for k, v in metrics.items()
                if np.issubdtype(np.asarray(v).dtype, np.floating) and not np.all(np.isfinite(v)))
-  if not bad and _finite(state.params):
+  if not bad and all_finite(state.params):
     return
   what = f"{', '.join(bad)}" if bad else "parameters"
   cause = f" (likely cause: {hint})" if hint else ""

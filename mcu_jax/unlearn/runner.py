@@ -14,10 +14,11 @@ import jax
 import numpy as np
 
 from mcu_jax import data as data_lib
-from mcu_jax.errors import InvalidArgument
+from mcu_jax.errors import InvalidArgument, NonFiniteError
 from mcu_jax.models.adapters import Apply
 from mcu_jax.preprocess import Preprocess
 from mcu_jax.runtime import parallel
+from mcu_jax.runtime import train as train_lib
 from mcu_jax.runtime.checkpoint import Checkpointer
 from mcu_jax.unlearn import configs as cfgs
 from mcu_jax.unlearn.method_context import Evaluate, MethodContext, PyTree
@@ -145,6 +146,13 @@ def run(method: str, *, apply: Apply, params: PyTree, model_state: PyTree,
                 bool(progress), checkpointer, evaluate, init_params, spec.name, mesh,
                 programs)
   outcome = spec.impl(ctx, config)
+  # the trainer checks every epoch; this also covers the methods without epochs (SSD, IU) and
+  # the arithmetic after them (NegTV), so that no caller or stage ever gets NaN weights
+  if not train_lib.all_finite((outcome.params, outcome.model_state)):
+    raise NonFiniteError(f"{spec.name}: the unlearned model holds NaN or infinite values "
+                         "(likely causes: non-finite values in the original model, or a step "
+                         f"size too large for this model; config {config}); nothing is "
+                         "returned")
   train_seconds = float(sum(record["seconds"] for record in outcome.history))
   return UnlearnResult(
       method=spec.name, params=outcome.params, model_state=outcome.model_state, config=config,
