@@ -5,11 +5,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _digits import accuracies
 
 from mcu_jax import data, models, unlearn
 from mcu_jax.errors import InvalidArgument
 from mcu_jax.preprocess import normalize_uint8
-from mcu_jax.runtime import evaluate
 from mcu_jax.unlearn import bad_teacher
 
 T = 2.0
@@ -122,21 +122,10 @@ def test_needs_init_params_of_the_original_structure():
 FORGET_CLASS = 3
 
 
-def _measure(tt, split, apply, params, model_state):
-  out = {}
-  for name, images, labels in (
-      ("forget_acc", tt.train.images[split.forget], tt.train.labels[split.forget]),
-      ("retain_acc", tt.train.images[split.retain], tt.train.labels[split.retain]),
-      ("test_acc", tt.test.images, tt.test.labels)):
-    out[name], _ = evaluate.accuracy_and_loss(apply, params, model_state, images, labels,
-                                              preprocess=normalize_uint8)
-  return out
-
-
 def test_digits_defaults_barely_move_and_a_stronger_setting_unlearns(digits_original):
   tt, module, apply, state = digits_original
   split = data.make_split(tt.train, "class", classes=FORGET_CLASS)
-  before = _measure(tt, split, apply, state.params, state.model_state)
+  before = accuracies(tt, split, apply, state.params, state.model_state)
   init = lambda key: models.init_model(module, key, (1, 8, 8, 1))
   results = {}
   for label, overrides in (("defaults", {}), ("lr 1e-3, 5 epochs", {"lr": 1e-3, "epochs": 5})):
@@ -148,7 +137,7 @@ def test_digits_defaults_barely_move_and_a_stronger_setting_unlearns(digits_orig
     chex.assert_trees_all_equal_shapes_and_dtypes(result.model_state, state.model_state)
     assert len(result.history) == result.config.epochs and result.extra_seconds == 0.0
     assert result.rte_seconds == pytest.approx(result.train_seconds)
-    results[label] = after = _measure(tt, split, apply, result.params, result.model_state)
+    results[label] = after = accuracies(tt, split, apply, result.params, result.model_state)
     print(f"\nbad_teacher {label}: RTE {result.rte_seconds:.3f} s, compile "
           f"{result.compile_seconds:.2f} s; before {before}; after {after}")
   assert before["forget_acc"] > 95.0

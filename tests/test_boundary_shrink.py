@@ -6,11 +6,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _digits import accuracies
 
 from mcu_jax import data, models, unlearn
 from mcu_jax.errors import InvalidArgument
 from mcu_jax.preprocess import as_is, make_preprocess, normalize_uint8
-from mcu_jax.runtime import batchnorm, evaluate
+from mcu_jax.runtime import batchnorm
 from mcu_jax.unlearn import boundary_shrink as bs
 
 
@@ -122,17 +123,6 @@ def test_refuses_a_preprocess_it_cannot_invert():
 FORGET_CLASS = 3
 
 
-def _measure(tt, split, apply, params, model_state):
-  out = {}
-  for name, images, labels in (
-      ("forget_acc", tt.train.images[split.forget], tt.train.labels[split.forget]),
-      ("retain_acc", tt.train.images[split.retain], tt.train.labels[split.retain]),
-      ("test_acc", tt.test.images, tt.test.labels)):
-    out[name], _ = evaluate.accuracy_and_loss(apply, params, model_state, images, labels,
-                                              preprocess=normalize_uint8)
-  return out
-
-
 def _max_change(a, b):
   return max(float(jnp.max(jnp.abs(x - y))) for x, y in zip(jax.tree.leaves(a),
                                                              jax.tree.leaves(b)))
@@ -141,7 +131,7 @@ def _max_change(a, b):
 def test_digits_defaults_forget_through_batchnorm_statistics_only(digits_original):
   tt, _, apply, state = digits_original
   split = data.make_split(tt.train, "class", classes=FORGET_CLASS)
-  before = _measure(tt, split, apply, state.params, state.model_state)
+  before = accuracies(tt, split, apply, state.params, state.model_state)
   results, programs = {}, {}
   for label, overrides in (("defaults", {}), ("lr 0.01", {"lr": 0.01})):
     result = unlearn.run("boundary_shrink", apply=apply, params=state.params,
@@ -153,7 +143,7 @@ def test_digits_defaults_forget_through_batchnorm_statistics_only(digits_origina
     assert result.rte_seconds == pytest.approx(result.train_seconds + result.extra_seconds)
     neighbours = result.extras["neighbour_labels"]
     assert neighbours.shape == (len(split.forget),)
-    results[label] = after = _measure(tt, split, apply, result.params, result.model_state)
+    results[label] = after = accuracies(tt, split, apply, result.params, result.model_state)
     print(f"\nboundary_shrink {label}: RTE {result.rte_seconds:.3f} s (relabel "
           f"{result.extra_seconds:.3f} s), compile {result.compile_seconds:.2f} s; neighbours "
           f"{np.bincount(neighbours, minlength=10).tolist()}; before {before}; after {after}")
@@ -168,12 +158,12 @@ def test_digits_defaults_forget_through_batchnorm_statistics_only(digits_origina
   default = results["defaults result"]
   assert _max_change(default.params, state.params) < 1e-3
   assert results["defaults"]["forget_acc"] < 60.0 and results["defaults"]["retain_acc"] > 80.0
-  old_weights = _measure(tt, split, apply, state.params, default.model_state)
+  old_weights = accuracies(tt, split, apply, state.params, default.model_state)
   assert old_weights["forget_acc"] == pytest.approx(results["defaults"]["forget_acc"], abs=3.0)
   recalibrated = batchnorm.recalibrate_batch_stats(
       apply, default.params, default.model_state, tt.train.images[split.retain],
       preprocess=normalize_uint8)
-  assert _measure(tt, split, apply, default.params, recalibrated)["forget_acc"] > 95.0
+  assert accuracies(tt, split, apply, default.params, recalibrated)["forget_acc"] > 95.0
   # At lr 0.01 the weights move too and the class is forgotten with the rest kept.
   assert results["lr 0.01"]["forget_acc"] < 30.0
   assert results["lr 0.01"]["retain_acc"] > 85.0 and results["lr 0.01"]["test_acc"] > 75.0

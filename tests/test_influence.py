@@ -4,11 +4,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _digits import accuracies
 
 from mcu_jax import data, models, unlearn
 from mcu_jax.errors import InvalidArgument
 from mcu_jax.preprocess import normalize_uint8
-from mcu_jax.runtime import evaluate
 from mcu_jax.unlearn import influence
 
 FEATURES, CLASSES = 3, 3
@@ -145,11 +145,8 @@ def test_bad_input_raises():
 
 
 def _accuracies(tt, apply, split, params, state):
-  images, labels = tt.train.images, tt.train.labels
-  acc = lambda x, y: evaluate.accuracy_and_loss(apply, params, state, x, y,
-                                                preprocess=normalize_uint8)[0]
-  return (acc(images[split.forget], labels[split.forget]),
-          acc(images[split.retain], labels[split.retain]), acc(tt.test.images, tt.test.labels))
+  """(forget, retain, test) accuracy in percent."""
+  return tuple(accuracies(tt, split, apply, params, state).values())
 
 
 def test_digits_class_forgetting(digits_original):

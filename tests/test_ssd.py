@@ -3,11 +3,11 @@ linear softmax model, bad input, and class-3 forgetting on digits."""
 import jax
 import numpy as np
 import pytest
+from _digits import accuracies
 
 from mcu_jax import data, models, unlearn
 from mcu_jax.errors import InvalidArgument, NonFiniteError
 from mcu_jax.preprocess import normalize_uint8
-from mcu_jax.runtime import evaluate
 
 FEATURES, CLASSES = 3, 3
 
@@ -107,11 +107,8 @@ def test_bad_input_raises():
 
 
 def _accuracies(tt, apply, split, params, state):
-  images, labels = tt.train.images, tt.train.labels
-  acc = lambda x, y: evaluate.accuracy_and_loss(apply, params, state, x, y,
-                                                preprocess=normalize_uint8)[0]
-  return (acc(images[split.forget], labels[split.forget]),
-          acc(images[split.retain], labels[split.retain]), acc(tt.test.images, tt.test.labels))
+  """(forget, retain, test) accuracy in percent."""
+  return tuple(accuracies(tt, split, apply, params, state).values())
 
 
 def test_digits_class_forgetting(digits_original):

@@ -6,10 +6,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _digits import accuracies
 
 from mcu_jax import data, models, unlearn
 from mcu_jax.preprocess import normalize_uint8
-from mcu_jax.runtime import checkpoint, evaluate
+from mcu_jax.runtime import checkpoint
 from mcu_jax.unlearn import unsir
 
 L2 = 0.1
@@ -165,21 +166,10 @@ def test_two_phases_history_and_resume_at_every_interruption(tmp_path):
 FORGET_CLASS = 3
 
 
-def _measure(tt, split, apply, params, model_state):
-  out = {}
-  for name, images, labels in (
-      ("forget_acc", tt.train.images[split.forget], tt.train.labels[split.forget]),
-      ("retain_acc", tt.train.images[split.retain], tt.train.labels[split.retain]),
-      ("test_acc", tt.test.images, tt.test.labels)):
-    out[name], _ = evaluate.accuracy_and_loss(apply, params, model_state, images, labels,
-                                              preprocess=normalize_uint8)
-  return out
-
-
 def test_digits_forgets_and_repairs_with_more_repair_epochs(digits_original):
   tt, _, apply, state = digits_original
   split = data.make_split(tt.train, "class", classes=FORGET_CLASS)
-  before = _measure(tt, split, apply, state.params, state.model_state)
+  before = accuracies(tt, split, apply, state.params, state.model_state)
   results, programs = {}, {}   # the two runs share the noise program and the impair epoch
   for label, overrides in (("defaults", {}), ("repair_epochs 10", {"repair_epochs": 10})):
     result = unlearn.run("unsir", apply=apply, params=state.params,
@@ -192,7 +182,7 @@ def test_digits_forgets_and_repairs_with_more_repair_epochs(digits_original):
         ["impair"] + ["repair"] * result.config.repair_epochs)
     assert result.extras["noise"].shape == (1, 256, 8, 8, 1)
     assert result.extra_seconds > 0
-    results[label] = after = _measure(tt, split, apply, result.params, result.model_state)
+    results[label] = after = accuracies(tt, split, apply, result.params, result.model_state)
     print(f"\nunsir {label}: RTE {result.rte_seconds:.3f} s (noise "
           f"{result.extra_seconds:.3f} s), compile {result.compile_seconds:.2f} s; "
           f"before {before}; after {after}")
